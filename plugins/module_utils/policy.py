@@ -1,0 +1,251 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vpnguard maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The platform-neutral kill switch policy.
+
+Every backend (nftables, PF, Windows Firewall) renders from a Policy, and a
+Policy only exists once the whole input has been validated, so nothing a user
+wrote reaches a firewall command line unchecked. Errors name the setting.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+import re
+from collections import namedtuple
+
+# What the kernel accepts as an interface name (IFNAMSIZ is 16 with the NUL),
+# narrowed to characters that need no quoting anywhere we render them.
+IFNAME_MAX = 15
+_IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]+\*?$')
+_CGROUP_PART_RE = re.compile(r'^[A-Za-z0-9_.@:-]+$')
+
+PROTOCOLS = ('udp', 'tcp')
+EXCEPTION_SELECTORS = ('uid', 'gid', 'cgroup')
+ID_MAX = 2 ** 32 - 2  # (uid_t)-1 means "no user" to the kernel
+FWMARK_MAX = 2 ** 32 - 1
+
+# wg-quick's default fwmark; WireGuard sets it on its own encrypted packets.
+DEFAULT_TUNNEL_FWMARK = 51820
+
+LAN_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16',  # RFC 1918
+    '169.254.0.0/16',                                 # IPv4 link-local
+    '224.0.0.0/4',                                    # IPv4 multicast
+    'fc00::/7', 'fe80::/10', 'ff00::/8',              # ULA, link-local, multicast
+))
+
+Endpoint = namedtuple('Endpoint', 'address port protocol')
+Management = namedtuple('Management', 'network port protocol')
+BypassException = namedtuple('BypassException', 'selector value')
+
+
+class PolicyError(ValueError):
+    """Invalid input; `setting` names the offending option, e.g. endpoints[0].port."""
+
+    def __init__(self, setting, message):
+        self.setting = setting
+        super(PolicyError, self).__init__('%s: %s' % (setting, message))
+
+
+class Policy(namedtuple('Policy', [
+        'tunnel_interfaces', 'endpoints', 'dns_servers', 'allow_lan',
+        'management', 'exceptions', 'tunnel_fwmark', 'restrict_endpoints_to_tunnel'])):
+    """A validated kill switch policy. Build it with parse_policy()."""
+
+    __slots__ = ()
+
+    def endpoints_of(self, version):
+        return [e for e in self.endpoints if e.address.version == version]
+
+    def dns_of(self, version):
+        return [a for a in self.dns_servers if a.version == version]
+
+    def management_of(self, version):
+        return [m for m in self.management if m.network.version == version]
+
+    def exceptions_by(self, selector):
+        return [e.value for e in self.exceptions if e.selector == selector]
+
+
+POLICY_KEYS = ('tunnel_interfaces', 'endpoints', 'dns_servers', 'allow_lan', 'management',
+               'exceptions', 'tunnel_fwmark', 'restrict_endpoints_to_tunnel')
+
+
+def parse_policy(raw):
+    """Validate raw (a dict as a module or role receives it) and return a Policy.
+
+    Raises PolicyError on the first invalid setting; nothing is partially accepted.
+    """
+    if not isinstance(raw, dict):
+        raise PolicyError('policy', 'must be a mapping, got %s' % type(raw).__name__)
+    _reject_unknown_keys('policy', raw, POLICY_KEYS)
+    interfaces = [_interface('tunnel_interfaces[%d]' % i, v)
+                  for i, v in enumerate(_list('tunnel_interfaces', raw.get('tunnel_interfaces')))]
+    if not interfaces:
+        raise PolicyError('tunnel_interfaces', 'at least one tunnel interface is required')
+    endpoints = [_endpoint('endpoints[%d]' % i, v)
+                 for i, v in enumerate(_list('endpoints', raw.get('endpoints')))]
+    dns_servers = [_host_address('dns_servers[%d]' % i, v)
+                   for i, v in enumerate(_list('dns_servers', raw.get('dns_servers')))]
+    management = [_management('management[%d]' % i, v)
+                  for i, v in enumerate(_list('management', raw.get('management')))]
+    exceptions = [_exception('exceptions[%d]' % i, v)
+                  for i, v in enumerate(_list('exceptions', raw.get('exceptions')))]
+    fwmark = raw.get('tunnel_fwmark')
+    fwmark = DEFAULT_TUNNEL_FWMARK if fwmark is None else _integer('tunnel_fwmark', fwmark, 1, FWMARK_MAX)
+    restrict = raw.get('restrict_endpoints_to_tunnel')
+    return Policy(
+        tunnel_interfaces=tuple(_unique(interfaces)),
+        endpoints=tuple(_unique(endpoints)),
+        dns_servers=tuple(_unique(dns_servers)),
+        allow_lan=_boolean('allow_lan', raw.get('allow_lan', False)),
+        management=tuple(_unique(management)),
+        exceptions=tuple(_unique(exceptions)),
+        tunnel_fwmark=fwmark,
+        restrict_endpoints_to_tunnel=_boolean(
+            'restrict_endpoints_to_tunnel', True if restrict is None else restrict),
+    )
+
+
+def _unique(items):
+    seen = set()
+    return [i for i in items if not (i in seen or seen.add(i))]
+
+
+def _reject_unknown_keys(setting, raw, known):
+    unknown = sorted(str(k) for k in raw if k not in known)
+    if unknown:
+        raise PolicyError(setting, 'unknown key(s) %s; known keys are %s'
+                          % (', '.join(unknown), ', '.join(known)))
+
+
+def _list(setting, value):
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise PolicyError(setting, 'must be a list, got %s' % type(value).__name__)
+    return value
+
+
+def _boolean(setting, value):
+    if not isinstance(value, bool):
+        raise PolicyError(setting, 'must be a boolean (true/false), got %r' % (value,))
+    return value
+
+
+def _integer(setting, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PolicyError(setting, 'must be an integer, got %r' % (value,))
+    if not low <= value <= high:
+        raise PolicyError(setting, 'must be between %d and %d, got %d' % (low, high, value))
+    return value
+
+
+def _text(setting, value):
+    if not isinstance(value, str):
+        raise PolicyError(setting, 'must be a string, got %r' % (value,))
+    return value
+
+
+def _interface(setting, value):
+    name = _text(setting, value)
+    if not name:
+        raise PolicyError(setting, 'interface name is empty')
+    if len(name) > IFNAME_MAX:
+        raise PolicyError(setting, 'interface name %r is longer than %d characters' % (name, IFNAME_MAX))
+    if not _IFNAME_RE.match(name):
+        raise PolicyError(setting, 'interface name %r may only hold letters, digits, "_", "." and "-", '
+                                   'with one optional trailing "*" wildcard' % name)
+    if name.rstrip('*') in ('', '.', '..'):
+        # A bare "*" would match every interface and turn the kill switch off.
+        raise PolicyError(setting, 'interface name %r does not name an interface' % name)
+    return name
+
+
+def _host_address(setting, value):
+    text = _text(setting, value)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise PolicyError(setting, '%r is not an IPv4 or IPv6 address' % text)
+    if address.is_unspecified or address.is_multicast:
+        raise PolicyError(setting, '%s is not a unicast host address' % address)
+    return address
+
+
+def _network(setting, value):
+    text = _text(setting, value)
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        raise PolicyError(setting, '%r is not a valid IPv4 or IPv6 network (%s)' % (text, e))
+
+
+def _port(setting, value):
+    return _integer(setting, value, 1, 65535)
+
+
+def _protocol(setting, value):
+    protocol = _text(setting, value).lower()
+    if protocol not in PROTOCOLS:
+        raise PolicyError(setting, 'must be one of %s, got %r' % (', '.join(PROTOCOLS), value))
+    return protocol
+
+
+def _mapping(setting, value, known):
+    if not isinstance(value, dict):
+        raise PolicyError(setting, 'must be a mapping, got %s' % type(value).__name__)
+    _reject_unknown_keys(setting, value, known)
+    missing = [k for k in known if k not in value or value[k] is None]
+    return missing
+
+
+def _endpoint(setting, value):
+    missing = _mapping(setting, value, ('address', 'port', 'protocol'))
+    if 'address' in missing or 'port' in missing:
+        raise PolicyError(setting, 'needs address and port')
+    return Endpoint(
+        address=_host_address(setting + '.address', value['address']),
+        port=_port(setting + '.port', value['port']),
+        protocol=_protocol(setting + '.protocol', value.get('protocol') or 'udp'),
+    )
+
+
+def _management(setting, value):
+    missing = _mapping(setting, value, ('cidr', 'port', 'protocol'))
+    if 'cidr' in missing or 'port' in missing:
+        raise PolicyError(setting, 'needs cidr and port')
+    return Management(
+        network=_network(setting + '.cidr', value['cidr']),
+        port=_port(setting + '.port', value['port']),
+        protocol=_protocol(setting + '.protocol', value.get('protocol') or 'tcp'),
+    )
+
+
+def _exception(setting, value):
+    _mapping(setting, value, EXCEPTION_SELECTORS)
+    given = [k for k in EXCEPTION_SELECTORS if value.get(k) is not None]
+    if len(given) != 1:
+        raise PolicyError(setting, 'needs exactly one of %s' % ', '.join(EXCEPTION_SELECTORS))
+    selector = given[0]
+    if selector == 'cgroup':
+        return BypassException('cgroup', _cgroup_path(setting + '.cgroup', value['cgroup']))
+    return BypassException(selector, _integer('%s.%s' % (setting, selector), value[selector], 0, ID_MAX))
+
+
+def _cgroup_path(setting, value):
+    parts = [p for p in _text(setting, value).split('/') if p]
+    if not parts:
+        raise PolicyError(setting, 'cgroup path is empty')
+    for part in parts:
+        if part in ('.', '..') or not _CGROUP_PART_RE.match(part):
+            raise PolicyError(setting, 'cgroup path %r has an invalid component %r' % (value, part))
+    return '/'.join(parts)
+
+
+def is_lan(address):
+    return any(address.version == n.version and address in n for n in LAN_NETWORKS)

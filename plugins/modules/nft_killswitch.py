@@ -1,0 +1,426 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vpnguard maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: nft_killswitch
+short_description: Enforce a VPN kill switch with nftables and a policy-routing guard
+version_added: "0.1.0"
+description:
+  - Puts a strict VPN kill switch in the Linux kernel: one C(inet) nftables table of its own,
+    C(vpnguard_killswitch), that drops every outbound and forwarded packet (IPv4 and IPv6) that
+    does not leave through a tunnel interface, plus policy-routing rules (the routing guard) that
+    stop traffic from falling back to the physical default route when the tunnel's routes vanish.
+  - The firewall allows loopback, the tunnel interfaces, the VPN endpoints (by default only for
+    the tunnel's own packets), DHCPv4, DHCPv6 and ICMPv6 neighbour discovery, the LAN when
+    O(allow_lan=true), replies to the management networks, and the bypass exceptions.
+    DNS (ports 53 and 853, UDP and TCP) goes only to O(dns_servers) and only through the tunnel.
+  - The whole input is validated before anything on the host is touched. The table is replaced in
+    one nftables transaction, checked by the kernel first; if anything fails the previous table
+    stays in place.
+  - Other tables, chains and policy rules are never flushed or edited. The module finds its own
+    policy rules by their protocol number (86).
+  - Needs the C(nftables) Python binding (Debian and Ubuntu C(python3-nftables), Fedora
+    C(python3-nftables)) and C(pyroute2). When the interpreter running the module lacks them,
+    the module re-runs itself under the system Python that has them.
+author:
+  - vpnguard maintainers
+options:
+  state:
+    description:
+      - V(present) enforces the kill switch; V(absent) removes the table, the routing guard
+        and the module's saved state, and nothing else.
+    type: str
+    choices: [present, absent]
+    default: present
+  tunnel_interfaces:
+    description:
+      - Interfaces that traffic may leave through, for example V(wg0). A trailing C(*) matches
+        every interface with that prefix (V(tun*)); a bare C(*) is refused.
+      - Required when O(state=present).
+    type: list
+    elements: str
+    default: []
+  endpoints:
+    description:
+      - The VPN servers, reachable outside the tunnel so that it can be established.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      address:
+        description: IPv4 or IPv6 address of the server (no host names, as DNS may be unreachable).
+        type: str
+        required: true
+      port:
+        description: Server port.
+        type: int
+        required: true
+      protocol:
+        description: Transport protocol.
+        type: str
+        choices: [udp, tcp]
+        default: udp
+  dns_servers:
+    description:
+      - Resolvers that DNS may reach, only through the tunnel. When empty, DNS may go to any
+        resolver, but still only through the tunnel.
+    type: list
+    elements: str
+    default: []
+  allow_lan:
+    description:
+      - Allow traffic to and from RFC 1918 networks, 169.254.0.0/16, fc00::/7, fe80::/10 and
+        multicast outside the tunnel. DNS to the LAN stays blocked.
+    type: bool
+    default: false
+  management:
+    description:
+      - Management plane (SSH, WinRM...) kept reachable from outside the tunnel. Connections from
+        O(management[].cidr) to the local O(management[].port) are accepted and only their
+        replies go out; the host cannot open connections to those networks.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      cidr:
+        description: Network the management connections come from.
+        type: str
+        required: true
+      port:
+        description: Local port they connect to.
+        type: int
+        required: true
+      protocol:
+        description: Transport protocol.
+        type: str
+        choices: [udp, tcp]
+        default: tcp
+  exceptions:
+    description:
+      - Sockets allowed to bypass the kill switch, each selected by exactly one of O(exceptions[].uid),
+        O(exceptions[].gid) or O(exceptions[].cgroup). Their packets are let through the firewall
+        and marked so that the routing guard lets them use the main routing table.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      uid:
+        description: Owner user ID of the socket.
+        type: int
+      gid:
+        description: Owner group ID of the socket.
+        type: int
+      cgroup:
+        description:
+          - cgroup v2 path of the socket's process, relative to the cgroup root, for example
+            V(system.slice/backup.service). It must exist when the rules are loaded.
+        type: str
+  tunnel_fwmark:
+    description:
+      - Firewall mark the tunnel puts on its own encrypted packets (WireGuard's C(fwmark),
+        51820 with wg-quick).
+    type: int
+    default: 51820
+  restrict_endpoints_to_tunnel:
+    description:
+      - Allow traffic to the endpoints only from root-owned sockets or packets carrying
+        O(tunnel_fwmark), so that no other process can use the endpoint exception to send
+        data around the tunnel. Turn off only for a VPN client that runs unprivileged.
+    type: bool
+    default: true
+  routing_guard:
+    description: Install the policy-routing guard next to the firewall.
+    type: bool
+    default: true
+  routing_guard_priority:
+    description:
+      - Priority of the guard's rules. They must come after the VPN client's own rules and before
+        the main table's (32766). Rules that the VPN client adds later without a priority are
+        placed before existing ones by the kernel, so the default suits wg-quick and most clients.
+    type: int
+    default: 32765
+  state_dir:
+    description: Where the module records what it applied, to tell drift from a policy change.
+    type: path
+    default: /var/lib/vpnguard-killswitch
+requirements:
+  - nftables (the nft Python binding, python3-nftables)
+  - pyroute2
+  - Linux with nf_tables and policy routing
+notes:
+  - Supports C(check_mode) and C(diff). In check mode the ruleset is still validated by the kernel
+    without being applied.
+  - The module compares the live table with the one it last applied and with the rendered policy;
+    a table edited behind its back is drift and is replaced.
+seealso:
+  - name: nftables wiki
+    description: The nftables documentation.
+    link: https://wiki.nftables.org/
+'''
+
+EXAMPLES = r'''
+- name: Only WireGuard may carry traffic
+  vpnguard.killswitch.nft_killswitch:
+    tunnel_interfaces: [wg0]
+    endpoints:
+      - {address: 203.0.113.1, port: 51820, protocol: udp}
+    dns_servers: [192.0.2.1]
+
+- name: OpenVPN tunnels, LAN allowed, SSH kept reachable from the admin network
+  vpnguard.killswitch.nft_killswitch:
+    tunnel_interfaces: ['tun*']
+    endpoints:
+      - {address: 198.51.100.7, port: 1194, protocol: tcp}
+    allow_lan: true
+    management:
+      - {cidr: 198.18.0.0/24, port: 22, protocol: tcp}
+    exceptions:
+      - {cgroup: system.slice/backup.service}
+
+- name: Remove the kill switch
+  vpnguard.killswitch.nft_killswitch:
+    state: absent
+'''
+
+RETURN = r'''
+ruleset:
+  description: The nftables table rendered from the policy (nft syntax).
+  returned: when O(state=present)
+  type: str
+  sample: "table inet vpnguard_killswitch {\n\tchain output {\n ..."
+routing_rules:
+  description: The routing guard's policy rules, in evaluation order, as C(ip rule) would show them.
+  returned: always
+  type: list
+  elements: str
+  sample: ["ipv4 32765: to 203.0.113.1/32 lookup main", "ipv4 32765: lookup main suppress_prefixlength 0",
+           "ipv4 32765: unreachable"]
+removed_rules:
+  description: Guard rules that were in place before and are not any more.
+  returned: always
+  type: list
+  elements: str
+summary:
+  description: What the kill switch enforces and what this run changed.
+  returned: always
+  type: dict
+  sample:
+    table: inet vpnguard_killswitch
+    firewall_changed: true
+    routing_guard_changed: false
+    tunnel_interfaces: [wg0]
+    endpoints: 1
+    dns_servers: 1
+    allow_lan: false
+    management: 0
+    exceptions: 0
+'''
+
+import json
+import os
+import tempfile
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.common.respawn import has_respawned, probe_interpreters_for_module, respawn_module
+
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
+    POLICY_KEYS, PolicyError, parse_policy)
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
+    BYPASS_FWMARK, TABLE, Nft, NftError, digest, render, replace_transaction)
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
+    DEFAULT_PRIORITY, RoutingGuard, describe, desired_rules)
+
+try:
+    import nftables
+except ImportError:
+    nftables = None
+    NFTABLES_IMPORT_ERROR = traceback.format_exc()
+
+try:
+    from pyroute2 import IPRoute
+except ImportError:
+    IPRoute = None
+    PYROUTE2_IMPORT_ERROR = traceback.format_exc()
+
+# Distribution Pythons that carry python3-nftables when ansible_python_interpreter is another one.
+SYSTEM_PYTHONS = ['/usr/bin/python3', '/usr/libexec/platform-python', '/usr/bin/python']
+STATE_FILE = 'nft_killswitch.json'
+
+
+def ensure_libraries(module):
+    if nftables is not None and IPRoute is not None:
+        return
+    if not has_respawned():
+        interpreter = probe_interpreters_for_module(SYSTEM_PYTHONS, 'nftables')
+        if interpreter:
+            respawn_module(interpreter)  # does not return
+    if nftables is None:
+        module.fail_json(msg=missing_required_lib(
+            'nftables', reason='to manage the kill switch table',
+            url='install the distribution package python3-nftables'), exception=NFTABLES_IMPORT_ERROR)
+    module.fail_json(msg=missing_required_lib(
+        'pyroute2', reason='to manage the routing guard',
+        url='install the distribution package python3-pyroute2'), exception=PYROUTE2_IMPORT_ERROR)
+
+
+def load_state(path):
+    """What we last applied; an unreadable file only means the table is laid again."""
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        return state if isinstance(state, dict) else {}
+    except (IOError, OSError, ValueError):
+        return {}
+
+
+def save_state(path, state):
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o700)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(path))
+    with os.fdopen(fd, 'w') as f:
+        json.dump(state, f, indent=1, sort_keys=True)
+    os.rename(tmp, path)
+
+
+def diff_text(table, rules):
+    return (table or '') + ''.join('# routing guard: %s\n' % describe(r) for r in rules)
+
+
+def validate(module):
+    params = module.params
+    try:
+        policy = parse_policy(dict((k, params[k]) for k in POLICY_KEYS))
+    except PolicyError as e:
+        module.fail_json(msg='Invalid kill switch policy, nothing was changed: %s' % e, setting=e.setting)
+    if policy.tunnel_fwmark == BYPASS_FWMARK:
+        module.fail_json(msg='tunnel_fwmark: 0x%x is the mark of bypass exceptions; choose another'
+                         % BYPASS_FWMARK, setting='tunnel_fwmark')
+    if not 1 <= params['routing_guard_priority'] <= DEFAULT_PRIORITY:
+        module.fail_json(msg='routing_guard_priority: must be between 1 and %d so that the guard comes '
+                             'before the main table' % DEFAULT_PRIORITY, setting='routing_guard_priority')
+    return policy
+
+
+def present(module, policy, nft, guard, state_path):
+    params = module.params
+    ruleset = render(policy)
+    wanted_rules = desired_rules(policy, params['routing_guard_priority']) if params['routing_guard'] else []
+
+    live_table = nft.list_table()
+    live_rules = guard.live_rules()
+    saved = load_state(state_path)
+    table_in_sync = (live_table is not None and saved.get('digest') == digest(ruleset)
+                     and saved.get('listing') == live_table)
+    rules_in_sync = live_rules == wanted_rules
+
+    transaction = replace_transaction(ruleset)
+    if not table_in_sync:
+        nft.check(transaction)  # the kernel validates it, even in check mode
+
+    after_table = live_table if table_in_sync else ruleset
+    removed = []
+    if not module.check_mode:
+        if not table_in_sync:
+            nft.apply(transaction)
+            after_table = nft.list_table()
+            save_state(state_path, {'digest': digest(ruleset), 'listing': after_table})
+        if not rules_in_sync:
+            removed = guard.replace(wanted_rules)
+    elif not rules_in_sync:
+        removed = live_rules
+
+    return dict(
+        changed=not (table_in_sync and rules_in_sync),
+        ruleset=ruleset,
+        routing_rules=[describe(r) for r in wanted_rules],
+        removed_rules=[describe(r) for r in removed if r not in wanted_rules],
+        diff=dict(before=diff_text(live_table, live_rules), after=diff_text(after_table, wanted_rules),
+                  before_header=TABLE, after_header=TABLE),
+        summary=dict(
+            table=TABLE, firewall_changed=not table_in_sync, routing_guard_changed=not rules_in_sync,
+            tunnel_interfaces=list(policy.tunnel_interfaces), endpoints=len(policy.endpoints),
+            dns_servers=len(policy.dns_servers), allow_lan=policy.allow_lan,
+            management=len(policy.management), exceptions=len(policy.exceptions)),
+    )
+
+
+def absent(module, nft, guard, state_path):
+    live_table = nft.list_table()
+    live_rules = guard.live_rules()
+    changed = live_table is not None or bool(live_rules) or os.path.exists(state_path)
+    if changed and not module.check_mode:
+        if live_table is not None:
+            nft.apply(replace_transaction(None))
+        guard.remove()
+        if os.path.exists(state_path):
+            os.remove(state_path)
+    return dict(
+        changed=changed,
+        routing_rules=[],
+        removed_rules=[describe(r) for r in live_rules],
+        diff=dict(before=diff_text(live_table, live_rules), after='', before_header=TABLE, after_header=TABLE),
+        summary=dict(table=TABLE, firewall_changed=live_table is not None, routing_guard_changed=bool(live_rules)),
+    )
+
+
+def main():
+    entry = dict(type='list', elements='dict', default=[])
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type='str', default='present', choices=['present', 'absent']),
+            tunnel_interfaces=dict(type='list', elements='str', default=[]),
+            endpoints=dict(entry, options=dict(
+                address=dict(type='str', required=True),
+                port=dict(type='int', required=True),
+                protocol=dict(type='str', default='udp', choices=['udp', 'tcp']),
+            )),
+            dns_servers=dict(type='list', elements='str', default=[]),
+            allow_lan=dict(type='bool', default=False),
+            management=dict(entry, options=dict(
+                cidr=dict(type='str', required=True),
+                port=dict(type='int', required=True),
+                protocol=dict(type='str', default='tcp', choices=['udp', 'tcp']),
+            )),
+            exceptions=dict(entry, options=dict(
+                uid=dict(type='int'),
+                gid=dict(type='int'),
+                cgroup=dict(type='str'),
+            ), mutually_exclusive=[['uid', 'gid', 'cgroup']], required_one_of=[['uid', 'gid', 'cgroup']]),
+            tunnel_fwmark=dict(type='int', default=51820),
+            restrict_endpoints_to_tunnel=dict(type='bool', default=True),
+            routing_guard=dict(type='bool', default=True),
+            routing_guard_priority=dict(type='int', default=DEFAULT_PRIORITY),
+            state_dir=dict(type='path', default='/var/lib/vpnguard-killswitch'),
+        ),
+        required_if=[('state', 'present', ('tunnel_interfaces',))],
+        supports_check_mode=True,
+    )
+    # Bad input fails before anything else, missing libraries included.
+    policy = validate(module) if module.params['state'] == 'present' else None
+    ensure_libraries(module)
+    nft = Nft(nftables)
+    guard = RoutingGuard(IPRoute())
+    state_path = os.path.join(module.params['state_dir'], STATE_FILE)
+    try:
+        if policy:
+            result = present(module, policy, nft, guard, state_path)
+        else:
+            result = absent(module, nft, guard, state_path)
+    except NftError as e:
+        module.fail_json(msg=str(e))
+    except Exception as e:  # netlink errors: say which layer failed
+        module.fail_json(msg='routing guard: %s' % e, exception=traceback.format_exc())
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
