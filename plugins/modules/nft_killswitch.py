@@ -363,6 +363,10 @@ def absent(module, nft, guard, state_path):
         guard.remove()
         if os.path.exists(state_path):
             os.remove(state_path)
+        try:
+            os.rmdir(os.path.dirname(state_path))
+        except OSError:
+            pass  # not empty or not there: not only ours to remove
     return dict(
         changed=changed,
         routing_rules=[],

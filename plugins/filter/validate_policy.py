@@ -1,0 +1,55 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vpnguard maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+name: validate_policy
+short_description: Validate a kill switch policy on the controller
+version_added: "0.1.0"
+description:
+  - Checks a whole kill switch policy with the same model the modules use, on the controller,
+    so that a bad value fails before any task touches a host.
+  - Returns the policy unchanged when it is valid; otherwise fails with an error naming the setting.
+author:
+  - vpnguard maintainers
+options:
+  _input:
+    description:
+      - The policy, with the keys C(tunnel_interfaces), C(endpoints), C(dns_servers), C(allow_lan),
+        C(management), C(exceptions), and optionally C(tunnel_fwmark) and C(restrict_endpoints_to_tunnel).
+    type: dict
+    required: true
+'''
+
+EXAMPLES = r'''
+- name: Fail early on a bad policy
+  ansible.builtin.set_fact:
+    killswitch_policy: "{{ {'tunnel_interfaces': ['wg0'], 'endpoints': []} | vpnguard.killswitch.validate_policy }}"
+'''
+
+RETURN = r'''
+_value:
+  description: The policy, unchanged.
+  type: dict
+'''
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import PolicyError, parse_policy
+
+
+def validate_policy(policy):
+    try:
+        parse_policy(policy)
+    except PolicyError as e:
+        raise AnsibleFilterError('Invalid kill switch policy, no host was changed: %s' % e)
+    return policy
+
+
+class FilterModule(object):
+    def filters(self):
+        return {'validate_policy': validate_policy}
