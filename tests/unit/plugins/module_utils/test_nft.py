@@ -1,0 +1,117 @@
+import ipaddress
+import os
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import TABLE, render, replace_transaction
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import parse_policy
+
+needs_kernel = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('nft') or not shutil.which('unshare'),
+                                  reason='needs root, nft and unshare to ask the kernel')
+
+BASE = {'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}]}
+
+
+def chain(text, name):
+    body = text.split('\tchain %s {\n' % name, 1)[1]
+    return [line.strip() for line in body.split('\n\t}', 1)[0].splitlines()]
+
+
+def rendered(**changes):
+    raw = dict(BASE)
+    raw.update(changes)
+    return render(parse_policy(raw))
+
+
+def test_output_and_forward_drop_by_default_and_input_too():
+    text = rendered()
+    assert chain(text, 'output')[0] == 'type filter hook output priority filter; policy drop;'
+    assert chain(text, 'forward')[0] == 'type filter hook forward priority filter; policy drop;'
+    assert chain(text, 'input')[0] == 'type filter hook input priority filter; policy drop;'
+
+
+def test_dns_is_held_before_the_tunnel_is_accepted():
+    output = chain(rendered(dns_servers=['192.0.2.1']), 'output')
+    dns = output.index('meta l4proto { tcp, udp } th dport { 53, 853 } jump dns')
+    assert dns < output.index('oifname "wg0" accept')
+    assert chain(rendered(dns_servers=['192.0.2.1']), 'dns') == [
+        'oifname "wg0" ip daddr @dns_v4 accept', 'oifname "wg0" ip6 daddr @dns_v6 accept', 'drop']
+
+
+def test_without_dns_servers_dns_still_only_goes_through_the_tunnel():
+    assert chain(rendered(), 'dns') == ['oifname "wg0" accept', 'drop']
+
+
+def test_endpoints_are_only_for_the_tunnels_own_packets():
+    output = chain(rendered(), 'output')
+    endpoint_rules = [r for r in output if '@endpoints_v4' in r]
+    assert endpoint_rules == ['ip daddr . meta l4proto . th dport @endpoints_v4 meta mark 0x0000ca6c accept',
+                              'ip daddr . meta l4proto . th dport @endpoints_v4 meta skuid 0 accept']
+    assert not any('@endpoints_v6' in r for r in output), 'no rule for a family without endpoints'
+    open_rules = [r for r in chain(rendered(restrict_endpoints_to_tunnel=False), 'output') if '@endpoints' in r]
+    assert open_rules == ['ip daddr . meta l4proto . th dport @endpoints_v4 accept']
+
+
+def test_no_blanket_established_accept_on_the_way_out():
+    text = rendered(management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'}], allow_lan=True)
+    for rule in chain(text, 'output'):
+        assert 'ct state' not in rule
+    assert 'ct direction reply ip daddr . meta l4proto . th sport @management_v4 accept' in chain(text, 'output')
+
+
+def test_lan_is_closed_unless_allowed():
+    assert not any('@lan_v' in r for r in chain(rendered(), 'output'))
+    assert 'ip daddr @lan_v4 accept' in chain(rendered(allow_lan=True), 'output')
+    assert '192.168.0.0/16' in rendered(allow_lan=True) and '192.168.0.0/16' not in rendered()
+
+
+def test_exceptions_are_accepted_and_rerouted():
+    text = rendered(exceptions=[{'uid': 1001}, {'cgroup': 'system.slice/backup.service'}])
+    assert 'meta skuid @bypass_uids accept' in chain(text, 'output')
+    assert 'socket cgroupv2 level 2 "system.slice/backup.service" accept' in chain(text, 'output')
+    assert 'meta skuid @bypass_uids meta mark set 0x0000564b' in chain(text, 'bypass_route')
+    assert 'chain bypass_route' not in rendered()
+
+
+def test_transaction_replaces_only_our_table():
+    text = replace_transaction('table %s {\n}\n' % TABLE)
+    assert text.splitlines()[:2] == ['add table %s' % TABLE, 'delete table %s' % TABLE]
+    assert 'flush ruleset' not in text and 'inet vpnguard_killswitch' in text
+    assert replace_transaction(None) == 'add table %s\ndelete table %s\n' % (TABLE, TABLE)
+
+
+ifnames = st.text(alphabet='abcdefghijklmnopqrstuvwxyz0123456789_.-', min_size=2, max_size=13).filter(
+    lambda s: s.strip('.'))
+v4 = st.ip_addresses(v=4).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
+v6 = st.ip_addresses(v=6).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
+ports = st.integers(1, 65535)
+protocols = st.sampled_from(['udp', 'tcp'])
+networks = st.builds(lambda a, p: str(ipaddress.ip_network('%s/%d' % (a, p), strict=False)),
+                     st.ip_addresses(v=4), st.integers(0, 32))
+policies = st.fixed_dictionaries({
+    'tunnel_interfaces': st.lists(st.builds(lambda n, w: n + ('*' if w else ''), ifnames, st.booleans()),
+                                  min_size=1, max_size=3),
+    'endpoints': st.lists(st.fixed_dictionaries({'address': v4 | v6, 'port': ports, 'protocol': protocols}),
+                          max_size=3),
+    'dns_servers': st.lists(v4 | v6, max_size=3),
+    'allow_lan': st.booleans(),
+    'management': st.lists(st.fixed_dictionaries({'cidr': networks, 'port': ports, 'protocol': protocols}),
+                           max_size=2),
+    'exceptions': st.lists(st.sampled_from([{'uid': 1001}, {'gid': 100}, {'uid': 0}]), max_size=2),
+    'restrict_endpoints_to_tunnel': st.booleans(),
+})
+
+
+@needs_kernel
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policies)
+def test_the_kernel_accepts_every_valid_policy(raw):
+    transaction = replace_transaction(render(parse_policy(raw)))
+    # nft -c sends the batch and has the kernel abort it; a private network
+    # namespace keeps even that away from the machine's own ruleset.
+    result = subprocess.run(['unshare', '--net', 'nft', '-c', '-f', '-'], input=transaction,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr + transaction

@@ -1,0 +1,130 @@
+import ipaddress
+
+import pytest
+from hypothesis import given, strategies as st
+
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
+    DEFAULT_TUNNEL_FWMARK, PolicyError, parse_policy)
+
+VALID = dict(
+    tunnel_interfaces=['wg0', 'tun*'],
+    endpoints=[{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'},
+               {'address': '2001:db8::1', 'port': 1194, 'protocol': 'TCP'}],
+    dns_servers=['192.0.2.1', '2001:db8:ff::1'],
+    allow_lan=True,
+    management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'}],
+    exceptions=[{'uid': 1001}, {'gid': 0}, {'cgroup': '/system.slice/backup.service'}],
+)
+
+
+def with_(**changes):
+    policy = dict(VALID)
+    policy.update(changes)
+    return policy
+
+
+def test_valid_policy_is_parsed_and_normalised():
+    policy = parse_policy(VALID)
+    assert policy.tunnel_interfaces == ('wg0', 'tun*')
+    assert policy.endpoints[1].protocol == 'tcp'
+    assert policy.endpoints[1].address == ipaddress.ip_address('2001:db8::1')
+    assert [str(a) for a in policy.dns_of(6)] == ['2001:db8:ff::1']
+    assert policy.exceptions_by('cgroup') == ['system.slice/backup.service']
+    assert policy.tunnel_fwmark == DEFAULT_TUNNEL_FWMARK
+    assert policy.restrict_endpoints_to_tunnel is True
+
+
+def test_minimal_policy_has_safe_defaults():
+    policy = parse_policy({'tunnel_interfaces': ['wg0']})
+    assert policy.allow_lan is False
+    assert policy.endpoints == () and policy.management == () and policy.exceptions == ()
+
+
+def test_duplicates_are_dropped_in_order():
+    policy = parse_policy(with_(tunnel_interfaces=['wg0', 'wg1', 'wg0']))
+    assert policy.tunnel_interfaces == ('wg0', 'wg1')
+
+
+@pytest.mark.parametrize('policy, setting', [
+    (with_(tunnel_interfaces=[]), 'tunnel_interfaces'),
+    (with_(tunnel_interfaces=['']), 'tunnel_interfaces[0]'),
+    (with_(tunnel_interfaces=['wg0', 'a' * 16]), 'tunnel_interfaces[1]'),
+    (with_(tunnel_interfaces=['wg 0']), 'tunnel_interfaces[0]'),
+    (with_(tunnel_interfaces=['wg\t0']), 'tunnel_interfaces[0]'),
+    (with_(tunnel_interfaces=['wg"0']), 'tunnel_interfaces[0]'),
+    (with_(tunnel_interfaces=["wg'0"]), 'tunnel_interfaces[0]'),
+    (with_(tunnel_interfaces=['wg/0']), 'tunnel_interfaces[0]'),
+    (with_(tunnel_interfaces=['*']), 'tunnel_interfaces[0]'),
+    (with_(tunnel_interfaces=['w*g']), 'tunnel_interfaces[0]'),
+    (with_(tunnel_interfaces=['wg**']), 'tunnel_interfaces[0]'),
+    (with_(tunnel_interfaces=['..']), 'tunnel_interfaces[0]'),
+    (with_(tunnel_interfaces=['wg0;drop']), 'tunnel_interfaces[0]'),
+    (with_(tunnel_interfaces='wg0'), 'tunnel_interfaces'),
+    (with_(tunnel_interfaces=[0]), 'tunnel_interfaces[0]'),
+    (with_(endpoints=[{'address': '203.0.113.300', 'port': 1}]), 'endpoints[0].address'),
+    (with_(endpoints=[{'address': 'vpn.example.com', 'port': 1}]), 'endpoints[0].address'),
+    (with_(endpoints=[{'address': '203.0.113.0/24', 'port': 1}]), 'endpoints[0].address'),
+    (with_(endpoints=[{'address': '0.0.0.0', 'port': 1}]), 'endpoints[0].address'),
+    (with_(endpoints=[{'address': '2001:db8::g', 'port': 1}]), 'endpoints[0].address'),
+    (with_(endpoints=[{'address': '203.0.113.1', 'port': 0}]), 'endpoints[0].port'),
+    (with_(endpoints=[{'address': '203.0.113.1', 'port': 65536}]), 'endpoints[0].port'),
+    (with_(endpoints=[{'address': '203.0.113.1', 'port': '51820'}]), 'endpoints[0].port'),
+    (with_(endpoints=[{'address': '203.0.113.1', 'port': True}]), 'endpoints[0].port'),
+    (with_(endpoints=[{'address': '203.0.113.1', 'port': 1, 'protocol': 'icmp'}]), 'endpoints[0].protocol'),
+    (with_(endpoints=[{'address': '203.0.113.1', 'port': 1, 'proto': 'udp'}]), 'endpoints[0]'),
+    (with_(endpoints=[{'port': 1}]), 'endpoints[0]'),
+    (with_(endpoints=['203.0.113.1:51820']), 'endpoints[0]'),
+    (with_(dns_servers=['192.0.2.256']), 'dns_servers[0]'),
+    (with_(dns_servers=['192.0.2.1', '']), 'dns_servers[1]'),
+    (with_(allow_lan='yes'), 'allow_lan'),
+    (with_(allow_lan=1), 'allow_lan'),
+    (with_(management=[{'cidr': '198.18.0.1/24', 'port': 22}]), 'management[0].cidr'),
+    (with_(management=[{'cidr': '198.18.0.0/33', 'port': 22}]), 'management[0].cidr'),
+    (with_(management=[{'cidr': '2001:db8::/129', 'port': 22}]), 'management[0].cidr'),
+    (with_(management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'sctp'}]), 'management[0].protocol'),
+    (with_(exceptions=[{'uid': 1, 'gid': 1}]), 'exceptions[0]'),
+    (with_(exceptions=[{}]), 'exceptions[0]'),
+    (with_(exceptions=[{'user': 'backup'}]), 'exceptions[0]'),
+    (with_(exceptions=[{'uid': -1}]), 'exceptions[0].uid'),
+    (with_(exceptions=[{'uid': 2 ** 32 - 1}]), 'exceptions[0].uid'),
+    (with_(exceptions=[{'cgroup': 'system.slice/../x'}]), 'exceptions[0].cgroup'),
+    (with_(exceptions=[{'cgroup': 'a/"b'}]), 'exceptions[0].cgroup'),
+    (with_(exceptions=[{'cgroup': '/'}]), 'exceptions[0].cgroup'),
+    (with_(tunnel_fwmark=0), 'tunnel_fwmark'),
+    (with_(restrict_endpoints_to_tunnel='false'), 'restrict_endpoints_to_tunnel'),
+    (with_(unknown_setting=1), 'policy'),
+    ('wg0', 'policy'),
+])
+def test_invalid_input_names_the_setting(policy, setting):
+    with pytest.raises(PolicyError) as error:
+        parse_policy(policy)
+    assert error.value.setting == setting
+    assert str(error.value).startswith(setting + ': ')
+
+
+NAME_CHARS = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-'
+
+
+@given(st.text(alphabet=NAME_CHARS, min_size=1, max_size=14), st.booleans())
+def test_every_kernel_style_name_is_accepted(prefix, wildcard):
+    name = prefix + ('*' if wildcard else '')
+    if prefix in ('.', '..'):
+        return
+    assert parse_policy({'tunnel_interfaces': [name]}).tunnel_interfaces == (name,)
+
+
+@given(st.text(min_size=1, max_size=15).filter(lambda s: any(c not in NAME_CHARS + '*' for c in s)))
+def test_any_other_character_is_refused(name):
+    with pytest.raises(PolicyError) as error:
+        parse_policy({'tunnel_interfaces': [name]})
+    assert error.value.setting == 'tunnel_interfaces[0]'
+
+
+@given(st.integers())
+def test_ports_outside_the_range_are_refused(port):
+    raw = {'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': port}]}
+    if 1 <= port <= 65535:
+        assert parse_policy(raw).endpoints[0].port == port
+    else:
+        with pytest.raises(PolicyError):
+            parse_policy(raw)

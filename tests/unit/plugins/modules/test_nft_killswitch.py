@@ -1,0 +1,151 @@
+"""nft_killswitch run by Ansible against the real kernel, in a private network namespace."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 4))
+ANSIBLE = os.path.join(os.path.dirname(sys.executable), 'ansible')
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which('nft') or not os.path.exists(ANSIBLE),
+    reason='needs root, nft and ansible to run the module against the kernel')
+
+POLICY = {'tunnel_interfaces': ['wg*'],
+          'endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}],
+          'dns_servers': ['192.0.2.1']}
+FOREIGN_TABLE = 'table inet other_tool {\n\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n\t\taccept\n\t}\n}\n'
+
+
+class Host:
+    """A network namespace held open by a sleeping process that the test owns."""
+
+    def __init__(self, tmp_path):
+        self.state_dir = str(tmp_path / 'state')
+        self.proc = subprocess.Popen(['unshare', '--net', '--fork', '--kill-child', 'sleep', '600'],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = None
+        for _ in range(100):
+            children = subprocess.run(['pgrep', '-P', str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+            if children:
+                self.pid = int(children[0])
+                break
+            subprocess.run(['sleep', '0.05'])
+        assert self.pid, 'namespace did not start'
+        self.sh('ip link set lo up')
+
+    def sh(self, command, check=True):
+        result = subprocess.run(['nsenter', '-t', str(self.pid), '-n', '--', 'sh', '-c', command],
+                                capture_output=True, text=True, timeout=60)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def module(self, *flags, **args):
+        args.setdefault('state_dir', self.state_dir)
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections'),
+                   ANSIBLE_STDOUT_CALLBACK='json', ANSIBLE_LOAD_CALLBACK_PLUGINS='1',
+                   ANSIBLE_PYTHON_INTERPRETER='/usr/bin/python3')
+        result = subprocess.run(
+            ['nsenter', '-t', str(self.pid), '-n', '--', ANSIBLE, 'localhost', '-c', 'local',
+             '-m', 'vpnguard.killswitch.nft_killswitch', '-a', json.dumps(args)] + list(flags),
+            capture_output=True, text=True, env=env, timeout=120)
+        return json.loads(result.stdout)['plays'][0]['tasks'][0]['hosts']['localhost']
+
+    def table(self):
+        return self.sh('nft list table inet vpnguard_killswitch 2>/dev/null || true')
+
+    def ruleset(self):
+        return self.sh('nft list ruleset; ip -4 rule; ip -6 rule')
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def host(tmp_path):
+    h = Host(tmp_path)
+    yield h
+    h.close()
+
+
+def test_check_mode_changes_nothing_then_apply_then_idempotent(host):
+    before = host.ruleset()
+    checked = host.module('--check', '--diff', **POLICY)
+    assert checked['changed'] and not checked.get('failed')
+    assert 'chain output' in checked['diff']['after'] and checked['diff']['before'] == ''
+    assert host.ruleset() == before, 'check mode touched the host'
+
+    applied = host.module(**POLICY)
+    assert applied['changed'] and applied['summary']['firewall_changed']
+    assert 'policy drop' in host.table()
+    assert 'unreachable proto 86' in host.sh('ip -4 rule') and 'unreachable proto 86' in host.sh('ip -6 rule')
+    assert applied['routing_rules'] == ['ipv4 32765: to 203.0.113.1/32 lookup main',
+                                        'ipv4 32765: lookup main suppress_prefixlength 0',
+                                        'ipv4 32765: unreachable',
+                                        'ipv6 32765: lookup main suppress_prefixlength 0',
+                                        'ipv6 32765: unreachable']
+
+    again = host.module(**POLICY)
+    assert not again['changed']
+    assert not host.module('--check', **POLICY)['changed']
+
+
+def test_drift_is_seen_and_healed(host):
+    host.module(**POLICY)
+    host.sh('nft delete rule inet vpnguard_killswitch output handle '
+            '$(nft -a list chain inet vpnguard_killswitch output | grep "oifname \\"lo\\"" | sed "s/.*handle //")')
+    assert host.module('--check', **POLICY)['changed']
+    assert host.module(**POLICY)['changed']
+    assert 'oifname "lo" accept' in host.table()
+
+    host.sh('ip -4 rule del priority 32765 unreachable')
+    drift = host.module('--check', **POLICY)
+    assert drift['changed'] and drift['summary']['routing_guard_changed'] and not drift['summary']['firewall_changed']
+    host.module(**POLICY)
+    assert not host.module(**POLICY)['changed']
+
+
+def test_a_policy_change_is_applied(host):
+    host.module(**POLICY)
+    changed = host.module('--diff', **dict(POLICY, dns_servers=['192.0.2.53']))
+    assert changed['changed']
+    assert '192.0.2.53' in host.table() and '192.0.2.1 ' not in host.table()
+
+
+def test_a_failed_apply_keeps_the_previous_kill_switch(host):
+    host.module(**POLICY)
+    before = host.ruleset()
+    failed = host.module(**dict(POLICY, exceptions=[{'cgroup': 'no/such/cgroup.slice'}]))
+    assert failed.get('failed') and 'nothing was changed' in failed['msg']
+    assert host.ruleset() == before
+
+
+def test_bad_input_fails_before_touching_the_host_and_names_the_setting(host):
+    before = host.ruleset()
+    bad = host.module(**dict(POLICY, endpoints=[{'address': '203.0.113.1', 'port': 51820}],
+                             tunnel_interfaces=['wg0', 'eth0 accept']))
+    assert bad.get('failed') and 'tunnel_interfaces[1]' in bad['msg']
+    assert bad.get('setting') == 'tunnel_interfaces[1]'
+    assert host.ruleset() == before
+
+
+def test_others_tables_and_rules_are_left_alone(host):
+    host.sh("nft -f - <<'EOF'\n%sEOF" % FOREIGN_TABLE)
+    host.sh('ip rule add priority 100 to 198.51.100.0/24 lookup main')
+    foreign = host.sh('nft list table inet other_tool; ip rule show priority 100')
+    host.module(**POLICY)
+    host.module(**dict(POLICY, allow_lan=True))
+    assert host.sh('nft list table inet other_tool; ip rule show priority 100') == foreign
+    removed = host.module(state='absent')
+    assert removed['changed']
+    assert host.sh('nft list ruleset') == host.sh('nft list table inet other_tool')
+    assert 'proto 86' not in host.sh('ip -4 rule; ip -6 rule')
+    assert host.sh('nft list table inet other_tool; ip rule show priority 100') == foreign
+    assert not os.path.exists(host.state_dir)
+    assert not host.module(state='absent')['changed']
