@@ -150,6 +150,17 @@ options:
     description: Where the module records what it applied, to tell drift from a policy change.
     type: path
     default: /var/lib/vpnguard-killswitch
+  persist:
+    description:
+      - Write what the boot unit of the C(killswitch) role loads before any network interface comes
+        up: the nft transaction (C(ruleset.nft)) and the routing guard's script (C(routing-guard.sh))
+        in O(persist_dir). V(false) removes them.
+    type: bool
+    default: false
+  persist_dir:
+    description: Where the boot files live.
+    type: path
+    default: /etc/vpnguard-killswitch
 requirements:
   - nftables (the nft Python binding, python3-nftables)
   - pyroute2
@@ -207,6 +218,12 @@ removed_rules:
   returned: always
   type: list
   elements: str
+persisted_files:
+  description: Boot files written or removed by this run.
+  returned: always
+  type: list
+  elements: str
+  sample: [/etc/vpnguard-killswitch/ruleset.nft]
 summary:
   description: What the kill switch enforces and what this run changed.
   returned: always
@@ -215,6 +232,7 @@ summary:
     table: inet vpnguard_killswitch
     firewall_changed: true
     routing_guard_changed: false
+    persist_changed: false
     tunnel_interfaces: [wg0]
     endpoints: 1
     dns_servers: 1
@@ -236,7 +254,7 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
     BYPASS_FWMARK, TABLE, Nft, NftError, digest, render, replace_transaction)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
-    DEFAULT_PRIORITY, RoutingGuard, describe, desired_rules)
+    DEFAULT_PRIORITY, RoutingGuard, boot_script, describe, desired_rules)
 
 try:
     import nftables
@@ -253,6 +271,8 @@ except ImportError:
 # Distribution Pythons that carry python3-nftables when ansible_python_interpreter is another one.
 SYSTEM_PYTHONS = ['/usr/bin/python3', '/usr/libexec/platform-python', '/usr/bin/python']
 STATE_FILE = 'nft_killswitch.json'
+BOOT_RULESET = 'ruleset.nft'
+BOOT_GUARD = 'routing-guard.sh'
 
 
 def ensure_libraries(module):
@@ -289,6 +309,53 @@ def save_state(path, state):
     with os.fdopen(fd, 'w') as f:
         json.dump(state, f, indent=1, sort_keys=True)
     os.rename(tmp, path)
+
+
+def remove_if_empty(directory):
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # not empty or not there: not only ours to remove
+
+
+def sync_files(module, directory, contents):
+    """Make each file in directory hold its content, or be absent where content is None.
+
+    Returns the paths that differed; in check mode nothing is written.
+    """
+    changed = []
+    for name, content in sorted(contents.items()):
+        path = os.path.join(directory, name)
+        try:
+            with open(path) as f:
+                current = f.read()
+        except (IOError, OSError):
+            current = None
+        if current == content:
+            continue
+        changed.append(path)
+        if module.check_mode:
+            continue
+        if content is None:
+            os.remove(path)
+            continue
+        if not os.path.isdir(directory):
+            os.makedirs(directory, 0o755)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % name)
+        with os.fdopen(fd, 'w') as f:
+            f.write(content)
+        os.chmod(tmp, 0o755 if name.endswith('.sh') else 0o644)
+        os.rename(tmp, path)
+    if changed and not module.check_mode and all(c is None for c in contents.values()):
+        remove_if_empty(directory)
+    return changed
+
+
+def boot_files(transaction=None, rules=None):
+    """What the boot unit loads; all None removes them."""
+    if transaction is None:
+        return {BOOT_RULESET: None, BOOT_GUARD: None}
+    return {BOOT_RULESET: transaction, BOOT_GUARD: boot_script(rules)}
 
 
 def diff_text(table, rules):
@@ -337,9 +404,12 @@ def present(module, policy, nft, guard, state_path):
             removed = guard.replace(wanted_rules)
     elif not rules_in_sync:
         removed = live_rules
+    persisted = sync_files(module, params['persist_dir'],
+                           boot_files(transaction, wanted_rules) if params['persist'] else boot_files())
 
     return dict(
-        changed=not (table_in_sync and rules_in_sync),
+        changed=not (table_in_sync and rules_in_sync) or bool(persisted),
+        persisted_files=persisted,
         ruleset=ruleset,
         routing_rules=[describe(r) for r in wanted_rules],
         removed_rules=[describe(r) for r in removed if r not in wanted_rules],
@@ -347,6 +417,7 @@ def present(module, policy, nft, guard, state_path):
                   before_header=TABLE, after_header=TABLE),
         summary=dict(
             table=TABLE, firewall_changed=not table_in_sync, routing_guard_changed=not rules_in_sync,
+            persist_changed=bool(persisted),
             tunnel_interfaces=list(policy.tunnel_interfaces), endpoints=len(policy.endpoints),
             dns_servers=len(policy.dns_servers), allow_lan=policy.allow_lan,
             management=len(policy.management), exceptions=len(policy.exceptions)),
@@ -356,23 +427,23 @@ def present(module, policy, nft, guard, state_path):
 def absent(module, nft, guard, state_path):
     live_table = nft.list_table()
     live_rules = guard.live_rules()
-    changed = live_table is not None or bool(live_rules) or os.path.exists(state_path)
+    persisted = sync_files(module, module.params['persist_dir'], boot_files())
+    changed = live_table is not None or bool(live_rules) or os.path.exists(state_path) or bool(persisted)
     if changed and not module.check_mode:
         if live_table is not None:
             nft.apply(replace_transaction(None))
         guard.remove()
         if os.path.exists(state_path):
             os.remove(state_path)
-        try:
-            os.rmdir(os.path.dirname(state_path))
-        except OSError:
-            pass  # not empty or not there: not only ours to remove
+        remove_if_empty(os.path.dirname(state_path))
     return dict(
         changed=changed,
+        persisted_files=persisted,
         routing_rules=[],
         removed_rules=[describe(r) for r in live_rules],
         diff=dict(before=diff_text(live_table, live_rules), after='', before_header=TABLE, after_header=TABLE),
-        summary=dict(table=TABLE, firewall_changed=live_table is not None, routing_guard_changed=bool(live_rules)),
+        summary=dict(table=TABLE, firewall_changed=live_table is not None, routing_guard_changed=bool(live_rules),
+                     persist_changed=bool(persisted)),
     )
 
 
@@ -404,6 +475,8 @@ def main():
             routing_guard=dict(type='bool', default=True),
             routing_guard_priority=dict(type='int', default=DEFAULT_PRIORITY),
             state_dir=dict(type='path', default='/var/lib/vpnguard-killswitch'),
+            persist=dict(type='bool', default=False),
+            persist_dir=dict(type='path', default='/etc/vpnguard-killswitch'),
         ),
         required_if=[('state', 'present', ('tunnel_interfaces',))],
         supports_check_mode=True,
@@ -421,8 +494,9 @@ def main():
             result = absent(module, nft, guard, state_path)
     except NftError as e:
         module.fail_json(msg=str(e))
-    except Exception as e:  # netlink errors: say which layer failed
-        module.fail_json(msg='routing guard: %s' % e, exception=traceback.format_exc())
+    except Exception as e:  # netlink or file errors, after the firewall step
+        module.fail_json(msg='failed after the nftables step, which did complete: %s' % e,
+                         exception=traceback.format_exc())
     module.exit_json(**result)
 
 

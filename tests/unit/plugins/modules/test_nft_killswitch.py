@@ -26,6 +26,7 @@ class Host:
 
     def __init__(self, tmp_path):
         self.state_dir = str(tmp_path / 'state')
+        self.persist_dir = str(tmp_path / 'boot')
         self.proc = subprocess.Popen(['unshare', '--net', '--fork', '--kill-child', 'sleep', '600'],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pid = None
@@ -47,6 +48,7 @@ class Host:
 
     def module(self, *flags, **args):
         args.setdefault('state_dir', self.state_dir)
+        args.setdefault('persist_dir', self.persist_dir)
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections'),
                    ANSIBLE_STDOUT_CALLBACK='json', ANSIBLE_LOAD_CALLBACK_PLUGINS='1',
                    ANSIBLE_PYTHON_INTERPRETER='/usr/bin/python3')
@@ -149,3 +151,23 @@ def test_others_tables_and_rules_are_left_alone(host):
     assert host.sh('nft list table inet other_tool; ip rule show priority 100') == foreign
     assert not os.path.exists(host.state_dir)
     assert not host.module(state='absent')['changed']
+
+
+def test_boot_files_restore_the_same_kill_switch_and_can_be_run_twice(host, tmp_path):
+    persist_dir = host.persist_dir
+    applied = host.module(persist=True, **POLICY)
+    assert sorted(applied['persisted_files']) == [persist_dir + '/routing-guard.sh', persist_dir + '/ruleset.nft']
+    assert not host.module(persist=True, **POLICY)['changed']
+    live = host.ruleset()
+
+    # A boot: nothing of ours is there. What the unit runs lays it all again.
+    host.module(state='absent', persist_dir=str(tmp_path / 'elsewhere'))
+    assert 'vpnguard' not in host.ruleset() and 'proto 86' not in host.ruleset()
+    boot = 'nft -f %s/ruleset.nft && sh %s/routing-guard.sh' % (persist_dir, persist_dir)
+    host.sh(boot)
+    assert host.ruleset() == live
+    host.sh(boot)  # a reload of the unit
+    assert host.ruleset() == live
+
+    host.module(persist=False, **POLICY)
+    assert not os.path.exists(persist_dir)
