@@ -161,6 +161,22 @@ options:
     description: Where the boot files live.
     type: path
     default: /etc/vpnguard-killswitch
+  confirm_timeout:
+    description:
+      - Commit-confirmed. When the run changes the kill switch, first arm a timer on the host that
+        restores the previous kill switch (table, routing guard and boot files) after this many
+        seconds, unless a later task confirms with O(confirm=true). A policy that cuts the
+        controller off is thereby undone by the host itself. V(0) disables it.
+      - While a change is unconfirmed, a further change keeps the rollback to the last confirmed state.
+    type: int
+    default: 0
+  confirm:
+    description:
+      - Confirm the pending change and stop the rollback timer; run it over a fresh connection
+        (after C(meta: reset_connection)) so that it proves the controller still reaches the host.
+        The policy options are then ignored.
+    type: bool
+    default: false
 requirements:
   - nftables (the nft Python binding, python3-nftables)
   - pyroute2
@@ -218,6 +234,14 @@ removed_rules:
   returned: always
   type: list
   elements: str
+confirm_pending:
+  description: Whether a commit-confirmed rollback timer is armed on the host after this run.
+  returned: always
+  type: bool
+confirmed:
+  description: Whether this run stopped a pending rollback timer.
+  returned: when O(confirm=true)
+  type: bool
 persisted_files:
   description: Boot files written or removed by this run.
   returned: always
@@ -254,7 +278,8 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
     BYPASS_FWMARK, TABLE, Nft, NftError, digest, render, replace_transaction)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
-    DEFAULT_PRIORITY, RoutingGuard, boot_script, describe, desired_rules)
+    DEFAULT_PRIORITY, RoutingGuard, boot_script, describe, desired_rules, guard_commands)
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import commit_confirm
 
 try:
     import nftables
@@ -358,6 +383,28 @@ def boot_files(transaction=None, rules=None):
     return {BOOT_RULESET: transaction, BOOT_GUARD: boot_script(rules)}
 
 
+def read_file(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except (IOError, OSError):
+        return None
+
+
+def rollback_script(live_table, live_rules, wanted_rules, persist_dir):
+    """A script that puts back the kill switch as it is now: table, guard and boot files."""
+    heredoc = "%s <<'VPNGUARD_EOF'\n%sVPNGUARD_EOF"
+    lines = ['#!/bin/sh', '# vpnguard.killswitch commit-confirmed rollback: restores the kill switch',
+             '# as it was before the unconfirmed change.',
+             heredoc % ('nft -f -', replace_transaction(live_table))]
+    lines += guard_commands(live_rules, stale=wanted_rules)
+    for name in sorted(boot_files()):
+        path = os.path.join(persist_dir, name)
+        content = read_file(path)
+        lines.append('rm -f %s' % path if content is None else heredoc % ('cat > %s' % path, content))
+    return '\n'.join(lines) + '\n'
+
+
 def diff_text(table, rules):
     return (table or '') + ''.join('# routing guard: %s\n' % describe(r) for r in rules)
 
@@ -371,6 +418,8 @@ def validate(module):
     if policy.tunnel_fwmark == BYPASS_FWMARK:
         module.fail_json(msg='tunnel_fwmark: 0x%x is the mark of bypass exceptions; choose another'
                          % BYPASS_FWMARK, setting='tunnel_fwmark')
+    if params['confirm_timeout'] < 0:
+        module.fail_json(msg='confirm_timeout: must be 0 (off) or a number of seconds', setting='confirm_timeout')
     if not 1 <= params['routing_guard_priority'] <= DEFAULT_PRIORITY:
         module.fail_json(msg='routing_guard_priority: must be between 1 and %d so that the guard comes '
                              'before the main table' % DEFAULT_PRIORITY, setting='routing_guard_priority')
@@ -395,7 +444,12 @@ def present(module, policy, nft, guard, state_path):
 
     after_table = live_table if table_in_sync else ruleset
     removed = []
+    in_sync = table_in_sync and rules_in_sync
     if not module.check_mode:
+        if not in_sync and params['confirm_timeout'] > 0:
+            commit_confirm.arm(params['state_dir'],
+                               rollback_script(live_table, live_rules, wanted_rules, params['persist_dir']),
+                               params['confirm_timeout'])
         if not table_in_sync:
             nft.apply(transaction)
             after_table = nft.list_table()
@@ -408,7 +462,8 @@ def present(module, policy, nft, guard, state_path):
                            boot_files(transaction, wanted_rules) if params['persist'] else boot_files())
 
     return dict(
-        changed=not (table_in_sync and rules_in_sync) or bool(persisted),
+        changed=not in_sync or bool(persisted),
+        confirm_pending=commit_confirm.pending(params['state_dir']),
         persisted_files=persisted,
         ruleset=ruleset,
         routing_rules=[describe(r) for r in wanted_rules],
@@ -438,6 +493,7 @@ def absent(module, nft, guard, state_path):
         remove_if_empty(os.path.dirname(state_path))
     return dict(
         changed=changed,
+        confirm_pending=commit_confirm.pending(module.params['state_dir']),
         persisted_files=persisted,
         routing_rules=[],
         removed_rules=[describe(r) for r in live_rules],
@@ -477,10 +533,17 @@ def main():
             state_dir=dict(type='path', default='/var/lib/vpnguard-killswitch'),
             persist=dict(type='bool', default=False),
             persist_dir=dict(type='path', default='/etc/vpnguard-killswitch'),
+            confirm_timeout=dict(type='int', default=0),
+            confirm=dict(type='bool', default=False),
         ),
-        required_if=[('state', 'present', ('tunnel_interfaces',))],
         supports_check_mode=True,
     )
+    if module.params['confirm']:
+        state_dir = module.params['state_dir']
+        confirmed = commit_confirm.pending(state_dir)
+        if confirmed and not module.check_mode:
+            commit_confirm.disarm(state_dir)
+        module.exit_json(changed=confirmed, confirmed=confirmed, confirm_pending=False)
     # Bad input fails before anything else, missing libraries included.
     policy = validate(module) if module.params['state'] == 'present' else None
     ensure_libraries(module)

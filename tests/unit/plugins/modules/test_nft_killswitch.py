@@ -65,6 +65,15 @@ class Host:
         return self.sh('nft list ruleset; ip -4 rule; ip -6 rule')
 
     def close(self):
+        # Anything the module left in the namespace (a commit-confirmed timer)
+        # goes with it: found by namespace, never by name.
+        namespace = os.readlink('/proc/%d/ns/net' % self.pid)
+        for entry in os.listdir('/proc'):
+            try:
+                if entry.isdigit() and os.readlink('/proc/%s/ns/net' % entry) == namespace:
+                    os.kill(int(entry), 9)
+            except OSError:
+                pass
         self.proc.kill()
         self.proc.wait()
 
@@ -171,3 +180,40 @@ def test_boot_files_restore_the_same_kill_switch_and_can_be_run_twice(host, tmp_
 
     host.module(persist=False, **POLICY)
     assert not os.path.exists(persist_dir)
+
+
+def wait_for(predicate, seconds):
+    for _ in range(int(seconds * 10)):
+        if predicate():
+            return True
+        subprocess.run(['sleep', '0.1'])
+    return predicate()
+
+
+def test_an_unconfirmed_change_is_undone_by_the_host(host):
+    host.module(persist=True, **POLICY)
+    before = host.ruleset()
+    boot_before = host.sh('cat %s/*' % host.persist_dir)
+    cut_off = host.module(persist=True, confirm_timeout=2, **dict(POLICY, dns_servers=['192.0.2.99']))
+    assert cut_off['changed'] and cut_off['confirm_pending']
+    assert '192.0.2.99' in host.table()
+    assert wait_for(lambda: host.ruleset() == before, 15), 'the timer did not restore the previous kill switch'
+    assert host.sh('cat %s/*' % host.persist_dir) == boot_before
+    assert not host.module('--check', confirm=True)['confirmed']
+
+
+def test_a_confirmed_change_stays(host):
+    host.module(**POLICY)
+    armed = host.module(confirm_timeout=2, **dict(POLICY, dns_servers=['192.0.2.99']))
+    assert armed['confirm_pending']
+    confirmed = host.module(confirm=True)
+    assert confirmed['changed'] and confirmed['confirmed']
+    subprocess.run(['sleep', '3'])
+    assert '192.0.2.99' in host.table()
+    assert not host.module(confirm=True)['changed']
+
+
+def test_a_first_unconfirmed_apply_is_removed_again(host):
+    before = host.ruleset()
+    host.module(confirm_timeout=1, **POLICY)
+    assert wait_for(lambda: host.ruleset() == before, 15)
