@@ -111,6 +111,11 @@ def parse_policy(raw):
     )
 
 
+def parse_addresses(setting, values):
+    """A validated list of unicast host addresses, e.g. resolvers; errors name setting[i]."""
+    return _unique([_host_address('%s[%d]' % (setting, i), v) for i, v in enumerate(_list(setting, values))])
+
+
 def _unique(items):
     seen = set()
     return [i for i in items if not (i in seen or seen.add(i))]

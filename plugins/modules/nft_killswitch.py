@@ -265,9 +265,7 @@ summary:
     exceptions: 0
 '''
 
-import json
 import os
-import tempfile
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -279,7 +277,7 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
     BYPASS_FWMARK, TABLE, Nft, NftError, digest, render, replace_transaction)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
     DEFAULT_PRIORITY, RoutingGuard, boot_script, describe, desired_rules, guard_commands)
-from ansible_collections.vpnguard.killswitch.plugins.module_utils import commit_confirm
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import commit_confirm, file_snapshot
 
 try:
     import nftables
@@ -318,29 +316,7 @@ def ensure_libraries(module):
 
 def load_state(path):
     """What we last applied; an unreadable file only means the table is laid again."""
-    try:
-        with open(path) as f:
-            state = json.load(f)
-        return state if isinstance(state, dict) else {}
-    except (IOError, OSError, ValueError):
-        return {}
-
-
-def save_state(path, state):
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o700)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(path))
-    with os.fdopen(fd, 'w') as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-    os.rename(tmp, path)
-
-
-def remove_if_empty(directory):
-    try:
-        os.rmdir(directory)
-    except OSError:
-        pass  # not empty or not there: not only ours to remove
+    return file_snapshot.load_json(path) or {}
 
 
 def sync_files(module, directory, contents):
@@ -351,28 +327,17 @@ def sync_files(module, directory, contents):
     changed = []
     for name, content in sorted(contents.items()):
         path = os.path.join(directory, name)
-        try:
-            with open(path) as f:
-                current = f.read()
-        except (IOError, OSError):
-            current = None
-        if current == content:
+        if file_snapshot.read_text(path) == content:
             continue
         changed.append(path)
         if module.check_mode:
             continue
         if content is None:
             os.remove(path)
-            continue
-        if not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % name)
-        with os.fdopen(fd, 'w') as f:
-            f.write(content)
-        os.chmod(tmp, 0o755 if name.endswith('.sh') else 0o644)
-        os.rename(tmp, path)
+        else:
+            file_snapshot.write_text(path, content, 0o755 if name.endswith('.sh') else 0o644)
     if changed and not module.check_mode and all(c is None for c in contents.values()):
-        remove_if_empty(directory)
+        file_snapshot.remove_if_empty(directory)
     return changed
 
 
@@ -381,14 +346,6 @@ def boot_files(transaction=None, rules=None):
     if transaction is None:
         return {BOOT_RULESET: None, BOOT_GUARD: None}
     return {BOOT_RULESET: transaction, BOOT_GUARD: boot_script(rules)}
-
-
-def read_file(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except (IOError, OSError):
-        return None
 
 
 def rollback_script(live_table, live_rules, wanted_rules, persist_dir):
@@ -400,7 +357,7 @@ def rollback_script(live_table, live_rules, wanted_rules, persist_dir):
     lines += guard_commands(live_rules, stale=wanted_rules)
     for name in sorted(boot_files()):
         path = os.path.join(persist_dir, name)
-        content = read_file(path)
+        content = file_snapshot.read_text(path)
         lines.append('rm -f %s' % path if content is None else heredoc % ('cat > %s' % path, content))
     return '\n'.join(lines) + '\n'
 
@@ -453,7 +410,7 @@ def present(module, policy, nft, guard, state_path):
         if not table_in_sync:
             nft.apply(transaction)
             after_table = nft.list_table()
-            save_state(state_path, {'digest': digest(ruleset), 'listing': after_table})
+            file_snapshot.save(state_path, {'digest': digest(ruleset), 'listing': after_table})
         if not rules_in_sync:
             removed = guard.replace(wanted_rules)
     elif not rules_in_sync:
@@ -490,7 +447,7 @@ def absent(module, nft, guard, state_path):
         guard.remove()
         if os.path.exists(state_path):
             os.remove(state_path)
-        remove_if_empty(os.path.dirname(state_path))
+        file_snapshot.remove_if_empty(os.path.dirname(state_path))
     return dict(
         changed=changed,
         confirm_pending=commit_confirm.pending(module.params['state_dir']),

@@ -1,19 +1,13 @@
 """nft_killswitch run by Ansible against the real kernel, in a private network namespace."""
 
-import json
 import os
-import shutil
 import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 4))
-ANSIBLE = os.path.join(os.path.dirname(sys.executable), 'ansible')
+from namespace_host import CAN_RUN, Host
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which('nft') or not os.path.exists(ANSIBLE),
-    reason='needs root, nft and ansible to run the module against the kernel')
+pytestmark = pytest.mark.skipif(not CAN_RUN, reason='needs root, nft, unshare and ansible to run the module')
 
 POLICY = {'tunnel_interfaces': ['wg*'],
           'endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}],
@@ -21,42 +15,9 @@ POLICY = {'tunnel_interfaces': ['wg*'],
 FOREIGN_TABLE = 'table inet other_tool {\n\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n\t\taccept\n\t}\n}\n'
 
 
-class Host:
-    """A network namespace held open by a sleeping process that the test owns."""
-
-    def __init__(self, tmp_path):
-        self.state_dir = str(tmp_path / 'state')
-        self.persist_dir = str(tmp_path / 'boot')
-        self.proc = subprocess.Popen(['unshare', '--net', '--fork', '--kill-child', 'sleep', '600'],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.pid = None
-        for _ in range(100):
-            children = subprocess.run(['pgrep', '-P', str(self.proc.pid)], capture_output=True, text=True).stdout.split()
-            if children:
-                self.pid = int(children[0])
-                break
-            subprocess.run(['sleep', '0.05'])
-        assert self.pid, 'namespace did not start'
-        self.sh('ip link set lo up')
-
-    def sh(self, command, check=True):
-        result = subprocess.run(['nsenter', '-t', str(self.pid), '-n', '--', 'sh', '-c', command],
-                                capture_output=True, text=True, timeout=60)
-        if check:
-            assert result.returncode == 0, result.stderr
-        return result.stdout
-
+class NftHost(Host):
     def module(self, *flags, **args):
-        args.setdefault('state_dir', self.state_dir)
-        args.setdefault('persist_dir', self.persist_dir)
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections'),
-                   ANSIBLE_STDOUT_CALLBACK='json', ANSIBLE_LOAD_CALLBACK_PLUGINS='1',
-                   ANSIBLE_PYTHON_INTERPRETER='/usr/bin/python3')
-        result = subprocess.run(
-            ['nsenter', '-t', str(self.pid), '-n', '--', ANSIBLE, 'localhost', '-c', 'local',
-             '-m', 'vpnguard.killswitch.nft_killswitch', '-a', json.dumps(args)] + list(flags),
-            capture_output=True, text=True, env=env, timeout=120)
-        return json.loads(result.stdout)['plays'][0]['tasks'][0]['hosts']['localhost']
+        return super(NftHost, self).module('nft_killswitch', *flags, **args)
 
     def table(self):
         return self.sh('nft list table inet vpnguard_killswitch 2>/dev/null || true')
@@ -64,23 +25,10 @@ class Host:
     def ruleset(self):
         return self.sh('nft list ruleset; ip -4 rule; ip -6 rule')
 
-    def close(self):
-        # Anything the module left in the namespace (a commit-confirmed timer)
-        # goes with it: found by namespace, never by name.
-        namespace = os.readlink('/proc/%d/ns/net' % self.pid)
-        for entry in os.listdir('/proc'):
-            try:
-                if entry.isdigit() and os.readlink('/proc/%s/ns/net' % entry) == namespace:
-                    os.kill(int(entry), 9)
-            except OSError:
-                pass
-        self.proc.kill()
-        self.proc.wait()
-
 
 @pytest.fixture
 def host(tmp_path):
-    h = Host(tmp_path)
+    h = NftHost(tmp_path)
     yield h
     h.close()
 
@@ -158,7 +106,7 @@ def test_others_tables_and_rules_are_left_alone(host):
     assert host.sh('nft list ruleset') == host.sh('nft list table inet other_tool')
     assert 'proto 86' not in host.sh('ip -4 rule; ip -6 rule')
     assert host.sh('nft list table inet other_tool; ip rule show priority 100') == foreign
-    assert not os.path.exists(host.state_dir)
+    assert host.sh('ls /var/lib | grep vpnguard || true') == ''
     assert not host.module(state='absent')['changed']
 
 
@@ -179,7 +127,7 @@ def test_boot_files_restore_the_same_kill_switch_and_can_be_run_twice(host, tmp_
     assert host.ruleset() == live
 
     host.module(persist=False, **POLICY)
-    assert not os.path.exists(persist_dir)
+    assert host.sh('ls /etc | grep vpnguard || true') == ''
 
 
 def wait_for(predicate, seconds):
@@ -197,8 +145,8 @@ def test_an_unconfirmed_change_is_undone_by_the_host(host):
     cut_off = host.module(persist=True, confirm_timeout=2, **dict(POLICY, dns_servers=['192.0.2.99']))
     assert cut_off['changed'] and cut_off['confirm_pending']
     assert '192.0.2.99' in host.table()
-    assert wait_for(lambda: host.ruleset() == before, 15), 'the timer did not restore the previous kill switch'
-    assert host.sh('cat %s/*' % host.persist_dir) == boot_before
+    assert wait_for(lambda: host.ruleset() == before and host.sh('cat %s/*' % host.persist_dir) == boot_before, 15), \
+        'the timer did not restore the previous kill switch and its boot files'
     assert not host.module('--check', confirm=True)['confirmed']
 
 
