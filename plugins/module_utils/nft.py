@@ -72,6 +72,7 @@ def render(policy):
         sets += _set('endpoints_v%d' % version, '%s . inet_proto . inet_service' % at,
                      ['%s . %s . %d' % (e.address, e.protocol, e.port) for e in policy.endpoints_of(version)])
         sets += _set('dns_v%d' % version, at, [str(a) for a in policy.dns_of(version)])
+        sets += _set('doh_v%d' % version, at, [str(a) for a in policy.doh_of(version)])
         sets += _set('lan_v%d' % version, at,
                      [str(n) for n in LAN_NETWORKS if n.version == version] if policy.allow_lan else [],
                      interval=True)
@@ -96,8 +97,10 @@ def render(policy):
     dns_jump = 'meta l4proto { tcp, udp } th dport { %s } jump dns' % _elements(str(p) for p in DNS_PORTS)
     endpoint_owner = (['meta mark 0x%08x' % policy.tunnel_fwmark, 'meta skuid 0']
                       if policy.restrict_endpoints_to_tunnel else [None])
+    # Known DNS-over-HTTPS resolvers only through the tunnel, whatever else is allowed below.
+    doh_drop = ['%s daddr @doh_v%d drop' % (f, v) for v, f in families if policy.doh_of(v)]
     output = ['oifname "lo" accept', dns_jump]
-    output += _tunnels(policy, 'oifname', 'accept')
+    output += _tunnels(policy, 'oifname', 'accept') + doh_drop
     # The endpoints are reachable outside the tunnel only for the tunnel's own
     # packets, so that no other process can use them to get round it.
     output += [' '.join(filter(None, ['%s daddr . meta l4proto . th dport @endpoints_v%d' % (f, v), owner, 'accept']))
@@ -129,7 +132,7 @@ def render(policy):
     input_ += ['%s saddr . meta l4proto . th dport @management_v%d accept' % (f, v)
                for v, f in families if policy.management_of(v)]
 
-    forward = [dns_jump] + _tunnels(policy, 'oifname', 'accept')
+    forward = [dns_jump] + _tunnels(policy, 'oifname', 'accept') + doh_drop
     forward += ['iifname %s ct state established,related accept' % _quoted(i) for i in policy.tunnel_interfaces]
     if policy.allow_lan:
         forward += ['ip daddr @lan_v4 accept', 'ip6 daddr @lan_v6 accept',

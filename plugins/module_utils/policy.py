@@ -53,7 +53,7 @@ class PolicyError(ValueError):
 
 class Policy(namedtuple('Policy', [
         'tunnel_interfaces', 'endpoints', 'dns_servers', 'allow_lan',
-        'management', 'exceptions', 'tunnel_fwmark', 'restrict_endpoints_to_tunnel'])):
+        'management', 'exceptions', 'tunnel_fwmark', 'restrict_endpoints_to_tunnel', 'doh_servers'])):
     """A validated kill switch policy. Build it with parse_policy()."""
 
     __slots__ = ()
@@ -64,6 +64,9 @@ class Policy(namedtuple('Policy', [
     def dns_of(self, version):
         return [a for a in self.dns_servers if a.version == version]
 
+    def doh_of(self, version):
+        return [a for a in self.doh_servers if a.version == version]
+
     def management_of(self, version):
         return [m for m in self.management if m.network.version == version]
 
@@ -72,7 +75,7 @@ class Policy(namedtuple('Policy', [
 
 
 POLICY_KEYS = ('tunnel_interfaces', 'endpoints', 'dns_servers', 'allow_lan', 'management',
-               'exceptions', 'tunnel_fwmark', 'restrict_endpoints_to_tunnel')
+               'exceptions', 'tunnel_fwmark', 'restrict_endpoints_to_tunnel', 'doh_servers')
 
 
 def parse_policy(raw):
@@ -89,8 +92,8 @@ def parse_policy(raw):
         raise PolicyError('tunnel_interfaces', 'at least one tunnel interface is required')
     endpoints = [_endpoint('endpoints[%d]' % i, v)
                  for i, v in enumerate(_list('endpoints', raw.get('endpoints')))]
-    dns_servers = [_host_address('dns_servers[%d]' % i, v)
-                   for i, v in enumerate(_list('dns_servers', raw.get('dns_servers')))]
+    dns_servers = parse_addresses('dns_servers', raw.get('dns_servers'))
+    doh_servers = parse_addresses('doh_servers', raw.get('doh_servers'))
     management = [_management('management[%d]' % i, v)
                   for i, v in enumerate(_list('management', raw.get('management')))]
     exceptions = [_exception('exceptions[%d]' % i, v)
@@ -101,7 +104,8 @@ def parse_policy(raw):
     return Policy(
         tunnel_interfaces=tuple(_unique(interfaces)),
         endpoints=tuple(_unique(endpoints)),
-        dns_servers=tuple(_unique(dns_servers)),
+        dns_servers=tuple(dns_servers),
+        doh_servers=tuple(doh_servers),
         allow_lan=_boolean('allow_lan', raw.get('allow_lan', False)),
         management=tuple(_unique(management)),
         exceptions=tuple(_unique(exceptions)),

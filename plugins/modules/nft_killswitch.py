@@ -74,6 +74,14 @@ options:
     type: list
     elements: str
     default: []
+  doh_servers:
+    description:
+      - Addresses of known DNS-over-HTTPS resolvers. Traffic to them is dropped outside the tunnel even
+        where the LAN or a bypass exception would allow it, so that no application resolves around the
+        tunnel's resolvers. Kept in nftables sets, so the cost per packet does not grow with the list.
+    type: list
+    elements: str
+    default: []
   allow_lan:
     description:
       - Allow traffic to and from RFC 1918 networks, 169.254.0.0/16, fc00::/7, fe80::/10 and
@@ -472,6 +480,7 @@ def main():
                 protocol=dict(type='str', default='udp', choices=['udp', 'tcp']),
             )),
             dns_servers=dict(type='list', elements='str', default=[]),
+            doh_servers=dict(type='list', elements='str', default=[]),
             allow_lan=dict(type='bool', default=False),
             management=dict(entry, options=dict(
                 cidr=dict(type='str', required=True),

@@ -97,6 +97,7 @@ policies = st.fixed_dictionaries({
     'endpoints': st.lists(st.fixed_dictionaries({'address': v4 | v6, 'port': ports, 'protocol': protocols}),
                           max_size=3),
     'dns_servers': st.lists(v4 | v6, max_size=3),
+    'doh_servers': st.lists(v4 | v6, max_size=3),
     'allow_lan': st.booleans(),
     'management': st.lists(st.fixed_dictionaries({'cidr': networks, 'port': ports, 'protocol': protocols}),
                            max_size=2),
@@ -115,3 +116,13 @@ def test_the_kernel_accepts_every_valid_policy(raw):
     result = subprocess.run(['unshare', '--net', 'nft', '-c', '-f', '-'], input=transaction,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr + transaction
+
+
+def test_doh_resolvers_are_dropped_outside_the_tunnel_before_anything_else_allows_them():
+    text = rendered(doh_servers=['198.51.100.53', '2001:db8:53::1'], allow_lan=True, exceptions=[{'uid': 1001}])
+    output = chain(text, 'output')
+    assert output.index('ip daddr @doh_v4 drop') == output.index('oifname "wg0" accept') + 1
+    assert output.index('ip6 daddr @doh_v6 drop') < output.index('ip daddr @lan_v4 accept')
+    assert output.index('ip6 daddr @doh_v6 drop') < output.index('meta skuid @bypass_uids accept')
+    assert 'ip daddr @doh_v4 drop' in chain(text, 'forward')
+    assert 'doh_v4 drop' not in rendered()
