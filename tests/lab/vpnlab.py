@@ -1,0 +1,437 @@
+#!/usr/bin/env python3
+"""A lab of Linux network namespaces with a real WireGuard tunnel, and the leak proof.
+
+    isp:        the ISP and the VPN server. Internet host 198.51.100.10 and
+                2001:db8:2::10 (HTTP :8080, UDP echo :9999), VPN endpoint
+                203.0.113.1 udp 51820 (wireguard-go "wgs", 192.0.2.1/24).
+    lab-hostN:  a managed host: uplink eth0 198.18.N.2/24 and 2001:db8:1:N::2/64
+                (ISP side upN, .1), private /etc, /var/lib, /usr/local and /run.
+                Its VPN client is done the way wg-quick does it: wireguard-go
+                wg0 with fwmark 51820, default routes in table 51820, and the
+                rule "not fwmark 51820 lookup 51820".
+
+Nothing here is routed out of the machine; every address is a documentation
+range owned by a namespace the lab made. Teardown kills every process in the
+lab's namespaces, found by namespace, never by name.
+
+    vpnlab.py create --hosts N [--state DIR]     vpnlab.py destroy [--state DIR]
+    vpnlab.py tunnel up|delete|kill --host H      vpnlab.py exec --host H -- CMD...
+    vpnlab.py prove SCENARIO --host H --expect leak|none
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+DEFAULT_STATE = os.path.join(REPO, '.lab', 'default')
+
+INTERNET_V4, INTERNET_V6 = '198.51.100.10', '2001:db8:2::10'
+ISP_RESOLVER = '198.51.100.53'
+ENDPOINT, WG_PORT, FWMARK = '203.0.113.1', 51820, 51820
+SERVER_TUNNEL_V4, SERVER_TUNNEL_V6 = '192.0.2.1', '2001:db8:ff::1'
+
+# What may cross the uplink whatever happens: the tunnel's own packets and
+# link-local control traffic. Anything else that the capture sees is a leak.
+ALLOWED = ('(udp and dst host %s and dst port %d) or arp '
+           'or (ip6 and (dst net ff02::/16 or dst net fe80::/10)) '
+           'or (udp and (port 67 or port 68 or port 546 or port 547))' % (ENDPOINT, WG_PORT))
+LEAK_FILTER = 'not (%s)' % ALLOWED
+
+HOST_SETUP = r'''
+set -e
+for d in etc var/lib usr/local; do
+    mkdir -p "$1/$d.upper" "$1/$d.work"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$1/$d.upper,workdir=$1/$d.work" "/$d"
+done
+mount -t tmpfs tmpfs /run
+hostname "$2"
+ip link set lo up
+exec sleep infinity
+'''
+
+
+def host_index(name):
+    return int(name.replace('lab-host', ''))
+
+
+def host_addresses(i):
+    return {
+        'uplink': 'eth0', 'isp_side': 'up%d' % i,
+        'v4': '198.18.%d.2' % i, 'gw4': '198.18.%d.1' % i,
+        'v6': '2001:db8:1:%d::2' % i, 'gw6': '2001:db8:1:%d::1' % i,
+        'tunnel_v4': '192.0.2.%d' % (10 + i), 'tunnel_v6': '2001:db8:ff::%d' % (10 + i),
+    }
+
+
+class Lab:
+    def __init__(self, state_dir=DEFAULT_STATE):
+        self.dir = os.path.abspath(state_dir)
+        self.path = os.path.join(self.dir, 'state.json')
+        self.state = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.state = json.load(f)
+
+    def save(self):
+        with open(self.path, 'w') as f:
+            json.dump(self.state, f, indent=1, sort_keys=True)
+
+    # -- running things inside namespaces -------------------------------------------
+
+    def pid(self, name):
+        return self.state['namespaces'][name]['pid']
+
+    def run(self, name, command, check=True, timeout=30, **kwargs):
+        argv = ['nsenter', '-t', str(self.pid(name)), '-n', '-m', '-u', '--'] + list(command)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+        if check and result.returncode != 0:
+            raise RuntimeError('%s: %s failed: %s' % (name, ' '.join(command), result.stderr.strip()))
+        return result
+
+    def sh(self, name, script, check=True, timeout=30):
+        return self.run(name, ['sh', '-c', script], check=check, timeout=timeout).stdout
+
+    def spawn(self, name, command, log):
+        """A background process inside the namespace; nsenter execs it, so its PID is ours to kill."""
+        with open(os.path.join(self.dir, log), 'ab') as out:
+            proc = subprocess.Popen(['nsenter', '-t', str(self.pid(name)), '-n', '-m', '-u', '--'] + command,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        return proc.pid
+
+    def _namespace(self, name, setup_args):
+        with open(os.path.join(self.dir, name + '.log'), 'ab') as out:
+            holder = subprocess.Popen(
+                ['unshare', '--net', '--mount', '--uts', '--propagation', 'private', '--fork', '--kill-child',
+                 'sh', '-c', HOST_SETUP, name] + setup_args,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        for _ in range(200):
+            children = subprocess.run(['pgrep', '-P', str(holder.pid)], capture_output=True, text=True).stdout.split()
+            if children and os.readlink('/proc/%s/exe' % children[0]).endswith('sleep'):
+                pid = int(children[0])
+                self.state['namespaces'][name] = {
+                    'pid': pid, 'holder': holder.pid, 'netns': os.readlink('/proc/%d/ns/net' % pid)}
+                self.save()
+                with open(os.path.join(self.dir, name + '.pid'), 'w') as f:
+                    f.write('%d\n' % pid)
+                return pid
+            if holder.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError('namespace %s did not come up; see %s.log' % (name, name))
+
+    def _wait(self, what, predicate, seconds=10):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if predicate():
+                return
+            time.sleep(0.1)
+        raise RuntimeError('timed out waiting for ' + what)
+
+    # -- building and tearing down ----------------------------------------------
+
+    def create(self, hosts):
+        os.makedirs(self.dir, exist_ok=True)
+        if self.state.get('namespaces'):
+            raise RuntimeError('a lab already exists in %s; destroy it first' % self.dir)
+        self.state = {'namespaces': {}, 'hosts': {}, 'processes': {}}
+        self.save()
+        try:
+            self._create(hosts)
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _genkey(self, name):
+        private = subprocess.run(['wg', 'genkey'], capture_output=True, text=True, check=True).stdout
+        public = subprocess.run(['wg', 'pubkey'], input=private, capture_output=True, text=True, check=True).stdout
+        path = os.path.join(self.dir, name + '.key')
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
+            f.write(private)
+        return path, public.strip()
+
+    def _create(self, hosts):
+        self._namespace('isp', [os.path.join(self.dir, 'isp.fs'), 'isp'])
+        self.sh('isp', 'ip addr add %s/32 dev lo && ip addr add %s/32 dev lo && ip addr add %s/32 dev lo '
+                       '&& ip -6 addr add %s/128 dev lo' % (INTERNET_V4, ENDPOINT, ISP_RESOLVER, INTERNET_V6))
+        www = os.path.join(self.dir, 'www')
+        os.makedirs(www, exist_ok=True)
+        self.state['processes']['http'] = self.spawn('isp', [sys.executable, '-u', '-m', 'http.server', '8080',
+                                                             '--bind', '::', '--directory', www], 'http.log')
+        self.state['processes']['udp_echo'] = self.spawn('isp', [sys.executable, '-u', os.path.join(HERE, 'traffic.py'),
+                                                                 'echo', '9999'], 'udp_echo.log')
+        key, server_public = self._genkey('isp')
+        self.state['server_public'] = server_public
+        self.state['processes']['wgs'] = self.spawn('isp', ['wireguard-go', '-f', 'wgs'], 'wgs.log')
+        self._wait('wgs', lambda: self.run('isp', ['test', '-S', '/run/wireguard/wgs.sock'], check=False).returncode == 0)
+        self.sh('isp', 'wg set wgs listen-port %d private-key %s && ip addr add %s/24 dev wgs '
+                       '&& ip -6 addr add %s/64 dev wgs nodad && ip link set wgs up'
+                % (WG_PORT, key, SERVER_TUNNEL_V4, SERVER_TUNNEL_V6))
+        for i in range(1, hosts + 1):
+            self._create_host(i)
+        self.save()
+        self.write_inventory()
+
+    def _create_host(self, i):
+        name = 'lab-host%d' % i
+        a = host_addresses(i)
+        pid = self._namespace(name, [os.path.join(self.dir, name + '.fs'), name])
+        self.sh('isp', 'ip link add %s type veth peer name eth0 netns %d' % (a['isp_side'], pid))
+        for ns, dev, addr, addr6 in (('isp', a['isp_side'], a['gw4'], a['gw6']), (name, 'eth0', a['v4'], a['v6'])):
+            self.sh(ns, 'sysctl -qw net.ipv6.conf.%s.accept_dad=0 && ip addr add %s/24 dev %s '
+                        '&& ip -6 addr add %s/64 dev %s nodad && ip link set %s up' % (dev, addr, dev, addr6, dev, dev))
+        self.sh(name, 'ip route add default via %s && ip -6 route add default via %s' % (a['gw4'], a['gw6']))
+        key, public = self._genkey(name)
+        self.state['hosts'][name] = dict(a, key=key, public=public)
+        self.sh('isp', 'wg set wgs peer %s allowed-ips %s/32,%s/128' % (public, a['tunnel_v4'], a['tunnel_v6']))
+        self.save()
+        self.tunnel_up(name)
+
+    def destroy(self):
+        netns = set(n['netns'] for n in self.state.get('namespaces', {}).values())
+        for entry in os.listdir('/proc'):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.readlink('/proc/%s/ns/net' % entry) in netns:
+                    os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+        for n in self.state.get('namespaces', {}).values():
+            try:
+                os.kill(n['holder'], signal.SIGKILL)
+            except OSError:
+                pass
+        self.state = {}
+        if os.path.isdir(self.dir):
+            subprocess.run(['rm', '-rf', self.dir], check=False)
+
+    def write_inventory(self):
+        hosts = {}
+        for name in sorted(self.state['hosts']):
+            hosts[name] = {'ansible_connection': 'community.docker.nsenter', 'ansible_nsenter_pid': self.pid(name),
+                           'ansible_python_interpreter': '/usr/bin/python3', 'ansible_become': False,
+                           'lab_uplink': 'eth0'}
+        with open(os.path.join(self.dir, 'inventory.yml'), 'w') as f:
+            json.dump({'all': {'children': {'lab_hosts': {'hosts': hosts}}}}, f, indent=1)
+
+    # -- the VPN client -------------------------------------------------------------
+
+    def tunnel_up(self, name, wait=True):
+        h = self.state['hosts'][name]
+        if self.run(name, ['ip', 'link', 'show', 'wg0'], check=False).returncode != 0:
+            self.state['processes'][name + ':wg0'] = self.spawn(name, ['wireguard-go', '-f', 'wg0'], name + '-wg0.log')
+            self.save()
+            self._wait('wg0 on ' + name,
+                       lambda: self.run(name, ['test', '-S', '/run/wireguard/wg0.sock'], check=False).returncode == 0)
+            self.sh(name, 'wg set wg0 private-key {key} fwmark {mark} peer {peer} endpoint {ep}:{port} '
+                          'allowed-ips 0.0.0.0/0,::/0 persistent-keepalive 1 '
+                          '&& ip addr add {t4}/32 dev wg0 && ip -6 addr add {t6}/128 dev wg0 nodad '
+                          '&& ip link set wg0 up '
+                          '&& ip route add default dev wg0 table {mark} && ip -6 route add default dev wg0 table {mark}'
+                    .format(key=h['key'], mark=FWMARK, peer=self.state['server_public'], ep=ENDPOINT,
+                            port=WG_PORT, t4=h['tunnel_v4'], t6=h['tunnel_v6']))
+        for family in ('-4', '-6'):
+            if not self.sh(name, 'ip %s rule show priority 1000' % family).strip():
+                self.sh(name, 'ip %s rule add not fwmark %d table %d priority 1000' % (family, FWMARK, FWMARK))
+        if wait:
+            self._wait('a handshake on ' + name, lambda: self.run(
+                name, ['ping', '-c', '1', '-W', '1', SERVER_TUNNEL_V4], check=False).returncode == 0, seconds=20)
+
+    def tunnel_delete(self, name):
+        self.run(name, ['ip', 'link', 'del', 'wg0'], check=False)
+
+    def tunnel_kill(self, name):
+        pid = self.state['processes'].get(name + ':wg0')
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self._wait('wg0 to vanish', lambda: self.run(name, ['ip', 'link', 'show', 'wg0'], check=False).returncode != 0)
+
+    # -- the sniffer ------------------------------------------------------------------
+
+    def capture(self, name):
+        return Capture(self, name)
+
+
+class Capture:
+    """tcpdump on the ISP side of a host's uplink: everything the host sends out of it."""
+
+    def __init__(self, lab, name):
+        self.lab, self.name = lab, name
+        self.pcap = tempfile.mktemp(prefix='capture-', suffix='.pcap', dir=lab.dir)
+        self.log = self.pcap + '.log'
+
+    def __enter__(self):
+        iface = self.lab.state['hosts'][self.name]['isp_side']
+        with open(self.log, 'wb') as out:
+            self.proc = subprocess.Popen(
+                ['nsenter', '-t', str(self.lab.pid('isp')), '-n', '-m', '--',
+                 'tcpdump', '-i', iface, '-Q', 'in', '-n', '--immediate-mode', '-U', '-w', self.pcap],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        self.lab._wait('tcpdump', lambda: b'listening on' in open(self.log, 'rb').read())
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.5)  # let packets in flight reach the capture
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def packets(self, bpf=LEAK_FILTER):
+        out = subprocess.run(['tcpdump', '-r', self.pcap, '-nn', '-tt', bpf],
+                             capture_output=True, text=True, timeout=30).stdout
+        return out.splitlines()
+
+    def contains(self, marker):
+        with open(self.pcap, 'rb') as f:
+            return marker.encode() in f.read()
+
+
+# -- traffic from inside a host ---------------------------------------------------
+
+def generate(lab, name, seconds, during=None, user=None):
+    """Run the traffic generator in the host; call during() half way. Returns its counters."""
+    command = [sys.executable, os.path.join(HERE, 'traffic.py'), 'generate', str(seconds)]
+    if user:
+        command = ['setpriv', '--reuid=%d' % user, '--regid=%d' % user, '--clear-groups'] + command
+    argv = ['nsenter', '-t', str(lab.pid(name)), '-n', '-m', '--'] + command
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if during:
+        time.sleep(seconds / 2.0)
+        during()
+    out, err = proc.communicate(timeout=seconds + 30)
+    if proc.returncode != 0:
+        raise RuntimeError('traffic generator failed: ' + err)
+    return json.loads(out)
+
+
+def verdict(scenario, leaked, expect, detail, capture=None):
+    ok = (leaked > 0) if expect == 'leak' else (leaked == 0)
+    line = '%s %s: %d leaked packets (expect %s); %s' % ('PASS' if ok else 'FAIL', scenario, leaked, expect, detail)
+    print(line, flush=True)
+    if leaked and capture is not None:
+        for packet in capture.packets()[:5]:
+            print('    leaked: ' + packet, flush=True)
+    return ok
+
+
+def flows_ok(counters):
+    return all(counters[k] > 0 for k in ('tcp4', 'tcp6', 'udp4', 'udp6', 'icmp4', 'icmp6'))
+
+
+def prove_flows(lab, name, expect):
+    tunnel_v4 = lab.state['hosts'][name]['tunnel_v4']
+    open(os.path.join(lab.dir, 'http.log'), 'a').close()
+    with lab.capture(name) as cap:
+        counters = generate(lab, name, 2)
+    seen_from_tunnel = (tunnel_v4 + ' ') in open(os.path.join(lab.dir, 'http.log')).read()
+    leaked = len(cap.packets())
+    ok = verdict('flows', leaked, expect, 'through the tunnel: %s; web server saw %s: %s'
+                 % (json.dumps(counters, sort_keys=True), tunnel_v4, seen_from_tunnel), cap)
+    if not (flows_ok(counters) and seen_from_tunnel):
+        print('FAIL flows: TCP, UDP and ICMP over IPv4 and IPv6 must all get answers through the tunnel', flush=True)
+        return False
+    return ok
+
+
+def prove_bound_physical(lab, name, expect):
+    script = ('curl -s -o /dev/null --max-time 1 --interface eth0 http://%s:8080/; '
+              'curl -s -o /dev/null --max-time 1 --interface eth0 "http://[%s]:8080/"; '
+              'ping -q -c 2 -W 1 -I eth0 %s; ping -q -6 -c 2 -W 1 -I eth0 %s; true'
+              % (INTERNET_V4, INTERNET_V6, INTERNET_V4, INTERNET_V6))
+    with lab.capture(name) as cap:
+        lab.sh(name, script, timeout=30)
+    return verdict('bound-physical', len(cap.packets()), expect, 'curl --interface eth0 and ping -I eth0, IPv4 and IPv6', cap)
+
+
+def prove_unprivileged_endpoint(lab, name, expect):
+    marker = 'VPNGUARD-MARKER-%d' % os.getpid()
+    with lab.capture(name) as cap:
+        lab.run(name, ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups',
+                       sys.executable, os.path.join(HERE, 'traffic.py'), 'marker', ENDPOINT, str(WG_PORT), marker])
+    leaked = 1 if cap.contains(marker) else 0
+    return verdict('unprivileged-endpoint', leaked, expect,
+                   'uid 65534 sent a marker to %s:%d, unbound and bound to eth0; marker on the wire: %s'
+                   % (ENDPOINT, WG_PORT, bool(leaked)))
+
+
+def prove_tunnel_loss(lab, name, expect, how):
+    cut = lab.tunnel_delete if how == 'delete' else lab.tunnel_kill
+    with lab.capture(name) as cap:
+        counters = generate(lab, name, 4, during=lambda: cut(name))
+    leaked = len(cap.packets())
+    ok = verdict('tunnel-' + how, leaked, expect, 'tunnel %s mid-run; generator: %s'
+                 % ('deleted' if how == 'delete' else 'killed', json.dumps(counters, sort_keys=True)), cap)
+    lab.tunnel_up(name)
+    if expect == 'none':
+        with lab.capture(name) as cap:
+            again = generate(lab, name, 2)
+        back = flows_ok(again) and not cap.packets()
+        print('%s tunnel-%s: traffic flows again through the new tunnel, nothing re-run: %s'
+              % ('PASS' if back else 'FAIL', how, json.dumps(again, sort_keys=True)), flush=True)
+        ok = ok and back
+    return ok
+
+
+SCENARIOS = {
+    'flows': prove_flows,
+    'bound-physical': prove_bound_physical,
+    'unprivileged-endpoint': prove_unprivileged_endpoint,
+    'tunnel-delete': lambda lab, name, expect: prove_tunnel_loss(lab, name, expect, 'delete'),
+    'tunnel-kill': lambda lab, name, expect: prove_tunnel_loss(lab, name, expect, 'kill'),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--state', default=DEFAULT_STATE)
+    sub = parser.add_subparsers(dest='command', required=True)
+    create = sub.add_parser('create')
+    create.add_argument('--hosts', type=int, default=1)
+    sub.add_parser('destroy')
+    tunnel = sub.add_parser('tunnel')
+    tunnel.add_argument('action', choices=['up', 'delete', 'kill'])
+    tunnel.add_argument('--host', default='lab-host1')
+    execute = sub.add_parser('exec')
+    execute.add_argument('--host', default='lab-host1')
+    execute.add_argument('cmd', nargs=argparse.REMAINDER)
+    prove = sub.add_parser('prove')
+    prove.add_argument('scenario', choices=sorted(SCENARIOS))
+    prove.add_argument('--host', default='lab-host1')
+    prove.add_argument('--expect', choices=['leak', 'none'], required=True)
+    args = parser.parse_args(argv)
+
+    lab = Lab(args.state)
+    if args.command == 'create':
+        lab.create(args.hosts)
+        print('lab ready: %s (inventory %s)' % (', '.join(sorted(lab.state['hosts'])),
+                                                os.path.join(lab.dir, 'inventory.yml')))
+    elif args.command == 'destroy':
+        lab.destroy()
+    elif args.command == 'tunnel':
+        {'up': lab.tunnel_up, 'delete': lab.tunnel_delete, 'kill': lab.tunnel_kill}[args.action](args.host)
+    elif args.command == 'exec':
+        cmd = args.cmd[1:] if args.cmd[:1] == ['--'] else args.cmd
+        result = lab.run(args.host, cmd, check=False, timeout=600)
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        return result.returncode
+    elif args.command == 'prove':
+        return 0 if SCENARIOS[args.scenario](lab, args.host, args.expect) else 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
