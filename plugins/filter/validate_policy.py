@@ -15,7 +15,7 @@ description:
     so that a bad value fails before any task touches a host.
   - Returns the policy unchanged when it is valid; otherwise fails with an error naming the setting.
 author:
-  - vpnguard maintainers
+  - vpnguard maintainers (@vpnguard)
 options:
   _input:
     description:

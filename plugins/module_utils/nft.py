@@ -139,7 +139,6 @@ def render(policy):
                     'ip saddr @lan_v4 ct state established,related accept',
                     'ip6 saddr @lan_v6 ct state established,related accept']
 
-
     lines = ['table %s {' % TABLE, '\tcomment "vpnguard.killswitch: managed by Ansible, changes are reverted"']
     lines += sets
     for chain in (

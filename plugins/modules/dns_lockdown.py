@@ -25,7 +25,7 @@ description:
   - The firewall side (DNS only to these servers and only through the tunnel, DNS over HTTPS
     resolvers blocked outside it) is M(vpnguard.killswitch.nft_killswitch)'s.
 author:
-  - vpnguard maintainers
+  - vpnguard maintainers (@vpnguard)
 options:
   state:
     description: V(present) locks DNS down; V(absent) restores what the host had.
@@ -126,7 +126,7 @@ def present(module, manifest_path):
     stale = [path for path in sorted(saved) if path not in wanted]
     diffs = [file_diff(p, file_snapshot.read_text(p), c) for p, c in changes]
     if not module.check_mode and (changes or stale):
-        for path, _content in changes:
+        for path in dict(changes):
             if path not in saved:
                 saved[path] = file_snapshot.capture(path)
         file_snapshot.save(manifest_path, saved)  # originals first, so a crash cannot lose them
@@ -136,7 +136,7 @@ def present(module, manifest_path):
             file_snapshot.write_text(path, content, 0o755 if path == dns_linux.DHCLIENT_HOOK else 0o644)
         file_snapshot.save(manifest_path, saved)
         reload_resolver(module, mode)
-    return dict(changed=bool(changes or stale), mode=mode, changed_files=[p for p, _ in changes] + stale,
+    return dict(changed=bool(changes or stale), mode=mode, changed_files=[path for path, content in changes] + stale,
                 diff=diffs)
 
 

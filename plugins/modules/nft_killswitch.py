@@ -13,7 +13,7 @@ module: nft_killswitch
 short_description: Enforce a VPN kill switch with nftables and a policy-routing guard
 version_added: "0.1.0"
 description:
-  - Puts a strict VPN kill switch in the Linux kernel: one C(inet) nftables table of its own,
+  - Puts a strict VPN kill switch in the Linux kernel, as one C(inet) nftables table of its own,
     C(vpnguard_killswitch), that drops every outbound and forwarded packet (IPv4 and IPv6) that
     does not leave through a tunnel interface, plus policy-routing rules (the routing guard) that
     stop traffic from falling back to the physical default route when the tunnel's routes vanish.
@@ -30,7 +30,7 @@ description:
     C(python3-nftables)) and C(pyroute2). When the interpreter running the module lacks them,
     the module re-runs itself under the system Python that has them.
 author:
-  - vpnguard maintainers
+  - vpnguard maintainers (@vpnguard)
 options:
   state:
     description:
@@ -161,7 +161,7 @@ options:
   persist:
     description:
       - Write what the boot unit of the C(killswitch) role loads before any network interface comes
-        up: the nft transaction (C(ruleset.nft)) and the routing guard's script (C(routing-guard.sh))
+        up, the nft transaction (C(ruleset.nft)) and the routing guard's script (C(routing-guard.sh)),
         in O(persist_dir). V(false) removes them.
     type: bool
     default: false
@@ -181,7 +181,7 @@ options:
   confirm:
     description:
       - Confirm the pending change and stop the rollback timer; run it over a fresh connection
-        (after C(meta: reset_connection)) so that it proves the controller still reaches the host.
+        (after C(meta) C(reset_connection)) so that it proves the controller still reaches the host.
         The policy options are then ignored.
     type: bool
     default: false
@@ -287,6 +287,7 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard 
     DEFAULT_PRIORITY, RoutingGuard, boot_script, describe, desired_rules, guard_commands)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import commit_confirm, file_snapshot
 
+NFTABLES_IMPORT_ERROR = PYROUTE2_IMPORT_ERROR = None
 try:
     import nftables
 except ImportError:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Traffic for the lab, bounded in time: it always stops by itself.
 
     traffic.py generate SECONDS         every 50 ms, to the internet host over IPv4 and IPv6:
@@ -134,7 +133,7 @@ def marker(address, port, text):
         try:
             if bind_to_device:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'eth0')
-            for _ in range(5):
+            for attempt in range(5):
                 s.sendto(text.encode(), (address, int(port)))
                 time.sleep(0.05)
         except OSError as e:

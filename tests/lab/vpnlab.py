@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A lab of Linux network namespaces with a real WireGuard tunnel, and the leak proof.
 
     isp:        the ISP and the VPN server. Internet host 198.51.100.10 and
@@ -90,7 +89,7 @@ class Lab:
 
     def run(self, name, command, check=True, timeout=30, **kwargs):
         argv = ['nsenter', '-t', str(self.pid(name)), '-n', '-m', '-u', '--'] + list(command)
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
         if check and result.returncode != 0:
             raise RuntimeError('%s: %s failed: %s' % (name, ' '.join(command), result.stderr.strip()))
         return result
@@ -111,8 +110,8 @@ class Lab:
                 ['unshare', '--net', '--mount', '--uts', '--propagation', 'private', '--fork', '--kill-child',
                  'sh', '-c', HOST_SETUP, name] + setup_args,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-        for _ in range(200):
-            children = subprocess.run(['pgrep', '-P', str(holder.pid)], capture_output=True, text=True).stdout.split()
+        for attempt in range(200):
+            children = subprocess.run(['pgrep', '-P', str(holder.pid)], capture_output=True, text=True, check=False).stdout.split()
             if children and os.readlink('/proc/%s/exe' % children[0]).endswith('sleep'):
                 pid = int(children[0])
                 self.state['namespaces'][name] = {
@@ -267,7 +266,8 @@ class Capture:
 
     def __init__(self, lab, name):
         self.lab, self.name = lab, name
-        self.pcap = tempfile.mktemp(prefix='capture-', suffix='.pcap', dir=lab.dir)
+        fd, self.pcap = tempfile.mkstemp(prefix='capture-', suffix='.pcap', dir=lab.dir)
+        os.close(fd)
         self.log = self.pcap + '.log'
 
     def __enter__(self):
@@ -291,7 +291,7 @@ class Capture:
 
     def packets(self, bpf=LEAK_FILTER):
         out = subprocess.run(['tcpdump', '-r', self.pcap, '-nn', '-tt', bpf],
-                             capture_output=True, text=True, timeout=30).stdout
+                             capture_output=True, text=True, timeout=30, check=False).stdout
         return out.splitlines()
 
     def contains(self, marker):

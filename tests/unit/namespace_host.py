@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), 'ansible')
@@ -36,17 +37,17 @@ class Host:
              'sh', '-c', SETUP, 'host', os.path.join(self.tmp, 'overlay')],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pid = None
-        for _ in range(100):
-            children = subprocess.run(['pgrep', '-P', str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        for attempt in range(100):
+            children = subprocess.run(['pgrep', '-P', str(self.proc.pid)], capture_output=True, text=True, check=False).stdout.split()
             if children and os.readlink('/proc/%s/exe' % children[0]).endswith('sleep'):
                 self.pid = int(children[0])
                 break
-            subprocess.run(['sleep', '0.05'])
+            time.sleep(0.05)
         assert self.pid, 'namespace did not start'
 
     def sh(self, command, check=True):
         result = subprocess.run(['nsenter', '-t', str(self.pid), '-n', '-m', '--', 'sh', '-c', command],
-                                capture_output=True, text=True, timeout=60)
+                                capture_output=True, text=True, timeout=60, check=False)
         if check:
             assert result.returncode == 0, result.stderr
         return result.stdout
@@ -58,7 +59,7 @@ class Host:
         result = subprocess.run(
             ['nsenter', '-t', str(self.pid), '-n', '-m', '--', ANSIBLE, 'localhost', '-c', 'local',
              '-m', 'vpnguard.killswitch.' + name, '-a', json.dumps(args)] + list(flags),
-            capture_output=True, text=True, env=env, timeout=120)
+            capture_output=True, text=True, env=env, timeout=120, check=False)
         return json.loads(result.stdout)['plays'][0]['tasks'][0]['hosts']['localhost']
 
     def close(self):
