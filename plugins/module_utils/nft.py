@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import hashlib
+import ipaddress
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import LAN_NETWORKS
 
@@ -62,6 +63,17 @@ def _tunnels(policy, direction, verdict):
     return ['%s %s %s' % (direction, _quoted(i), verdict) for i in policy.tunnel_interfaces]
 
 
+def _management_elements(entries):
+    # The kernel refuses overlapping intervals in a set, so networks sharing
+    # a protocol and port are merged first.
+    by_service = {}
+    for m in entries:
+        by_service.setdefault((m.protocol, m.port), []).append(m.network)
+    return ['%s . %s . %d' % (network, protocol, port)
+            for (protocol, port), networks in sorted(by_service.items())
+            for network in ipaddress.collapse_addresses(networks)]
+
+
 def render(policy):
     """The whole table for policy, as nft(8) input text."""
     families = ((4, 'ip'), (6, 'ip6'))
@@ -77,8 +89,7 @@ def render(policy):
                      [str(n) for n in LAN_NETWORKS if n.version == version] if policy.allow_lan else [],
                      interval=True)
         sets += _set('management_v%d' % version, '%s . inet_proto . inet_service' % at,
-                     ['%s . %s . %d' % (m.network, m.protocol, m.port) for m in policy.management_of(version)],
-                     interval=True)
+                     _management_elements(policy.management_of(version)), interval=True)
     sets += _set('bypass_uids', 'uid', [str(u) for u in policy.exceptions_by('uid')])
     sets += _set('bypass_gids', 'gid', [str(g) for g in policy.exceptions_by('gid')])
 
@@ -113,8 +124,15 @@ def render(policy):
     if policy.allow_lan:
         output += ['ip daddr @lan_v4 accept', 'ip6 daddr @lan_v6 accept']
     # Management: only replies to connections the management network opened.
-    output += ['ct direction reply %s daddr . meta l4proto . th sport @management_v%d accept' % (f, v)
-               for v, f in families if policy.management_of(v)]
+    # TCP is told by its flags, not by conntrack: a session that was open
+    # before the first apply is picked up mid-stream, and conntrack then takes
+    # the host's next reply for the original direction. Only a SYN opens a
+    # connection, and none may leave towards the management networks.
+    for v, f in families:
+        if policy.management_of(v):
+            match = '%s daddr . meta l4proto . th sport @management_v%d' % (f, v)
+            output += ['%s tcp flags & (syn | ack) != syn accept' % match,
+                       '%s meta l4proto udp ct direction reply accept' % match]
     output += ['%s accept' % b for b in bypass]
 
     input_ = ['iifname "lo" accept', 'ct state established,related accept']

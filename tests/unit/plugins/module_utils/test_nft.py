@@ -59,7 +59,16 @@ def test_no_blanket_established_accept_on_the_way_out():
     text = rendered(management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'}], allow_lan=True)
     for rule in chain(text, 'output'):
         assert 'ct state' not in rule
-    assert 'ct direction reply ip daddr . meta l4proto . th sport @management_v4 accept' in chain(text, 'output')
+        assert 'established' not in rule
+    assert 'ip daddr . meta l4proto . th sport @management_v4 tcp flags & (syn | ack) != syn accept' in chain(text, 'output')
+    assert 'ip daddr . meta l4proto . th sport @management_v4 meta l4proto udp ct direction reply accept' in chain(text, 'output')
+
+
+def test_overlapping_management_networks_are_merged_for_the_kernel():
+    text = rendered(management=[{'cidr': '0.0.0.0/1', 'port': 22, 'protocol': 'tcp'},
+                                {'cidr': '0.0.0.0/0', 'port': 22, 'protocol': 'tcp'},
+                                {'cidr': '198.18.0.0/24', 'port': 161, 'protocol': 'udp'}])
+    assert 'elements = { 0.0.0.0/0 . tcp . 22, 198.18.0.0/24 . udp . 161 }' in text
 
 
 def test_lan_is_closed_unless_allowed():
