@@ -7,14 +7,18 @@
                 (ISP side upN, .1), private /etc, /var/lib, /usr/local and /run.
                 Its VPN client is done the way wg-quick does it: wireguard-go
                 wg0 with fwmark 51820, default routes in table 51820, and the
-                rule "not fwmark 51820 lookup 51820".
+                rules "lookup main suppress_prefixlength 0" and
+                "not fwmark 51820 lookup 51820".
+                Management: mgmt0 198.19.N.2/24, sshd on it (root, key only).
+    mgmt:       the controller's network (198.19.N.1, HTTP :8080); Ansible
+                runs here (vpnlab.py controller -- CMD) to reach hosts by SSH.
 
 Nothing here is routed out of the machine; every address is a documentation
 range owned by a namespace the lab made. Teardown kills every process in the
 lab's namespaces, found by namespace, never by name.
 
     vpnlab.py create --hosts N [--state DIR]     vpnlab.py destroy [--state DIR]
-    vpnlab.py tunnel up|delete|kill --host H      vpnlab.py exec --host H -- CMD...
+    vpnlab.py tunnel up|delete|kill --host H      vpnlab.py exec --host H -- CMD...            vpnlab.py controller -- CMD...
     vpnlab.py prove SCENARIO --host H --expect leak|none
 """
 
@@ -62,6 +66,7 @@ def host_index(name):
 
 def host_addresses(i):
     return {
+        'mgmt': '198.19.%d.2' % i, 'controller': '198.19.%d.1' % i, 'mgmt_side': 'mg%d' % i,
         'uplink': 'eth0', 'isp_side': 'up%d' % i,
         'v4': '198.18.%d.2' % i, 'gw4': '198.18.%d.1' % i,
         'v6': '2001:db8:1:%d::2' % i, 'gw6': '2001:db8:1:%d::1' % i,
@@ -172,6 +177,11 @@ class Lab:
         self.sh('isp', 'wg set wgs listen-port %d private-key %s && ip addr add %s/24 dev wgs '
                        '&& ip -6 addr add %s/64 dev wgs nodad && ip link set wgs up'
                 % (WG_PORT, key, SERVER_TUNNEL_V4, SERVER_TUNNEL_V6))
+        self._namespace('mgmt', [os.path.join(self.dir, 'mgmt.fs'), 'mgmt'])
+        self.state['processes']['mgmt_http'] = self.spawn('mgmt', [sys.executable, '-u', '-m', 'http.server', '8080',
+                                                                   '--bind', '::', '--directory', www], 'mgmt_http.log')
+        subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', os.path.join(self.dir, 'controller_key')],
+                       check=True)
         for i in range(1, hosts + 1):
             self._create_host(i)
         self.save()
@@ -186,11 +196,28 @@ class Lab:
             self.sh(ns, 'sysctl -qw net.ipv6.conf.%s.accept_dad=0 && ip addr add %s/24 dev %s '
                         '&& ip -6 addr add %s/64 dev %s nodad && ip link set %s up' % (dev, addr, dev, addr6, dev, dev))
         self.sh(name, 'ip route add default via %s && ip -6 route add default via %s' % (a['gw4'], a['gw6']))
+        self.sh('mgmt', 'ip link add %s type veth peer name mgmt0 netns %d && ip addr add %s/24 dev %s '
+                        '&& ip link set %s up' % (a['mgmt_side'], pid, a['controller'], a['mgmt_side'], a['mgmt_side']))
+        self.sh(name, 'ip addr add %s/24 dev mgmt0 && ip link set mgmt0 up' % a['mgmt'])
+        self._start_sshd(name, a['mgmt'])
         key, public = self._genkey(name)
         self.state['hosts'][name] = dict(a, key=key, public=public)
         self.sh('isp', 'wg set wgs peer %s allowed-ips %s/32,%s/128' % (public, a['tunnel_v4'], a['tunnel_v6']))
         self.save()
         self.tunnel_up(name)
+
+    def _start_sshd(self, name, address):
+        """sshd on the management address only, with its keys and config in the host's private /etc."""
+        with open(os.path.join(self.dir, 'controller_key.pub')) as f:
+            authorized = f.read()
+        self.sh(name, 'ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/vpnguard-lab-host-key '
+                      '&& printf "%%s" "%s" > /etc/ssh/vpnguard-lab-authorized-keys && mkdir -p /run/sshd '
+                      '&& printf "ListenAddress %s\\nHostKey /etc/ssh/vpnguard-lab-host-key\\n'
+                      'AuthorizedKeysFile /etc/ssh/vpnguard-lab-authorized-keys\\nPermitRootLogin prohibit-password\\n'
+                      'PasswordAuthentication no\\nKbdInteractiveAuthentication no\\nUsePAM no\\n'
+                      'PidFile none\\n" > /etc/ssh/vpnguard-lab-sshd_config' % (authorized.strip(), address))
+        self.state['processes'][name + ':sshd'] = self.spawn(
+            name, ['/usr/sbin/sshd', '-D', '-e', '-f', '/etc/ssh/vpnguard-lab-sshd_config'], name + '-sshd.log')
 
     def destroy(self):
         netns = set(n['netns'] for n in self.state.get('namespaces', {}).values())
@@ -219,6 +246,17 @@ class Lab:
                            'lab_uplink': 'eth0'}
         with open(os.path.join(self.dir, 'inventory.yml'), 'w') as f:
             json.dump({'all': {'children': {'lab_hosts': {'hosts': hosts}}}}, f, indent=1)
+        # The same hosts over real SSH on the management network, for Ansible run
+        # inside the mgmt namespace; a lockout fails fast instead of hanging.
+        ssh_hosts = dict((name, {
+            'ansible_host': self.state['hosts'][name]['mgmt'], 'ansible_user': 'root',
+            'ansible_ssh_private_key_file': os.path.join(self.dir, 'controller_key'),
+            'ansible_ssh_common_args': '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null '
+                                       '-o ConnectTimeout=5 -o ServerAliveInterval=2 -o ServerAliveCountMax=3',
+            'ansible_python_interpreter': '/usr/bin/python3', 'ansible_become': False,
+        }) for name in sorted(self.state['hosts']))
+        with open(os.path.join(self.dir, 'inventory-ssh.yml'), 'w') as f:
+            json.dump({'all': {'children': {'lab_hosts': {'hosts': ssh_hosts}}}}, f, indent=1)
 
     # -- the VPN client -------------------------------------------------------------
 
@@ -238,7 +276,8 @@ class Lab:
                             port=WG_PORT, t4=h['tunnel_v4'], t6=h['tunnel_v6']))
         for family in ('-4', '-6'):
             if not self.sh(name, 'ip %s rule show priority 1000' % family).strip():
-                self.sh(name, 'ip %s rule add not fwmark %d table %d priority 1000' % (family, FWMARK, FWMARK))
+                self.sh(name, 'ip %s rule add table main suppress_prefixlength 0 priority 999 '
+                              '&& ip %s rule add not fwmark %d table %d priority 1000' % (family, family, FWMARK, FWMARK))
         if wait:
             self._wait('a handshake on ' + name, lambda: self.run(
                 name, ['ping', '-c', '1', '-W', '1', SERVER_TUNNEL_V4], check=False).returncode == 0, seconds=20)
@@ -385,7 +424,52 @@ def prove_tunnel_loss(lab, name, expect, how):
     return ok
 
 
+def prove_boot(lab, name, expect):
+    """A reboot: nothing of the running state survives; the boot unit runs before the network is up."""
+    a = lab.state['hosts'][name]
+    unit = lab.sh(name, 'cat /etc/systemd/system/vpnguard-killswitch.service 2>/dev/null || true')
+    boot_commands = [line.split('=', 1)[1] for line in unit.splitlines() if line.startswith('ExecStart=')]
+    lab.tunnel_delete(name)
+    lab.sh(name, 'ip link set eth0 down && nft flush ruleset && for f in -4 -6; do '
+                 'for p in $(ip $f rule show | cut -d: -f1 | sort -u); do case $p in 0|32766|32767) ;; '
+                 '*) while ip $f rule del priority $p 2>/dev/null; do :; done ;; esac; done; done')
+
+    def boot():
+        for command in boot_commands:
+            lab.sh(name, command)
+        # The network comes up (as DHCP would bring it), and only later the VPN.
+        lab.sh(name, 'ip link set eth0 up && ip -6 addr replace %s/64 dev eth0 nodad '
+                     '&& ip route replace default via %s && ip -6 route replace default via %s'
+               % (a['v6'], a['gw4'], a['gw6']))
+        time.sleep(2)
+        lab.tunnel_up(name)
+
+    with lab.capture(name) as cap:
+        counters = generate(lab, name, 10, during=boot)
+    ok = verdict('boot', len(cap.packets()), expect, 'boot unit ran %d command(s), link up 2 s before the VPN; '
+                 'generator: %s' % (len(boot_commands), json.dumps(counters, sort_keys=True)), cap)
+    if expect == 'none':
+        with lab.capture(name) as cap:
+            after = generate(lab, name, 2)
+        flowing = flows_ok(after) and not cap.packets()
+        print('%s boot: traffic flows through the tunnel once it is up: %s'
+              % ('PASS' if flowing else 'FAIL', json.dumps(after, sort_keys=True)), flush=True)
+        ok = ok and flowing
+    return ok
+
+
+def prove_management_closed(lab, name, expect):
+    """The host opens nothing towards the management network (leak = it got an answer)."""
+    controller = lab.state['hosts'][name]['controller']
+    answered = lab.run(name, ['curl', '-s', '-o', '/dev/null', '--max-time', '2', 'http://%s:8080/' % controller],
+                       check=False).returncode == 0
+    return verdict('management-closed', 1 if answered else 0, expect,
+                   'the host connecting to the controller %s:8080 got an answer: %s' % (controller, answered))
+
+
 SCENARIOS = {
+    'boot': prove_boot,
+    'management-closed': prove_management_closed,
     'flows': prove_flows,
     'bound-physical': prove_bound_physical,
     'unprivileged-endpoint': prove_unprivileged_endpoint,
@@ -407,6 +491,8 @@ def main(argv=None):
     execute = sub.add_parser('exec')
     execute.add_argument('--host', default='lab-host1')
     execute.add_argument('cmd', nargs=argparse.REMAINDER)
+    controller = sub.add_parser('controller')
+    controller.add_argument('cmd', nargs=argparse.REMAINDER)
     prove = sub.add_parser('prove')
     prove.add_argument('scenario', choices=sorted(SCENARIOS))
     prove.add_argument('--host', default='lab-host1')
@@ -422,6 +508,9 @@ def main(argv=None):
         lab.destroy()
     elif args.command == 'tunnel':
         {'up': lab.tunnel_up, 'delete': lab.tunnel_delete, 'kill': lab.tunnel_kill}[args.action](args.host)
+    elif args.command == 'controller':
+        cmd = args.cmd[1:] if args.cmd[:1] == ['--'] else args.cmd
+        return subprocess.call(['nsenter', '-t', str(lab.pid('mgmt')), '-n', '--'] + cmd)
     elif args.command == 'exec':
         cmd = args.cmd[1:] if args.cmd[:1] == ['--'] else args.cmd
         result = lab.run(args.host, cmd, check=False, timeout=600)
