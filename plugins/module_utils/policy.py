@@ -213,26 +213,22 @@ def _mapping(setting, value, known):
     return missing
 
 
+def _service(setting, value, key, parse_address, default_protocol):
+    """An address (or network) with a port and protocol, as endpoints and management have."""
+    missing = _mapping(setting, value, (key, 'port', 'protocol'))
+    if key in missing or 'port' in missing:
+        raise PolicyError(setting, 'needs %s and port' % key)
+    return (parse_address('%s.%s' % (setting, key), value[key]),
+            _port(setting + '.port', value['port']),
+            _protocol(setting + '.protocol', value.get('protocol') or default_protocol))
+
+
 def _endpoint(setting, value):
-    missing = _mapping(setting, value, ('address', 'port', 'protocol'))
-    if 'address' in missing or 'port' in missing:
-        raise PolicyError(setting, 'needs address and port')
-    return Endpoint(
-        address=_host_address(setting + '.address', value['address']),
-        port=_port(setting + '.port', value['port']),
-        protocol=_protocol(setting + '.protocol', value.get('protocol') or 'udp'),
-    )
+    return Endpoint(*_service(setting, value, 'address', _host_address, 'udp'))
 
 
 def _management(setting, value):
-    missing = _mapping(setting, value, ('cidr', 'port', 'protocol'))
-    if 'cidr' in missing or 'port' in missing:
-        raise PolicyError(setting, 'needs cidr and port')
-    return Management(
-        network=_network(setting + '.cidr', value['cidr']),
-        port=_port(setting + '.port', value['port']),
-        protocol=_protocol(setting + '.protocol', value.get('protocol') or 'tcp'),
-    )
+    return Management(*_service(setting, value, 'cidr', _network, 'tcp'))
 
 
 def _exception(setting, value):

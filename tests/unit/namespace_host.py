@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), 'ansible')
 CAN_RUN = os.geteuid() == 0 and shutil.which('nft') and shutil.which('unshare') and os.path.exists(ANSIBLE)
@@ -74,3 +76,13 @@ class Host:
                 pass
         self.proc.kill()
         self.proc.wait()
+
+
+def host_fixture(cls):
+    """A pytest fixture giving each test a fresh host of class cls, torn down after it."""
+    @pytest.fixture
+    def host(tmp_path):
+        h = cls(tmp_path)
+        yield h
+        h.close()
+    return host

@@ -2,7 +2,7 @@
 
 import pytest
 
-from namespace_host import CAN_RUN, Host
+from namespace_host import CAN_RUN, Host, host_fixture
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason='needs root, unshare and ansible to run the module')
 
@@ -20,11 +20,7 @@ class DnsHost(Host):
         return super(DnsHost, self).module('dns_lockdown', *flags, **args)
 
 
-@pytest.fixture
-def host(tmp_path):
-    h = DnsHost(tmp_path)
-    yield h
-    h.close()
+host = host_fixture(DnsHost)
 
 
 def plain_resolv_conf(host):

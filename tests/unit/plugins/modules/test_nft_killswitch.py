@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from namespace_host import CAN_RUN, Host
+from namespace_host import CAN_RUN, Host, host_fixture
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason='needs root, nft, unshare and ansible to run the module')
 
@@ -25,11 +25,7 @@ class NftHost(Host):
         return self.sh('nft list ruleset; ip -4 rule; ip -6 rule')
 
 
-@pytest.fixture
-def host(tmp_path):
-    h = NftHost(tmp_path)
-    yield h
-    h.close()
+host = host_fixture(NftHost)
 
 
 def test_check_mode_changes_nothing_then_apply_then_idempotent(host):
