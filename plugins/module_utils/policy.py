@@ -141,6 +141,10 @@ def _list(setting, value):
 
 
 def _boolean(setting, value):
+    # "true"/"false" as text is how `-e name=true` on the command line arrives;
+    # anything looser (yes, 1, on) is more likely a mistake than a choice.
+    if isinstance(value, str) and value.lower() in ('true', 'false'):
+        return value.lower() == 'true'
     if not isinstance(value, bool):
         raise PolicyError(setting, 'must be a boolean (true/false), got %r' % (value,))
     return value

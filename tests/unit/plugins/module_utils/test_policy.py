@@ -91,7 +91,7 @@ def test_duplicates_are_dropped_in_order():
     (with_(exceptions=[{'cgroup': 'a/"b'}]), 'exceptions[0].cgroup'),
     (with_(exceptions=[{'cgroup': '/'}]), 'exceptions[0].cgroup'),
     (with_(tunnel_fwmark=0), 'tunnel_fwmark'),
-    (with_(restrict_endpoints_to_tunnel='false'), 'restrict_endpoints_to_tunnel'),
+    (with_(restrict_endpoints_to_tunnel='off'), 'restrict_endpoints_to_tunnel'),
     (with_(unknown_setting=1), 'policy'),
     ('wg0', 'policy'),
 ])
@@ -128,3 +128,9 @@ def test_ports_outside_the_range_are_refused(port):
     else:
         with pytest.raises(PolicyError):
             parse_policy(raw)
+
+
+@pytest.mark.parametrize('text, value', [('true', True), ('False', False)])
+def test_booleans_given_as_text_on_the_command_line_are_read(text, value):
+    # ansible-playbook -e killswitch_allow_lan=true passes the text "true"
+    assert parse_policy(with_(allow_lan=text)).allow_lan is value
