@@ -6,6 +6,12 @@
                                         of answers received, as JSON
     traffic.py echo PORT                UDP echo server on both families (the ISP side)
     traffic.py marker ADDR PORT TEXT    UDP datagrams carrying TEXT, unbound and bound to eth0
+    traffic.py dns ADDR                 one DNS query over UDP and one over TCP; prints which got an answer
+    traffic.py sink PORT                TCP server that reads and discards (the ISP side)
+    traffic.py stream ADDR PORT SECONDS TEXT
+                                        one TCP connection bound to eth0, TEXT every 50 ms
+    traffic.py ra IFACE PREFIX LIFETIME one IPv6 router advertisement on IFACE: PREFIX/64 for
+                                        SLAAC and a default route for LIFETIME seconds
 """
 
 import json
@@ -76,16 +82,16 @@ def icmp_echo(version, address, sequence):
         s.close()
 
 
-def dns_query(over_tcp):
+def dns_query(over_tcp, resolver=RESOLVER, timeout=0.1):
     query = struct.pack('!HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0) + b'\x03lab\x07example\x00\x00\x01\x00\x01'
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if over_tcp else socket.SOCK_DGRAM)
-    s.settimeout(0.1)
+    s.settimeout(timeout)
     try:
         if over_tcp:
-            s.connect((RESOLVER, 53))
+            s.connect((resolver, 53))
             s.sendall(struct.pack('!H', len(query)) + query)
         else:
-            s.sendto(query, (RESOLVER, 53))
+            s.sendto(query, (resolver, 53))
         return bool(s.recv(512))
     except OSError:
         return False
@@ -118,7 +124,10 @@ def echo(port):
         s.bind((address, port))
         while True:
             data, peer = s.recvfrom(2048)
-            s.sendto(data, peer)
+            try:
+                s.sendto(data, peer)
+            except OSError:  # a peer the ISP has no route back to (a leaked guest's packet)
+                pass
     threads = [threading.Thread(target=serve, args=a, daemon=True)
                for a in ((socket.AF_INET, '0.0.0.0'), (socket.AF_INET6, '::'))]
     for t in threads:
@@ -142,6 +151,48 @@ def marker(address, port, text):
             s.close()
 
 
+def sink(port):
+    server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    server.bind(('::', port))
+    server.listen(16)
+
+    def drain(conn):
+        with conn:
+            while conn.recv(4096):
+                pass
+    while True:
+        threading.Thread(target=drain, args=(server.accept()[0],), daemon=True).start()
+
+
+def stream(address, port, seconds, text):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'eth0')
+    s.settimeout(1)
+    s.connect((address, int(port)))
+    s.setblocking(False)  # once the path is cut, sends queue up instead of blocking
+    deadline = time.time() + float(seconds)
+    while time.time() < deadline:
+        try:
+            s.send(text.encode() + b'\n')
+        except OSError:
+            pass
+        time.sleep(INTERVAL)
+
+
+def router_advertisement(interface, prefix, lifetime):
+    """Type 134 with a prefix information option (on-link, autonomous); the kernel adds the checksum."""
+    lifetime = int(lifetime)
+    ra = struct.pack('!BBHBBHII', 134, 0, 0, 64, 0, min(lifetime, 9000), 0, 0)
+    ra += struct.pack('!BBBBIII', 3, 4, 64, 0xc0, lifetime, lifetime, 0) + socket.inet_pton(socket.AF_INET6, prefix)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # hosts drop RAs below 255
+    s.sendto(ra, ('ff02::1', 0, 0, socket.if_nametoindex(interface)))
+    s.close()
+
+
 if __name__ == '__main__':
     mode = sys.argv[1]
     if mode == 'generate':
@@ -150,3 +201,11 @@ if __name__ == '__main__':
         echo(int(sys.argv[2]))
     elif mode == 'marker':
         marker(*sys.argv[2:5])
+    elif mode == 'dns':
+        print(json.dumps({'udp': dns_query(False, sys.argv[2], 1.0), 'tcp': dns_query(True, sys.argv[2], 1.0)}))
+    elif mode == 'sink':
+        sink(int(sys.argv[2]))
+    elif mode == 'stream':
+        stream(*sys.argv[2:6])
+    elif mode == 'ra':
+        router_advertisement(*sys.argv[2:5])

@@ -1,10 +1,14 @@
 """A lab of Linux network namespaces with a real WireGuard tunnel, and the leak proof.
 
     isp:        the ISP and the VPN server. Internet host 198.51.100.10 and
-                2001:db8:2::10 (HTTP :8080, UDP echo :9999), VPN endpoint
-                203.0.113.1 udp 51820 (wireguard-go "wgs", 192.0.2.1/24).
+                2001:db8:2::10 (HTTP :8080, UDP echo :9999, TCP sink :9998), VPN
+                endpoint 203.0.113.1 udp 51820 (wireguard-go "wgs", 192.0.2.1/24).
+                Resolvers (dnsmasq, lab.example -> 198.51.100.10): the ISP's
+                on 198.51.100.53, the tunnel's on 192.0.2.1.
     lab-hostN:  a managed host: uplink eth0 198.18.N.2/24 and 2001:db8:1:N::2/64
-                (ISP side upN, .1), private /etc, /var/lib, /usr/local and /run.
+                (ISP side upN, .1), default routes metric 100 as DHCP leaves
+                them, /etc/resolv.conf naming the ISP's resolver, and private
+                /etc, /var/lib, /usr/local and /run.
                 Its VPN client is done the way wg-quick does it: wireguard-go
                 wg0 with fwmark 51820, default routes in table 51820, and the
                 rules "lookup main suppress_prefixlength 0" and
@@ -19,7 +23,9 @@ lab's namespaces, found by namespace, never by name.
 
     vpnlab.py create --hosts N [--state DIR]     vpnlab.py destroy [--state DIR]
     vpnlab.py tunnel up|delete|kill --host H      vpnlab.py exec --host H -- CMD...            vpnlab.py controller -- CMD...
-    vpnlab.py prove SCENARIO --host H --expect leak|none
+    vpnlab.py prove SCENARIO --host H --expect leak|none [--apply CMD]
+
+The scenarios are below and, for the fault matrix, in faults.py.
 """
 
 import argparse
@@ -170,6 +176,8 @@ class Lab:
                                                              '--bind', '::', '--directory', www], 'http.log')
         self.state['processes']['udp_echo'] = self.spawn('isp', [sys.executable, '-u', os.path.join(HERE, 'traffic.py'),
                                                                  'echo', '9999'], 'udp_echo.log')
+        self.state['processes']['tcp_sink'] = self.spawn('isp', [sys.executable, '-u', os.path.join(HERE, 'traffic.py'),
+                                                                 'sink', '9998'], 'tcp_sink.log')
         key, server_public = self._genkey('isp')
         self.state['server_public'] = server_public
         self.state['processes']['wgs'] = self.spawn('isp', ['wireguard-go', '-f', 'wgs'], 'wgs.log')
@@ -182,6 +190,12 @@ class Lab:
                                                                    '--bind', '::', '--directory', www], 'mgmt_http.log')
         subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', os.path.join(self.dir, 'controller_key')],
                        check=True)
+        for resolver, address in (('isp', ISP_RESOLVER), ('tunnel', SERVER_TUNNEL_V4)):
+            self.state['processes']['dns_' + resolver] = self.spawn('isp', [
+                'dnsmasq', '--keep-in-foreground', '--conf-file=/dev/null', '--no-resolv', '--no-hosts',
+                '--bind-interfaces', '--listen-address=' + address, '--user=root', '--pid-file=',
+                '--address=/lab.example/' + INTERNET_V4, '--log-queries',
+                '--log-facility=' + os.path.join(self.dir, 'dns-%s.log' % resolver)], 'dnsmasq.log')
         for i in range(1, hosts + 1):
             self._create_host(i)
         self.save()
@@ -195,7 +209,9 @@ class Lab:
         for ns, dev, addr, addr6 in (('isp', a['isp_side'], a['gw4'], a['gw6']), (name, 'eth0', a['v4'], a['v6'])):
             self.sh(ns, 'sysctl -qw net.ipv6.conf.%s.accept_dad=0 && ip addr add %s/24 dev %s '
                         '&& ip -6 addr add %s/64 dev %s nodad && ip link set %s up' % (dev, addr, dev, addr6, dev, dev))
-        self.sh(name, 'ip route add default via %s && ip -6 route add default via %s' % (a['gw4'], a['gw6']))
+        self.sh(name, 'ip route add default via %s metric 100 && ip -6 route add default via %s metric 100 '
+                      '&& rm -f /etc/resolv.conf && echo "nameserver %s" > /etc/resolv.conf'
+                % (a['gw4'], a['gw6'], ISP_RESOLVER))
         self.sh('mgmt', 'ip link add %s type veth peer name mgmt0 netns %d && ip addr add %s/24 dev %s '
                         '&& ip link set %s up' % (a['mgmt_side'], pid, a['controller'], a['mgmt_side'], a['mgmt_side']))
         self.sh(name, 'ip addr add %s/24 dev mgmt0 && ip link set mgmt0 up' % a['mgmt'])
@@ -219,8 +235,8 @@ class Lab:
         self.state['processes'][name + ':sshd'] = self.spawn(
             name, ['/usr/sbin/sshd', '-D', '-e', '-f', '/etc/ssh/vpnguard-lab-sshd_config'], name + '-sshd.log')
 
-    def destroy(self):
-        netns = set(n['netns'] for n in self.state.get('namespaces', {}).values())
+    @staticmethod
+    def _kill_namespace_processes(netns, holders):
         for entry in os.listdir('/proc'):
             if not entry.isdigit():
                 continue
@@ -229,11 +245,15 @@ class Lab:
                     os.kill(int(entry), signal.SIGKILL)
             except OSError:
                 pass
-        for n in self.state.get('namespaces', {}).values():
+        for pid in holders:
             try:
-                os.kill(n['holder'], signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+    def destroy(self):
+        namespaces = self.state.get('namespaces', {}).values()
+        self._kill_namespace_processes(set(n['netns'] for n in namespaces), [n['holder'] for n in namespaces])
         self.state = {}
         if os.path.isdir(self.dir):
             subprocess.run(['rm', '-rf', self.dir], check=False)
@@ -260,20 +280,21 @@ class Lab:
 
     # -- the VPN client -------------------------------------------------------------
 
-    def tunnel_up(self, name, wait=True):
+    def tunnel_up(self, name, wait=True, interface='wg0'):
         h = self.state['hosts'][name]
-        if self.run(name, ['ip', 'link', 'show', 'wg0'], check=False).returncode != 0:
-            self.state['processes'][name + ':wg0'] = self.spawn(name, ['wireguard-go', '-f', 'wg0'], name + '-wg0.log')
+        if self.run(name, ['ip', 'link', 'show', interface], check=False).returncode != 0:
+            self.state['processes'][name + ':' + interface] = self.spawn(name, ['wireguard-go', '-f', interface],
+                                                                         name + '-' + interface + '.log')
             self.save()
-            self._wait('wg0 on ' + name,
-                       lambda: self.run(name, ['test', '-S', '/run/wireguard/wg0.sock'], check=False).returncode == 0)
-            self.sh(name, 'wg set wg0 private-key {key} fwmark {mark} peer {peer} endpoint {ep}:{port} '
+            self._wait(interface + ' on ' + name, lambda: self.run(
+                name, ['test', '-S', '/run/wireguard/%s.sock' % interface], check=False).returncode == 0)
+            self.sh(name, 'wg set {dev} private-key {key} fwmark {mark} peer {peer} endpoint {ep}:{port} '
                           'allowed-ips 0.0.0.0/0,::/0 persistent-keepalive 1 '
-                          '&& ip addr add {t4}/32 dev wg0 && ip -6 addr add {t6}/128 dev wg0 nodad '
-                          '&& ip link set wg0 up '
-                          '&& ip route add default dev wg0 table {mark} && ip -6 route add default dev wg0 table {mark}'
-                    .format(key=h['key'], mark=FWMARK, peer=self.state['server_public'], ep=ENDPOINT,
-                            port=WG_PORT, t4=h['tunnel_v4'], t6=h['tunnel_v6']))
+                          '&& ip addr add {t4}/32 dev {dev} && ip -6 addr add {t6}/128 dev {dev} nodad '
+                          '&& ip link set {dev} up && ip route replace default dev {dev} table {mark} '
+                          '&& ip -6 route replace default dev {dev} table {mark}'
+                    .format(dev=interface, key=h['key'], mark=FWMARK, peer=self.state['server_public'],
+                            ep=ENDPOINT, port=WG_PORT, t4=h['tunnel_v4'], t6=h['tunnel_v6']))
         for family in ('-4', '-6'):
             if not self.sh(name, 'ip %s rule show priority 1000' % family).strip():
                 self.sh(name, 'ip %s rule add table main suppress_prefixlength 0 priority 999 '
@@ -282,8 +303,8 @@ class Lab:
             self._wait('a handshake on ' + name, lambda: self.run(
                 name, ['ping', '-c', '1', '-W', '1', SERVER_TUNNEL_V4], check=False).returncode == 0, seconds=20)
 
-    def tunnel_delete(self, name):
-        self.run(name, ['ip', 'link', 'del', 'wg0'], check=False)
+    def tunnel_delete(self, name, interface='wg0'):
+        self.run(name, ['ip', 'link', 'del', interface], check=False)
 
     def tunnel_kill(self, name):
         pid = self.state['processes'].get(name + ':wg0')
@@ -293,6 +314,32 @@ class Lab:
             except OSError:
                 pass
         self._wait('wg0 to vanish', lambda: self.run(name, ['ip', 'link', 'show', 'wg0'], check=False).returncode != 0)
+
+    # -- a guest routed through a host -------------------------------------------------
+
+    def guest_address(self, name):
+        return '198.18.%d.2' % (100 + host_index(name))
+
+    def add_guest(self, name):
+        """A container-like namespace behind the host (gst0), with forwarding on in the host."""
+        i = host_index(name)
+        guest = name + '-guest'
+        pid = self._namespace(guest, [os.path.join(self.dir, guest + '.fs'), guest])
+        self.sh(name, 'ip link add gst0 type veth peer name eth0 netns %d && ip addr add 198.18.%d.1/24 dev gst0 '
+                      '&& ip -6 addr add 2001:db8:3:%d::1/64 dev gst0 nodad && ip link set gst0 up '
+                      '&& sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1' % (pid, 100 + i, i))
+        self.sh(guest, 'ip addr add %s/24 dev eth0 && ip -6 addr add 2001:db8:3:%d::2/64 dev eth0 nodad '
+                       '&& ip link set eth0 up && ip route add default via 198.18.%d.1 '
+                       '&& ip -6 route add default via 2001:db8:3:%d::1' % (self.guest_address(name), i, 100 + i, i))
+        return guest
+
+    def remove_guest(self, name):
+        guest = name + '-guest'
+        self.sh(name, 'ip link del gst0; sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0', check=False)
+        entry = self.state['namespaces'].pop(guest, None)
+        if entry:
+            self._kill_namespace_processes({entry['netns']}, [entry['holder']])
+        self.save()
 
     # -- the sniffer ------------------------------------------------------------------
 
@@ -340,15 +387,15 @@ class Capture:
 
 # -- traffic from inside a host ---------------------------------------------------
 
-def generate(lab, name, seconds, during=None, user=None):
-    """Run the traffic generator in the host; call during() half way. Returns its counters."""
+def generate(lab, name, seconds, during=None, user=None, lead=None):
+    """Run the traffic generator in the host; call during() after lead seconds (half way). Returns its counters."""
     command = [sys.executable, os.path.join(HERE, 'traffic.py'), 'generate', str(seconds)]
     if user:
         command = ['setpriv', '--reuid=%d' % user, '--regid=%d' % user, '--clear-groups'] + command
     argv = ['nsenter', '-t', str(lab.pid(name)), '-n', '-m', '--'] + command
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if during:
-        time.sleep(seconds / 2.0)
+        time.sleep(seconds / 2.0 if lead is None else lead)
         during()
     out, err = proc.communicate(timeout=seconds + 30)
     if proc.returncode != 0:
@@ -458,6 +505,37 @@ def prove_boot(lab, name, expect):
     return ok
 
 
+def prove_dns(lab, name, expect):
+    """Names resolve through the tunnel's resolver; a raw query to the ISP's gets no answer (leak = an answer)."""
+    tunnel_log = os.path.join(lab.dir, 'dns-tunnel.log')
+    before = os.path.getsize(tunnel_log) if os.path.exists(tunnel_log) else 0
+    resolved = lab.run(name, ['getent', 'hosts', 'lab.example'], check=False, timeout=20).stdout.split()[:1]
+    time.sleep(0.3)
+    with open(tunnel_log) as f:
+        f.seek(before)
+        via_tunnel = 'query[A] lab.example from %s' % lab.state['hosts'][name]['tunnel_v4'] in f.read()
+    with lab.capture(name) as cap:
+        answers = json.loads(lab.run(name, [sys.executable, os.path.join(HERE, 'traffic.py'), 'dns', ISP_RESOLVER],
+                                     timeout=20).stdout)
+    answered = [k for k, v in sorted(answers.items()) if v]
+    ok = verdict('dns', len(answered), expect, 'raw queries to the ISP resolver %s answered over: %s; '
+                 'getent hosts lab.example -> %s, seen by the tunnel resolver: %s; packets on the wire: %d'
+                 % (ISP_RESOLVER, ', '.join(answered) or 'nothing', ' '.join(resolved) or 'nothing', via_tunnel,
+                    len(cap.packets())), cap)
+    if expect == 'none' and not (resolved == [INTERNET_V4] and via_tunnel and not cap.packets()):
+        print('FAIL dns: the name must resolve through the tunnel resolver, with nothing on the wire', flush=True)
+        ok = False
+    lab.tunnel_delete(name)
+    with lab.capture(name) as cap:
+        lab.run(name, ['getent', 'hosts', 'lab.example'], check=False, timeout=30)
+        for resolver in (ISP_RESOLVER, SERVER_TUNNEL_V4):
+            lab.run(name, [sys.executable, os.path.join(HERE, 'traffic.py'), 'dns', resolver], timeout=20)
+    ok = verdict('dns-tunnel-down', len(cap.packets()), expect, 'tunnel deleted: getent hosts and raw queries to '
+                 'both resolvers', cap) and ok
+    lab.tunnel_up(name)
+    return ok
+
+
 def prove_management_closed(lab, name, expect):
     """The host opens nothing towards the management network (leak = it got an answer)."""
     controller = lab.state['hosts'][name]['controller']
@@ -469,6 +547,7 @@ def prove_management_closed(lab, name, expect):
 
 SCENARIOS = {
     'boot': prove_boot,
+    'dns': prove_dns,
     'management-closed': prove_management_closed,
     'flows': prove_flows,
     'bound-physical': prove_bound_physical,
@@ -493,10 +572,16 @@ def main(argv=None):
     execute.add_argument('cmd', nargs=argparse.REMAINDER)
     controller = sub.add_parser('controller')
     controller.add_argument('cmd', nargs=argparse.REMAINDER)
+    # faults.py imports this module by name; let it find this very instance.
+    sys.modules.setdefault('vpnlab', sys.modules[__name__])
+    import faults
+    SCENARIOS.update(faults.SCENARIOS)
     prove = sub.add_parser('prove')
-    prove.add_argument('scenario', choices=sorted(SCENARIOS))
+    prove.add_argument('scenario', choices=sorted(list(SCENARIOS) + list(faults.APPLY_SCENARIOS)))
     prove.add_argument('--host', default='lab-host1')
     prove.add_argument('--expect', choices=['leak', 'none'], required=True)
+    prove.add_argument('--apply', help='for preexisting-connection and policy-swap: the command that applies the '
+                                       'kill switch (a harden run) or, in a control, true')
     args = parser.parse_args(argv)
 
     lab = Lab(args.state)
@@ -518,6 +603,8 @@ def main(argv=None):
         sys.stderr.write(result.stderr)
         return result.returncode
     elif args.command == 'prove':
+        if args.scenario in faults.APPLY_SCENARIOS:
+            return 0 if faults.APPLY_SCENARIOS[args.scenario](lab, args.host, args.expect, args.apply) else 1
         return 0 if SCENARIOS[args.scenario](lab, args.host, args.expect) else 1
     return 0
 
