@@ -22,9 +22,24 @@ from collections import namedtuple
 IFNAME_MAX = 15
 _IFNAME_RE = re.compile(r'^[A-Za-z0-9_.-]+\*?$')
 _CGROUP_PART_RE = re.compile(r'^[A-Za-z0-9_.@:-]+$')
+# An absolute Windows path (drive or %VARIABLE% root) as Windows Firewall's
+# Program condition takes it; quotes, wildcards and control characters would
+# need quoting in PowerShell and mean nothing to the firewall.
+# Windows names adapters for people ("WireGuard Tunnel", "Ethernet 5"); the
+# alias reaches PowerShell as a parameter value, never as script text.
+_WINDOWS_ALIAS_RE = re.compile(r'^[A-Za-z0-9_.()#-](?:[A-Za-z0-9 _.()#-]*[A-Za-z0-9_.()#-])?\*?$')
+WINDOWS_ALIAS_MAX = 64
+_PROGRAM_RE = re.compile(r'^(?:[A-Za-z]:|%[A-Za-z_][A-Za-z0-9_()]*%)(?:\\[^\\/:*?"<>|\x00-\x1f]+)+$')
+PROGRAM_MAX = 259  # MAX_PATH without the terminating NUL
 
 PROTOCOLS = ('udp', 'tcp')
-EXCEPTION_SELECTORS = ('uid', 'gid', 'cgroup')
+EXCEPTION_SELECTORS = ('uid', 'gid', 'cgroup', 'program')
+# What each firewall can select a socket by; platform.system() names the keys.
+PLATFORM_SELECTORS = {
+    'Linux': ('uid', 'gid', 'cgroup'),
+    'Darwin': ('uid', 'gid'),        # PF `user` and `group`
+    'Windows': ('program',),         # Windows Firewall's Program condition
+}
 ID_MAX = 2 ** 32 - 2  # (uid_t)-1 means "no user" to the kernel
 FWMARK_MAX = 2 ** 32 - 1
 
@@ -78,15 +93,18 @@ POLICY_KEYS = ('tunnel_interfaces', 'endpoints', 'dns_servers', 'allow_lan', 'ma
                'exceptions', 'tunnel_fwmark', 'restrict_endpoints_to_tunnel', 'doh_servers')
 
 
-def parse_policy(raw):
+def parse_policy(raw, system=None):
     """Validate raw (a dict as a module or role receives it) and return a Policy.
 
     Raises PolicyError on the first invalid setting; nothing is partially accepted.
+    With system (platform.system()'s name for the target host), also refuse what
+    that host's firewall cannot express, and take Windows adapter aliases there.
     """
     if not isinstance(raw, dict):
         raise PolicyError('policy', 'must be a mapping, got %s' % type(raw).__name__)
     _reject_unknown_keys('policy', raw, POLICY_KEYS)
-    interfaces = [_interface('tunnel_interfaces[%d]' % i, v)
+    interface = _windows_alias if system == 'Windows' else _interface
+    interfaces = [interface('tunnel_interfaces[%d]' % i, v)
                   for i, v in enumerate(_list('tunnel_interfaces', raw.get('tunnel_interfaces')))]
     if not interfaces:
         raise PolicyError('tunnel_interfaces', 'at least one tunnel interface is required')
@@ -101,7 +119,7 @@ def parse_policy(raw):
     fwmark = raw.get('tunnel_fwmark')
     fwmark = DEFAULT_TUNNEL_FWMARK if fwmark is None else _integer('tunnel_fwmark', fwmark, 1, FWMARK_MAX)
     restrict = raw.get('restrict_endpoints_to_tunnel')
-    return Policy(
+    policy = Policy(
         tunnel_interfaces=tuple(_unique(interfaces)),
         endpoints=tuple(_unique(endpoints)),
         dns_servers=tuple(dns_servers),
@@ -113,6 +131,7 @@ def parse_policy(raw):
         restrict_endpoints_to_tunnel=_boolean(
             'restrict_endpoints_to_tunnel', True if restrict is None else restrict),
     )
+    return policy if system is None else check_platform(policy, system)
 
 
 def parse_addresses(setting, values):
@@ -176,6 +195,16 @@ def _interface(setting, value):
     if name.rstrip('*') in ('', '.', '..'):
         # A bare "*" would match every interface and turn the kill switch off.
         raise PolicyError(setting, 'interface name %r does not name an interface' % name)
+    return name
+
+
+def _windows_alias(setting, value):
+    name = _text(setting, value)
+    if len(name) > WINDOWS_ALIAS_MAX:
+        raise PolicyError(setting, 'interface alias %r is longer than %d characters' % (name, WINDOWS_ALIAS_MAX))
+    if not _WINDOWS_ALIAS_RE.match(name) or not name.rstrip('*').strip('.'):
+        raise PolicyError(setting, 'interface alias %r may only hold letters, digits, spaces and "_.()#-", '
+                                   'not at either end, with one optional trailing "*" wildcard' % name)
     return name
 
 
@@ -243,6 +272,8 @@ def _exception(setting, value):
     selector = given[0]
     if selector == 'cgroup':
         return BypassException('cgroup', _cgroup_path(setting + '.cgroup', value['cgroup']))
+    if selector == 'program':
+        return BypassException('program', _program_path(setting + '.program', value['program']))
     return BypassException(selector, _integer('%s.%s' % (setting, selector), value[selector], 0, ID_MAX))
 
 
@@ -254,6 +285,30 @@ def _cgroup_path(setting, value):
         if part in ('.', '..') or not _CGROUP_PART_RE.match(part):
             raise PolicyError(setting, 'cgroup path %r has an invalid component %r' % (value, part))
     return '/'.join(parts)
+
+
+def _program_path(setting, value):
+    path = _text(setting, value)
+    if len(path) > PROGRAM_MAX:
+        raise PolicyError(setting, 'program path is longer than %d characters' % PROGRAM_MAX)
+    if not _PROGRAM_RE.match(path) or any(part in ('.', '..') for part in path.split('\\')):
+        raise PolicyError(setting, 'program %r must be an absolute Windows path such as '
+                                   'C:\\Program Files\\App\\app.exe or %%ProgramFiles%%\\App\\app.exe' % path)
+    return path
+
+
+def check_platform(policy, system):
+    """Refuse exceptions that system's firewall cannot select by, naming the setting.
+
+    system is platform.system()'s name for the host: Linux, Darwin or Windows.
+    """
+    supported = PLATFORM_SELECTORS[system]
+    for i, exception in enumerate(policy.exceptions):
+        if exception.selector not in supported:
+            raise PolicyError('exceptions[%d].%s' % (i, exception.selector),
+                              '%s exceptions are not available on %s; use %s'
+                              % (exception.selector, system, ' or '.join(supported)))
+    return policy
 
 
 def is_lan(address):

@@ -1,0 +1,446 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, vpnguard maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: pf_killswitch
+short_description: Enforce a VPN kill switch on macOS with a PF anchor of its own
+version_added: "0.1.0"
+description:
+  - Puts a strict VPN kill switch in macOS's packet filter (PF), as one anchor of its own,
+    C(com.vpnguard.killswitch), that blocks every packet (IPv4 and IPv6, both directions) that does
+    not go through a tunnel interface or match what the policy names.
+  - The anchor passes loopback, the tunnel interfaces, the VPN endpoints (exact address, port and
+    protocol; by default only for root's sockets), DHCPv4, DHCPv6 and ICMPv6 neighbour discovery,
+    the LAN when O(allow_lan=true), the management plane (connections in and only replies out) and
+    the bypass exceptions (O(exceptions[].uid) or O(exceptions[].gid)). DNS (ports 53 and 853, UDP
+    and TCP) goes only to O(dns_servers) and only through the tunnel. Every rule is C(quick), so rules
+    evaluated after the anchor cannot pass what it blocks.
+  - The anchor is loaded whole with C(pfctl -a com.vpnguard.killswitch -f), which PF applies
+    atomically, after C(pfctl -n) checked it; other anchors and the main ruleset's rules are never
+    flushed. The anchor is referenced from C(/etc/pf.conf) by a marked block (C(anchor) and
+    C(load anchor)); the main ruleset is reloaded from C(/etc/pf.conf) only when that block was added
+    or the loaded ruleset does not reference the anchor.
+  - When the anchor changes, PF's state table is flushed, so that no connection opened before
+    outlives the new policy. The management rules for TCP keep no state, so management sessions
+    survive this.
+  - PF is enabled with C(pfctl -E) when it is not; the reference token is kept and released on
+    O(state=absent).
+  - A tunnel interface wildcard must follow a driver name (V(utun*)); PF on macOS matches interface
+    names exactly, so it stands for the driver's first O(wildcard_units) units. A tunnel that comes up
+    beyond them is blocked, not leaked.
+author:
+  - vpnguard maintainers (@vpnguard)
+options:
+  state:
+    description:
+      - V(present) enforces the kill switch; V(absent) flushes the anchor, takes the block out of
+        C(/etc/pf.conf), removes the anchor file, the boot daemon and the module's saved state, and
+        releases its PF enable reference. Nothing else is touched.
+    type: str
+    choices: [present, absent]
+    default: present
+  tunnel_interfaces:
+    description:
+      - Interfaces that traffic may leave through, for example V(utun4). A trailing C(*) after a
+        driver name (V(utun*)) covers its first O(wildcard_units) units. Required when O(state=present).
+    type: list
+    elements: str
+    default: []
+  wildcard_units:
+    description: How many units of a driver a wildcard in O(tunnel_interfaces) covers.
+    type: int
+    default: 32
+  endpoints:
+    description: The VPN servers, reachable outside the tunnel so that it can be established.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      address:
+        description: IPv4 or IPv6 address of the server.
+        type: str
+        required: true
+      port:
+        description: Server port.
+        type: int
+        required: true
+      protocol:
+        description: Transport protocol.
+        type: str
+        choices: [udp, tcp]
+        default: udp
+  dns_servers:
+    description:
+      - Resolvers that DNS may reach, only through the tunnel. When empty, DNS may go to any
+        resolver, but still only through the tunnel.
+    type: list
+    elements: str
+    default: []
+  doh_servers:
+    description: Addresses of known DNS-over-HTTPS resolvers, blocked outside the tunnel.
+    type: list
+    elements: str
+    default: []
+  allow_lan:
+    description:
+      - Allow RFC 1918, 169.254.0.0/16, fc00::/7, fe80::/10 and multicast outside the tunnel, both
+        ways. DNS to the LAN stays blocked.
+    type: bool
+    default: false
+  management:
+    description:
+      - Management plane (SSH...) kept reachable from outside the tunnel. Connections from
+        O(management[].cidr) to the local O(management[].port) are passed in and only their replies
+        out; the host cannot open connections to those networks.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      cidr:
+        description: Network the management connections come from.
+        type: str
+        required: true
+      port:
+        description: Local port they connect to.
+        type: int
+        required: true
+      protocol:
+        description: Transport protocol.
+        type: str
+        choices: [udp, tcp]
+        default: tcp
+  exceptions:
+    description:
+      - Sockets allowed out whatever the tunnel does, by owner; PF knows the owner of TCP and UDP
+        sockets only. Where their packets go is up to routing.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      uid:
+        description: Owner user ID of the socket (PF C(user)).
+        type: int
+      gid:
+        description: Owner group ID of the socket (PF C(group)).
+        type: int
+  restrict_endpoints_to_tunnel:
+    description:
+      - Pass traffic to the endpoints only from root's sockets (PF C(user 0)), so that no other process
+        can use the endpoint to send data around the tunnel. Turn off for a VPN client whose tunnel runs
+        as another user, such as a Network Extension of an app.
+    type: bool
+    default: true
+  persist:
+    description:
+      - Install the LaunchDaemon C(/Library/LaunchDaemons/com.vpnguard.killswitch.plist), which at boot
+        enables PF and loads C(/etc/pf.conf), and so the anchor. V(false) removes it.
+    type: bool
+    default: false
+  state_dir:
+    description: Where the module records what it applied and its PF enable token.
+    type: path
+    default: /var/db/vpnguard-killswitch
+requirements:
+  - macOS with C(/sbin/pfctl), run as root
+notes:
+  - Supports C(check_mode) and C(diff). In check mode the anchor and C(/etc/pf.conf) are still
+    checked by C(pfctl -n) without being loaded.
+  - The module compares the live anchor (C(pfctl -a com.vpnguard.killswitch -s rules) and its tables)
+    with what it last loaded and with the rendered policy; an anchor edited behind its back is drift
+    and is reloaded.
+  - Quick rules evaluated before the anchor (earlier in C(/etc/pf.conf)) still decide first.
+  - macOS software updates may restore C(/etc/pf.conf); the next run puts the block back and reports
+    the change.
+seealso:
+  - name: pf.conf(5)
+    description: The PF rule syntax.
+    link: https://man.openbsd.org/pf.conf
+'''
+
+EXAMPLES = r'''
+- name: Only the WireGuard tunnel may carry traffic
+  vpnguard.killswitch.pf_killswitch:
+    tunnel_interfaces: ['utun*']
+    endpoints:
+      - {address: 203.0.113.1, port: 51820, protocol: udp}
+    dns_servers: [192.0.2.1]
+    persist: true
+
+- name: Keep SSH reachable from the admin network and let uid 501 bypass
+  vpnguard.killswitch.pf_killswitch:
+    tunnel_interfaces: [utun4]
+    endpoints:
+      - {address: 198.51.100.7, port: 1194, protocol: udp}
+    management:
+      - {cidr: 198.18.0.0/24, port: 22, protocol: tcp}
+    exceptions:
+      - {uid: 501}
+
+- name: Remove the kill switch
+  vpnguard.killswitch.pf_killswitch:
+    state: absent
+'''
+
+RETURN = r'''
+ruleset:
+  description: The anchor rendered from the policy (pf.conf syntax).
+  returned: when O(state=present)
+  type: str
+  sample: "tunnels = \"utun4\"\n...\nblock drop out quick all\nblock drop in quick all\n"
+live_rules:
+  description: The anchor's rules as PF reported them before this run (C(pfctl -s rules)), empty when none.
+  returned: always
+  type: str
+changed_files:
+  description: Files written, changed or removed by this run.
+  returned: always
+  type: list
+  elements: str
+  sample: [/etc/pf.anchors/com.vpnguard.killswitch, /etc/pf.conf]
+summary:
+  description: What the kill switch enforces and what this run changed.
+  returned: always
+  type: dict
+  sample:
+    anchor: com.vpnguard.killswitch
+    anchor_changed: true
+    pf_conf_changed: true
+    pf_enabled: true
+    persist_changed: false
+    tunnel_interfaces: [utun4]
+    endpoints: 1
+    dns_servers: 1
+    allow_lan: false
+    management: 0
+    exceptions: 0
+'''
+
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import file_snapshot, pf
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import POLICY_KEYS, PolicyError, parse_policy
+
+STATE_FILE = 'pf_killswitch.json'
+
+
+class PfError(Exception):
+    pass
+
+
+class Pfctl:
+    """The pfctl calls the module makes, as argv lists; errors raised, not returned."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def run(self, argv, what):
+        rc, out, err = self.module.run_command(argv)
+        if rc != 0:
+            raise PfError('%s: %s (%s)' % (what, (err or out).strip(), ' '.join(argv)))
+        return out + err  # pfctl -E prints its token on stderr
+
+    def query(self, argv):
+        rc, out, err = self.module.run_command(argv)
+        return out if rc == 0 else ''
+
+    def listing(self):
+        """The live anchor, rules then tables with their addresses; empty when the anchor is empty."""
+        rules_argv, tables_argv = pf.listing_argvs()
+        text = self.query(rules_argv)
+        for name in sorted(self.query(tables_argv).split()):
+            addresses = ' '.join(self.query(pf.table_argv(name)).split())
+            text += 'table <%s> { %s }\n' % (name, addresses)
+        return text
+
+    def check_text(self, text, argv_for):
+        """Have pfctl -n parse text; the temporary file goes whatever happens."""
+        fd, path = tempfile.mkstemp(prefix='vpnguard-pf.')
+        try:
+            with os.fdopen(fd, 'w') as f:
+                f.write(text)
+            self.run(argv_for(path, check=True), 'pfctl rejected the rules, nothing was changed')
+        finally:
+            os.remove(path)
+
+
+def validate(module):
+    params = module.params
+    try:
+        policy = parse_policy(dict((k, params.get(k)) for k in POLICY_KEYS if k in params), system='Darwin')
+        if not 1 <= params['wildcard_units'] <= 256:
+            raise PolicyError('wildcard_units', 'must be between 1 and 256')
+        ruleset = pf.render(policy, params['wildcard_units'])
+    except PolicyError as e:
+        module.fail_json(msg='Invalid kill switch policy, nothing was changed: %s' % e, setting=e.setting)
+    return policy, ruleset
+
+
+def file_diff(path, before, after):
+    return dict(before_header=path, after_header=path, before=before or '', after=after or '')
+
+
+def sync_file(module, path, content, mode=0o644):
+    """Make path hold content (None: be absent); True when it differed."""
+    if file_snapshot.read_text(path) == content:
+        return False
+    if not module.check_mode:
+        if content is None:
+            os.remove(path)
+        else:
+            file_snapshot.write_text(path, content, mode)
+    return True
+
+
+def present(module, policy, ruleset, pfctl, state_path):
+    params = module.params
+    saved = file_snapshot.load_json(state_path) or {}
+    live = pfctl.listing()
+    anchor_file = file_snapshot.read_text(pf.ANCHOR_FILE)
+    pf_conf = file_snapshot.read_text(pf.PF_CONF) or ''
+    wanted_conf = pf.with_hook(pf_conf)
+    main_references = pf.references_anchor(pfctl.query(pf.pfctl('-s', 'rules')))
+    enabled = pf.is_enabled(pfctl.query(pf.pfctl('-s', 'info')))
+
+    anchor_in_sync = (bool(live) and anchor_file == ruleset and saved.get('digest') == pf.digest(ruleset)
+                      and saved.get('listing') == live)
+    conf_in_sync = wanted_conf == pf_conf and main_references
+    if not anchor_in_sync:
+        pfctl.check_text(ruleset, pf.load_anchor_argv)
+    if wanted_conf != pf_conf:
+        # pf.conf's load anchor reads the anchor file, which may not be written yet.
+        pfctl.check_text(wanted_conf.replace(pf.ANCHOR_FILE, '/dev/null'), pf.load_conf_argv)
+
+    changed_files = []
+    diff = []
+    if anchor_file != ruleset:
+        changed_files.append(pf.ANCHOR_FILE)
+        diff.append(file_diff(pf.ANCHOR_FILE, anchor_file, ruleset))
+    if live != saved.get('listing'):
+        diff.append(file_diff('pfctl -a %s -s rules (live)' % pf.ANCHOR, live, saved.get('listing') or ruleset))
+    if wanted_conf != pf_conf:
+        changed_files.append(pf.PF_CONF)
+        diff.append(file_diff(pf.PF_CONF, pf_conf, wanted_conf))
+
+    if not module.check_mode:
+        sync_file(module, pf.ANCHOR_FILE, ruleset)
+        if wanted_conf != pf_conf:
+            file_snapshot.write_text(pf.PF_CONF, wanted_conf)
+        if not conf_in_sync:
+            # Loads the main ruleset and, through its load anchor lines, ours.
+            pfctl.run(pf.load_conf_argv(pf.PF_CONF), 'pfctl failed to load %s' % pf.PF_CONF)
+        if not anchor_in_sync:
+            pfctl.run(pf.load_anchor_argv(pf.ANCHOR_FILE), 'pfctl failed to load the anchor, the previous one '
+                                                          'is still in place')
+            pfctl.run(pf.pfctl('-F', 'states'), 'pfctl failed to flush the state table')
+        if not enabled:
+            saved['token'] = pf.parse_token(pfctl.run(pf.pfctl('-E'), 'pfctl failed to enable PF'))
+        saved.update(digest=pf.digest(ruleset), listing=pfctl.listing())
+        file_snapshot.save(state_path, saved)
+
+    plist = pf.launchd_plist() if params['persist'] else None
+    before_plist = file_snapshot.read_text(pf.LAUNCHD_PLIST)
+    persist_changed = sync_file(module, pf.LAUNCHD_PLIST, plist)
+    if persist_changed:
+        changed_files.append(pf.LAUNCHD_PLIST)
+        diff.append(file_diff(pf.LAUNCHD_PLIST, before_plist, plist))
+
+    changed = not anchor_in_sync or not conf_in_sync or not enabled or persist_changed
+    return dict(
+        changed=changed, ruleset=ruleset, live_rules=live, changed_files=changed_files, diff=diff,
+        summary=dict(
+            anchor=pf.ANCHOR, anchor_changed=not anchor_in_sync, pf_conf_changed=not conf_in_sync,
+            pf_enabled=True, persist_changed=persist_changed,
+            tunnel_interfaces=list(policy.tunnel_interfaces), endpoints=len(policy.endpoints),
+            dns_servers=len(policy.dns_servers), allow_lan=policy.allow_lan,
+            management=len(policy.management), exceptions=len(policy.exceptions)),
+    )
+
+
+def absent(module, pfctl, state_path):
+    saved = file_snapshot.load_json(state_path) or {}
+    live = pfctl.listing()
+    pf_conf = file_snapshot.read_text(pf.PF_CONF)
+    wanted_conf = pf.without_hook(pf_conf) if pf_conf is not None else None
+    paths = [p for p in (pf.ANCHOR_FILE, pf.LAUNCHD_PLIST, state_path) if os.path.lexists(p)]
+    changed_files = paths + ([pf.PF_CONF] if wanted_conf != pf_conf else [])
+    diff = [file_diff(p, file_snapshot.read_text(p), '') for p in paths if p != state_path]
+    if wanted_conf != pf_conf:
+        diff.append(file_diff(pf.PF_CONF, pf_conf, wanted_conf))
+    if live:
+        diff.append(file_diff('pfctl -a %s -s rules (live)' % pf.ANCHOR, live, ''))
+    changed = bool(live or changed_files)
+    if changed and not module.check_mode:
+        if wanted_conf != pf_conf:
+            pfctl.check_text(wanted_conf, pf.load_conf_argv)
+            file_snapshot.write_text(pf.PF_CONF, wanted_conf)
+            pfctl.run(pf.load_conf_argv(pf.PF_CONF), 'pfctl failed to load %s' % pf.PF_CONF)
+        pfctl.run(pf.flush_anchor_argv(), 'pfctl failed to flush the anchor')
+        if saved.get('token'):
+            # Our reference only; PF stays enabled while others hold theirs.
+            pfctl.query(pf.pfctl('-X', saved['token']))
+        for path in paths:
+            os.remove(path)
+        file_snapshot.remove_if_empty(os.path.dirname(state_path))
+    return dict(changed=changed, live_rules=live, changed_files=changed_files, diff=diff,
+                summary=dict(anchor=pf.ANCHOR, anchor_changed=bool(live), pf_conf_changed=wanted_conf != pf_conf,
+                             persist_changed=pf.LAUNCHD_PLIST in paths))
+
+
+def main():
+    entry = dict(type='list', elements='dict', default=[])
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type='str', default='present', choices=['present', 'absent']),
+            tunnel_interfaces=dict(type='list', elements='str', default=[]),
+            wildcard_units=dict(type='int', default=pf.WILDCARD_UNITS),
+            endpoints=dict(entry, options=dict(
+                address=dict(type='str', required=True),
+                port=dict(type='int', required=True),
+                protocol=dict(type='str', default='udp', choices=['udp', 'tcp']),
+            )),
+            dns_servers=dict(type='list', elements='str', default=[]),
+            doh_servers=dict(type='list', elements='str', default=[]),
+            allow_lan=dict(type='bool', default=False),
+            management=dict(entry, options=dict(
+                cidr=dict(type='str', required=True),
+                port=dict(type='int', required=True),
+                protocol=dict(type='str', default='tcp', choices=['udp', 'tcp']),
+            )),
+            exceptions=dict(entry, options=dict(
+                uid=dict(type='int'),
+                gid=dict(type='int'),
+            ), mutually_exclusive=[['uid', 'gid']], required_one_of=[['uid', 'gid']]),
+            restrict_endpoints_to_tunnel=dict(type='bool', default=True),
+            persist=dict(type='bool', default=False),
+            state_dir=dict(type='path', default='/var/db/vpnguard-killswitch'),
+        ),
+        supports_check_mode=True,
+    )
+    # Bad input fails before anything on the host is read or run.
+    policy, ruleset = validate(module) if module.params['state'] == 'present' else (None, None)
+    if not os.path.exists(pf.PFCTL):
+        module.fail_json(msg='%s not found: pf_killswitch runs on macOS only' % pf.PFCTL)
+    pfctl = Pfctl(module)
+    state_path = os.path.join(module.params['state_dir'], STATE_FILE)
+    try:
+        if policy:
+            result = present(module, policy, ruleset, pfctl, state_path)
+        else:
+            result = absent(module, pfctl, state_path)
+    except PfError as e:
+        module.fail_json(msg=str(e))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
