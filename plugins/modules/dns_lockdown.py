@@ -19,6 +19,11 @@ description:
     and the C(~.) routing domain; with NetworkManager it stops NetworkManager from writing
     C(/etc/resolv.conf) and writes the file; with a plain C(/etc/resolv.conf) it writes the file and,
     where dhclient has an enter-hooks directory, a hook that keeps dhclient from rewriting it.
+  - On macOS it adds a resolver of its own to configd's dynamic store, the key
+    C(State:/Network/Service/vpnguard-killswitch/DNS), with the servers, the empty match domain (every
+    name) and search order 1, so that it answers before any interface's resolver (C(scutil --dns) shows
+    it); it is set by a C(scutil) script on standard input and the DNS cache is flushed. What was under
+    the key before is saved and put back on removal.
   - Every file is saved before the first change (bytes, mode, owner, or the symlink) and restored
     byte for byte on removal. If the saved originals are missing or corrupt, removal deletes the
     files that are only the collection's and reports those it could not restore.
@@ -38,10 +43,20 @@ options:
     elements: str
     default: []
   mode:
-    description: How the host resolves; V(auto) detects it from C(/etc/resolv.conf).
+    description:
+      - How the host resolves; V(auto) detects it from C(/etc/resolv.conf) on Linux and is V(scutil)
+        on macOS, the only mode there.
     type: str
-    choices: [auto, resolv.conf, systemd-resolved, networkmanager]
+    choices: [auto, resolv.conf, systemd-resolved, networkmanager, scutil]
     default: auto
+  persist:
+    description:
+      - macOS only. configd's dynamic store does not survive a reboot, so V(true) writes the scutil script
+        to C(/etc/vpnguard-killswitch/dns.scutil) and a LaunchDaemon,
+        C(/Library/LaunchDaemons/com.vpnguard.killswitch.dns.plist), that feeds it to C(scutil) at boot.
+        V(false) removes them. Linux resolver files persist by themselves.
+    type: bool
+    default: false
   block_browser_doh:
     description:
       - Turn off the browsers' own DNS over HTTPS by enterprise policy (Firefox C(policies.json),
@@ -54,7 +69,8 @@ options:
     default: /var/lib/vpnguard-killswitch
 notes:
   - Supports C(check_mode) and C(diff); the diff shows each resolver file that would change.
-  - Linux only for now; macOS and Windows paths are tracked in the project's issues.
+  - Linux and macOS. On Windows the resolver (an NRPT rule and the tunnel interface's servers) is set by
+    M(vpnguard.killswitch.win_wfp_killswitch).
 '''
 
 EXAMPLES = r'''
@@ -75,7 +91,7 @@ mode:
   type: str
   sample: systemd-resolved
 changed_files:
-  description: Files written, restored or removed by this run.
+  description: Files written, restored or removed by this run; on macOS also the dynamic store key.
   returned: always
   type: list
   elements: str
@@ -87,10 +103,11 @@ unrestored:
 '''
 
 import os
+import platform
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils import dns_linux, file_snapshot
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import dns_linux, dns_macos, file_snapshot
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import PolicyError, parse_addresses
 
 MANIFEST = 'dns-originals.json'
@@ -169,17 +186,39 @@ def absent(module, manifest_path):
     return dict(changed=bool(changed_files), changed_files=changed_files, unrestored=unrestored)
 
 
+def darwin(module):
+    params = module.params
+    if params['mode'] not in ('auto', 'scutil'):
+        module.fail_json(msg='mode: macOS resolves through configd; use auto or scutil', setting='mode')
+    if params['block_browser_doh']:
+        module.warn('block_browser_doh is not applied on macOS; browsers there take it from configuration profiles')
+    if params['state'] == 'absent':
+        return dns_macos.absent(module, params['state_dir'])
+    try:
+        servers = parse_addresses('servers', params['servers'])
+    except PolicyError as e:
+        module.fail_json(msg='Invalid DNS lockdown, nothing was changed: %s' % e, setting=e.setting)
+    if not servers:
+        module.fail_json(msg='servers: at least one resolver is required', setting='servers')
+    return dns_macos.present(module, servers, params['state_dir'])
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type='str', default='present', choices=['present', 'absent']),
             servers=dict(type='list', elements='str', default=[]),
-            mode=dict(type='str', default='auto', choices=['auto'] + list(dns_linux.MODES)),
+            mode=dict(type='str', default='auto', choices=['auto'] + list(dns_linux.MODES) + ['scutil']),
             block_browser_doh=dict(type='bool', default=False),
+            persist=dict(type='bool', default=False),
             state_dir=dict(type='path', default='/var/lib/vpnguard-killswitch'),
         ),
         supports_check_mode=True,
     )
+    if platform.system() == 'Darwin':
+        module.exit_json(**darwin(module))
+    if module.params['mode'] == 'scutil':
+        module.fail_json(msg='mode: scutil is the macOS mode; this host runs %s' % platform.system(), setting='mode')
     manifest_path = os.path.join(module.params['state_dir'], MANIFEST)
     if module.params['state'] == 'present':
         result = present(module, manifest_path)

@@ -1,0 +1,120 @@
+"""dns_lockdown on macOS, in-process: a fake scutil keeps configd's dynamic store in memory."""
+
+import os
+import re
+
+import pytest
+
+from ansible.module_utils import basic
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import dns_macos
+from ansible_collections.vpnguard.killswitch.plugins.modules import dns_lockdown
+
+
+class Exit(Exception):
+    def __init__(self, result, failed):
+        super(Exit, self).__init__(result.get('msg'))
+        self.result, self.failed = result, failed
+
+
+class FakeScutil:
+    """scutil's d.init / d.add / set / remove / show, on a dict of keys."""
+
+    def __init__(self):
+        self.store, self.calls, self.flushed = {}, [], 0
+
+    def __call__(self, argv, data=None, **kw):
+        self.calls.append((list(argv), data))
+        if argv[0] != dns_macos.SCUTIL:
+            self.flushed += 1
+            return 0, '', ''
+        out, current = '', None
+        for line in data.splitlines():
+            words = line.split(' ')
+            if words[0] == 'd.init':
+                current = {}
+            elif words[0] == 'd.add':
+                key, kind, values = words[1], words[2], words[3:]
+                values = ['' if v == '""' else v for v in values]
+                current[key] = values if kind == '*' else values[0] if kind == '#' else ' '.join([kind] + values)
+            elif words[0] == 'set':
+                self.store[words[1]] = current
+            elif words[0] == 'remove':
+                self.store.pop(words[1], None)
+            elif words[0] == 'show':
+                out += self.show(words[1])
+        return 0, out, ''
+
+    def show(self, key):
+        if key not in self.store:
+            return '  No such key\n'
+        lines = ['<dictionary> {']
+        for k, v in sorted(self.store[key].items()):
+            if isinstance(v, list):
+                lines += ['  %s : <array> {' % k] + [('    %d : %s' % (i, x)).rstrip() for i, x in enumerate(v)] + ['  }']
+            else:
+                lines.append('  %s : %s' % (k, v))
+        return '\n'.join(lines + ['}']) + '\n'
+
+
+@pytest.fixture
+def mac(tmp_path, monkeypatch):
+    fake = FakeScutil()
+    monkeypatch.setattr(dns_lockdown.platform, 'system', lambda: 'Darwin')
+    monkeypatch.setattr(dns_macos, 'BOOT_SCRIPT', str(tmp_path / 'etc' / 'vpnguard-killswitch' / 'dns.scutil'))
+    monkeypatch.setattr(dns_macos, 'BOOT_PLIST', str(tmp_path / 'LaunchDaemons' / 'dns.plist'))
+    monkeypatch.setattr(basic.AnsibleModule, 'run_command', lambda self, argv, **kw: fake(argv, **kw))
+    monkeypatch.setattr(basic.AnsibleModule, 'exit_json', lambda self, **r: (_ for _ in ()).throw(Exit(r, False)))
+    monkeypatch.setattr(basic.AnsibleModule, 'fail_json', lambda self, **r: (_ for _ in ()).throw(Exit(r, True)))
+    fake.state_dir = str(tmp_path / 'state')
+    fake.tmp = tmp_path
+    return fake
+
+
+def run(mac, check=False, **args):
+    args.setdefault('state_dir', mac.state_dir)
+    if check:
+        args['_ansible_check_mode'] = True
+    with patch_module_args(args):
+        with pytest.raises(Exit) as e:
+            dns_lockdown.main()
+    return dict(e.value.result, failed=e.value.failed)
+
+
+def test_the_tunnel_resolver_is_set_by_scutil_and_removal_leaves_nothing(mac):
+    assert run(mac, check=True, servers=['192.0.2.1'])['changed'] and mac.store == {}
+    result = run(mac, servers=['192.0.2.1', '2001:db8:ff::1'])
+    assert result['changed'] and result['mode'] == 'scutil' and not result['failed']
+    sets = [data for argv, data in mac.calls if data and data.startswith('d.init')]
+    assert sets == [dns_macos.set_script(dns_macos.desired(['192.0.2.1', '2001:db8:ff::1']))]
+    assert mac.flushed == 2, 'the DNS cache was not flushed'
+    assert not run(mac, servers=['192.0.2.1', '2001:db8:ff::1'])['changed']
+
+    removed = run(mac, state='absent')
+    assert removed['changed'] and mac.store == {}
+    assert not os.path.exists(mac.state_dir)
+    assert not run(mac, state='absent')['changed']
+
+
+def test_a_key_that_was_there_before_is_put_back(mac):
+    before = {'ServerAddresses': ['198.51.100.53'], 'SearchOrder': '200'}
+    mac.store[dns_macos.KEY] = dict(before)
+    run(mac, servers=['192.0.2.1'])
+    run(mac, servers=['192.0.2.2'])  # the original is kept from the first change, not this one
+    run(mac, state='absent')
+    assert mac.store[dns_macos.KEY] == before
+
+
+def test_persist_writes_the_boot_script_and_daemon_and_absent_removes_them(mac):
+    run(mac, servers=['192.0.2.1'], persist=True)
+    assert open(dns_macos.BOOT_SCRIPT).read() == dns_macos.set_script(dns_macos.desired(['192.0.2.1']))
+    assert re.search('StandardInPath', open(dns_macos.BOOT_PLIST).read())
+    run(mac, state='absent')
+    assert not os.path.exists(dns_macos.BOOT_SCRIPT) and not os.path.exists(dns_macos.BOOT_PLIST)
+
+
+def test_bad_servers_fail_with_the_setting_before_scutil_runs(mac):
+    result = run(mac, servers=['192.0.2.1', 'resolver.example'])
+    assert result['failed'] and result['setting'] == 'servers[1]' and mac.calls == []
+    assert run(mac, servers=['192.0.2.1'], mode='systemd-resolved')['setting'] == 'mode'
