@@ -297,6 +297,11 @@ def _program_path(setting, value):
     return path
 
 
+def parse_program(setting, value):
+    """A validated Windows program path, as exceptions take it; errors name setting."""
+    return _program_path(setting, value)
+
+
 def check_platform(policy, system):
     """Refuse exceptions that system's firewall cannot select by, naming the setting.
 
