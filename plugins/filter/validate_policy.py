@@ -23,12 +23,22 @@ options:
         C(management), C(exceptions), and optionally C(tunnel_fwmark) and C(restrict_endpoints_to_tunnel).
     type: dict
     required: true
+  system:
+    description:
+      - The target host's OS as C(ansible_facts['system']) names it (C(Linux), C(Darwin) or C(Win32NT)).
+        When given, what that OS's firewall cannot express is refused too (for example a C(cgroup)
+        exception on macOS), and tunnel interfaces are read as Windows adapter aliases on Windows.
+    type: str
 '''
 
 EXAMPLES = r'''
 - name: Fail early on a bad policy
   ansible.builtin.set_fact:
     killswitch_policy: "{{ {'tunnel_interfaces': ['wg0'], 'endpoints': []} | vpnguard.killswitch.validate_policy }}"
+
+- name: Fail early on what this host's firewall cannot express
+  ansible.builtin.assert:
+    that: policy | vpnguard.killswitch.validate_policy(ansible_facts['system']) is mapping
 '''
 
 RETURN = r'''
@@ -42,9 +52,16 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import PolicyError, parse_policy
 
 
-def validate_policy(policy):
+# ansible_facts['system'] -> platform.system() on the host
+SYSTEMS = {'Linux': 'Linux', 'Darwin': 'Darwin', 'Win32NT': 'Windows'}
+
+
+def validate_policy(policy, system=None):
+    if system is not None and system not in SYSTEMS:
+        raise AnsibleFilterError('validate_policy: unknown system %r; expected one of %s'
+                                 % (system, ', '.join(sorted(SYSTEMS))))
     try:
-        parse_policy(policy)
+        parse_policy(policy, system=SYSTEMS.get(system))
     except PolicyError as e:
         raise AnsibleFilterError('Invalid kill switch policy, no host was changed: %s' % e)
     return policy
