@@ -128,7 +128,7 @@ def render(policy, units=WILDCARD_UNITS):
         owner = ' user 0' if policy.restrict_endpoints_to_tunnel else ''
         rules.append('# The VPN servers, exactly: address, port and protocol%s.'
                      % (', for root\'s sockets only' if owner else ''))
-        for (protocol, port), _ in endpoints:
+        for protocol, port in (service for service, addresses in endpoints):
             table = '<vpnguard_endpoint_%s_%d>' % (protocol, port)
             rules += ['pass out quick proto %s to %s port %d%s keep state' % (protocol, table, port, owner),
                       'pass in quick proto %s from %s port %d no state' % (protocol, table, port)]
@@ -147,7 +147,7 @@ def render(policy, units=WILDCARD_UNITS):
                   'pass in quick from <vpnguard_lan> no state']
     if management:
         rules.append('# Management: connections in, and only replies out; a bare SYN never leaves.')
-    for (protocol, port), _ in management:
+    for protocol, port in (service for service, networks in management):
         table = '<vpnguard_mgmt_%s_%d>' % (protocol, port)
         if protocol == 'tcp':
             # Stateless, so that a session open before the first load goes on.

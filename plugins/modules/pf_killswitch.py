@@ -339,8 +339,8 @@ def present(module, policy, ruleset, pfctl, state_path):
             # Loads the main ruleset and, through its load anchor lines, ours.
             pfctl.run(pf.load_conf_argv(pf.PF_CONF), 'pfctl failed to load %s' % pf.PF_CONF)
         if not anchor_in_sync:
-            pfctl.run(pf.load_anchor_argv(pf.ANCHOR_FILE), 'pfctl failed to load the anchor, the previous one '
-                                                          'is still in place')
+            pfctl.run(pf.load_anchor_argv(pf.ANCHOR_FILE),
+                      'pfctl failed to load the anchor, the previous one is still in place')
             pfctl.run(pf.pfctl('-F', 'states'), 'pfctl failed to flush the state table')
         if not enabled:
             saved['token'] = pf.parse_token(pfctl.run(pf.pfctl('-E'), 'pfctl failed to enable PF'))

@@ -46,7 +46,7 @@ def _address_matches(values, address):
 
 def _port_matches(values, port):
     for value in values:
-        start, _, end = value.partition('-')
+        start, end = (value.split('-') + [value])[:2]
         if int(start) <= port <= int(end or start):
             return True
     return False

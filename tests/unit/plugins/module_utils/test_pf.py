@@ -113,7 +113,6 @@ def test_without_resolvers_dns_goes_anywhere_but_only_through_the_tunnel():
 # The pf.conf hook ------------------------------------------------------------
 
 
-
 def test_the_hook_is_appended_once_and_removed_byte_for_byte():
     hooked = pf.with_hook(STOCK_PF_CONF)
     assert hooked == STOCK_PF_CONF + '''\
@@ -322,7 +321,7 @@ def test_nothing_leaves_outside_the_tunnel_unless_the_policy_names_it(scenario):
     raw, policy, p = scenario
     tunnels = pf.tunnel_names(policy, units=8)
     assume(p.iface not in tunnels and p.iface != 'lo0')
-    named = ([e.address for e in policy.endpoints] + ([n for n in LAN_NETWORKS] if policy.allow_lan else [])
+    named = ([e.address for e in policy.endpoints] + (list(LAN_NETWORKS) if policy.allow_lan else [])
              + [m.network for m in policy.management])
     assume(not _inside(p.dst, [ipaddress.ip_network(a) if not hasattr(a, 'prefixlen') else a for a in named]))
     assume(not any((e.selector, e.value) in (('uid', p.uid), ('gid', p.gid)) for e in policy.exceptions))

@@ -58,6 +58,14 @@ class FakeScutil:
         return '\n'.join(lines + ['}']) + '\n'
 
 
+def exit_json(self, **result):
+    raise Exit(result, False)
+
+
+def fail_json(self, **result):
+    raise Exit(result, True)
+
+
 @pytest.fixture
 def mac(tmp_path, monkeypatch):
     fake = FakeScutil()
@@ -65,8 +73,8 @@ def mac(tmp_path, monkeypatch):
     monkeypatch.setattr(dns_macos, 'BOOT_SCRIPT', str(tmp_path / 'etc' / 'vpnguard-killswitch' / 'dns.scutil'))
     monkeypatch.setattr(dns_macos, 'BOOT_PLIST', str(tmp_path / 'LaunchDaemons' / 'dns.plist'))
     monkeypatch.setattr(basic.AnsibleModule, 'run_command', lambda self, argv, **kw: fake(argv, **kw))
-    monkeypatch.setattr(basic.AnsibleModule, 'exit_json', lambda self, **r: (_ for _ in ()).throw(Exit(r, False)))
-    monkeypatch.setattr(basic.AnsibleModule, 'fail_json', lambda self, **r: (_ for _ in ()).throw(Exit(r, True)))
+    monkeypatch.setattr(basic.AnsibleModule, 'exit_json', exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, 'fail_json', fail_json)
     fake.state_dir = str(tmp_path / 'state')
     fake.tmp = tmp_path
     return fake

@@ -25,6 +25,14 @@ class Exit(Exception):
         self.result, self.failed = result, failed
 
 
+def exit_json(self, **result):
+    raise Exit(result, False)
+
+
+def fail_json(self, **result):
+    raise Exit(result, True)
+
+
 @pytest.fixture
 def mac(tmp_path, monkeypatch):
     """A macOS host in tmp_path: pf.conf as shipped, pfctl faked, state_dir private."""
@@ -43,11 +51,17 @@ def mac(tmp_path, monkeypatch):
                         lambda p, _e=os.path.exists: True if p == pf.PFCTL else _e(p))
     fake = FakePf()
     monkeypatch.setattr(basic.AnsibleModule, 'run_command', lambda self, argv, **kw: fake(argv))
-    monkeypatch.setattr(basic.AnsibleModule, 'exit_json', lambda self, **r: (_ for _ in ()).throw(Exit(r, False)))
-    monkeypatch.setattr(basic.AnsibleModule, 'fail_json', lambda self, **r: (_ for _ in ()).throw(Exit(r, True)))
+    monkeypatch.setattr(basic.AnsibleModule, 'exit_json', exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, 'fail_json', fail_json)
     fake.tmp = fake.root = tmp_path
     fake.state_dir = str(tmp_path / 'db')
     return fake
+
+
+def with_(**changes):
+    args = dict(POLICY)
+    args.update(changes)
+    return args
 
 
 def run(mac, check=False, diff=False, **args):
@@ -122,7 +136,7 @@ def test_a_restored_pf_conf_gets_the_hook_back_and_pf_reenabled(mac):
 def test_a_changed_policy_replaces_the_anchor_in_one_load(mac):
     run(mac, **POLICY)
     calls = len(mac.calls)
-    result = run(mac, **dict(POLICY, allow_lan=True))
+    result = run(mac, **with_(allow_lan=True))
     assert result['changed']
     anchor_loads = [c for c in mac.calls[calls:] if c[:3] == ['/sbin/pfctl', '-a', pf.ANCHOR] and '-f' in c]
     assert len(anchor_loads) == 1
@@ -152,9 +166,9 @@ def test_absent_removes_only_what_it_owns_and_puts_pf_conf_back_byte_for_byte(ma
 
 
 def test_bad_input_fails_naming_the_setting_before_pfctl_runs(mac):
-    result = run(mac, **dict(POLICY, tunnel_interfaces=['wg0', 'utun1*']))
+    result = run(mac, **with_(tunnel_interfaces=['wg0', 'utun1*']))
     assert result['failed'] and result['setting'] == 'tunnel_interfaces[1]'
-    result = run(mac, **dict(POLICY, dns_servers=['192.0.2.300']))
+    result = run(mac, **with_(dns_servers=['192.0.2.300']))
     assert result['failed'] and result['setting'] == 'dns_servers[0]'
     assert mac.calls == []
 
@@ -163,6 +177,6 @@ def test_a_load_that_fails_leaves_the_previous_anchor(mac):
     run(mac, **POLICY)
     previous = mac.anchors[pf.ANCHOR]
     mac.fail_on = '-f'
-    result = run(mac, **dict(POLICY, allow_lan=True))
+    result = run(mac, **with_(allow_lan=True))
     assert result['failed'] and 'nothing was changed' in result['msg']
     assert mac.anchors[pf.ANCHOR] == previous
