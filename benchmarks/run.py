@@ -1,0 +1,743 @@
+"""Benchmarks of vpnguard.killswitch on the namespace lab (tests/lab/vpnlab.py).
+
+    benchmarks/run [--small] [--hosts 1,10,50] [--entries 10000] [--repeat N]
+                   [--fleet-repeat N] [--iperf-seconds S] [--phases datapath,apply,fleet]
+                   [--out DIR] [--state DIR]
+
+Phases, each on a lab of its own made here with vpnlab's Lab class and
+destroyed afterwards, also on failure or SIGTERM/SIGINT:
+
+datapath  TCP and UDP throughput through the WireGuard tunnel (iperf3 server in
+          the isp namespace on the tunnel address 192.0.2.1, client in
+          lab-host1) in three states, interleaved and rotated every repetition:
+          off (no kill switch), on (the default policy) and on+N (N addresses in
+          doh_servers, the set the output chain looks every tunnelled packet up
+          in). Each state is set by the module's own payload (see apply).
+          Reported: median Mbit/s per state, ratios on/off and on+N/off.
+apply     The module's payload as Ansible ships it (AnsiballZ, kept on the host
+          with ANSIBLE_KEEP_REMOTE_FILES=1 after one run of benchmarks/module.yml)
+          run by itself with the host's /usr/bin/python3 inside the host's
+          namespaces: wall time of the whole process for a first apply (nothing
+          in place), a replace (the other policy in place) and a no-change run,
+          with the default policy and with N set entries. Peak resident memory
+          of the same process is ru_maxrss from wait4(2) (nsenter execs the
+          module, so that is the module process's VmHWM). benchmarks/apply_probe.py
+          times the nftables steps alone (render, kernel dry run, the atomic
+          transaction, list).
+fleet     ansible-playbook vpnguard.killswitch.harden (first run, then the
+          idempotent run) and vpnguard.killswitch.audit --check on 1, 10, 50
+          hosts (--hosts), forks 10, and the same three on benchmarks/baseline.yml
+          (template + nft -f, table inet naive_killswitch). Between repetitions
+          and sizes the hosts are reset, untimed, with the rollback playbook
+          and baseline.yml -e naive_state=absent.
+
+Writes OUT/latest.json (every sample, medians, the machine, versions, load),
+OUT/latest.png and OUT/latest.md (the table). The targets are printed against
+the figures, never asserted: the exit status only says whether the benchmark
+itself ran. Traffic stays between namespaces the lab made, on documentation
+addresses; nothing is routed out of the machine.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, 'tests', 'lab'))
+import vpnlab  # noqa: E402  (tests/lab is not a package)
+
+COLLECTIONS = os.path.join(REPO, '.cache', 'collections')
+HOST = 'lab-host1'
+TUNNEL_SERVER = vpnlab.SERVER_TUNNEL_V4
+IPERF_PORT = 5201
+# DoH entries: 198.18.128.0/17 is documentation space (198.18.0.0/15) that the
+# lab does not use (uplinks are 198.18.N.0/24 with N <= 127, guests 198.18.1NN).
+DOH_BASE = (198 << 24) | (18 << 16) | (128 << 8)
+DOH_MAX = 1 << 15
+HOSTS_MAX = 127
+
+TARGETS = {'ratio_default': 0.98, 'ratio_entries': 0.95, 'apply_entries_s': 1.0}
+BASE_POLICY = {
+    'tunnel_interfaces': ['wg*'],
+    'endpoints': [{'address': vpnlab.ENDPOINT, 'port': vpnlab.WG_PORT, 'protocol': 'udp'}],
+    'dns_servers': [TUNNEL_SERVER],
+}
+
+
+class Stop(Exception):
+    pass
+
+
+def log(*args):
+    print('[bench %s]' % time.strftime('%H:%M:%S'), *args, flush=True)
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def doh_addresses(n):
+    if n > DOH_MAX:
+        raise SystemExit('--entries: at most %d (198.18.128.0/17)' % DOH_MAX)
+    return ['%d.%d.%d.%d' % ((a >> 24) & 255, (a >> 16) & 255, (a >> 8) & 255, a & 255)
+            for a in range(DOH_BASE, DOH_BASE + n)]
+
+
+def policy(entries=0):
+    p = dict(BASE_POLICY)
+    p['doh_servers'] = doh_addresses(entries)
+    return p
+
+
+def role_vars(p):
+    return dict(('killswitch_' + k, v) for k, v in p.items())
+
+
+def write_json(path, data):
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    return path
+
+
+def env():
+    e = dict(os.environ)
+    e['PATH'] = os.path.dirname(sys.executable) + os.pathsep + e.get('PATH', '')
+    e['ANSIBLE_COLLECTIONS_PATH'] = COLLECTIONS
+    e['ANSIBLE_NOCOLOR'] = '1'
+    e['ANSIBLE_FORCE_COLOR'] = '0'
+    e.pop('ANSIBLE_KEEP_REMOTE_FILES', None)
+    return e
+
+
+def ansible_playbook(args, log_path, extra_env=None, timeout=3600):
+    """Run ansible-playbook; returns (wall seconds, recap {host: counters}). Raises on failure."""
+    e = env()
+    e.update(extra_env or {})
+    argv = ['ansible-playbook'] + args
+    start = time.perf_counter()
+    with open(log_path, 'a') as out:
+        out.write('\n$ %s\n' % ' '.join(a if len(a) < 200 else a[:200] + '...' for a in argv))
+        out.flush()
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=REPO, env=e, timeout=timeout, stdin=subprocess.DEVNULL)
+        out.write(proc.stdout)
+    wall = time.perf_counter() - start
+    recap = {}
+    for m in re.finditer(r'^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)', proc.stdout, re.M):
+        recap[m.group(1)] = dict(ok=int(m.group(2)), changed=int(m.group(3)),
+                                 unreachable=int(m.group(4)), failed=int(m.group(5)))
+    if proc.returncode != 0 or any(r['failed'] or r['unreachable'] for r in recap.values()):
+        raise RuntimeError('ansible-playbook %s failed (rc %d); see %s'
+                           % (' '.join(args[-3:]), proc.returncode, log_path))
+    return wall, recap
+
+
+def machine_facts():
+    def out(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+        except Exception:
+            return None
+    model = None
+    with open('/proc/cpuinfo') as f:
+        for line in f:
+            if line.startswith('model name'):
+                model = line.split(':', 1)[1].strip()
+                break
+    return {
+        'cpus': os.cpu_count(), 'cpu_model': model, 'kernel': platform.release(),
+        'nft': out(['nft', '--version']), 'iperf3': out(['iperf3', '--version']),
+        'ansible_core': out(['ansible', '--version']),
+        'wireguard_go': out(['dpkg-query', '-W', '-f=${Version}', 'wireguard-go']),
+        'host_python': out(['/usr/bin/python3', '--version']),
+    }
+
+
+OTHERS = (b'molecule', b'ansible-lint', b'ansible-test', b'pytest', b'tests/run', b'vpnlab.py')
+
+
+def load_snapshot():
+    """The load average, and which test tools of others run beside us (read from /proc, never touched)."""
+    with open('/proc/loadavg') as f:
+        load = f.read().split()[:3]
+    others = {}
+    mine = str(os.getpid()).encode()
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open('/proc/%s/cmdline' % entry, 'rb') as f:
+                    cmd = f.read().replace(b'\0', b' ')
+                with open('/proc/%s/stat' % entry, 'rb') as f:
+                    parent = f.read().rsplit(b')', 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            if parent == mine:
+                continue
+            for name in OTHERS:
+                if name in cmd:
+                    others[name.decode()] = others.get(name.decode(), 0) + 1
+    return {'time': time.time(), 'loadavg': [float(x) for x in load], 'other_test_processes': others}
+
+
+# -- the lab ---------------------------------------------------------------------
+
+class BenchLab:
+    def __init__(self, state_dir, hosts):
+        self.lab = vpnlab.Lab(state_dir)
+        self.hosts = hosts
+
+    def __enter__(self):
+        if self.lab.state.get('namespaces'):
+            log('destroying a lab left in %s' % self.lab.dir)
+            self.lab.destroy()
+            self.lab = vpnlab.Lab(self.lab.dir)
+        log('creating the lab: %d host(s) in %s' % (self.hosts, self.lab.dir))
+        start = time.perf_counter()
+        self.lab.create(self.hosts)
+        self.created_in = time.perf_counter() - start
+        log('lab ready in %.1f s' % self.created_in)
+        return self
+
+    def __exit__(self, *exc):
+        log('destroying the lab')
+        self.lab.destroy()
+
+    @property
+    def dir(self):
+        return self.lab.dir
+
+    @property
+    def inventory(self):
+        return os.path.join(self.lab.dir, 'inventory.yml')
+
+    def run(self, command, name=HOST, **kwargs):
+        return self.lab.run(name, command, **kwargs)
+
+
+def run_measured(lab, command, name=HOST, timeout=120):
+    """Run command inside a host; returns (wall s, max RSS KiB, stdout). nsenter execs the command.
+
+    Output goes to files, not pipes: a module's JSON with 10,000 entries would fill a pipe
+    that nobody reads while we wait.
+    """
+    argv = ['nsenter', '-t', str(lab.lab.pid(name)), '-n', '-m', '-u', '--'] + command
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise RuntimeError('%s timed out' % ' '.join(command))
+            time.sleep(0.001)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if proc.returncode != 0:
+        raise RuntimeError('%s failed (%d): %s %s' % (' '.join(command[:3]), proc.returncode, stdout[-2000:], stderr[-2000:]))
+    return wall, usage.ru_maxrss, stdout
+
+
+class Payloads:
+    """The module's AnsiballZ payloads for a few argument sets, kept on the host to be run directly."""
+
+    def __init__(self, lab, log_path):
+        self.lab, self.log_path, self.paths = lab, log_path, {}
+
+    def make(self, name, args):
+        remote = '/run/vpnguard-bench/%s' % name
+        args_file = write_json(os.path.join(self.lab.dir, 'module-%s.json' % name), {'bench_args': args})
+        ansible_playbook(['-i', self.lab.inventory, '-l', HOST, '-e', '@' + args_file,
+                          '-e', 'ansible_remote_tmp=' + remote, os.path.join(HERE, 'module.yml')],
+                         self.log_path, extra_env={'ANSIBLE_KEEP_REMOTE_FILES': '1'})
+        found = self.lab.run(['find', remote, '-name', 'AnsiballZ_nft_killswitch.py']).stdout.split()
+        if len(found) != 1:
+            raise RuntimeError('expected one kept payload under %s, found %r' % (remote, found))
+        self.paths[name] = found[0]
+
+    def run(self, name, expect_changed=None):
+        wall, rss, out = run_measured(self.lab, ['/usr/bin/python3', self.paths[name]])
+        result = json.loads(out[out.index('{'):])
+        if result.get('failed'):
+            raise RuntimeError('module payload %s failed: %s' % (name, result.get('msg')))
+        if expect_changed is not None and result['changed'] != expect_changed:
+            raise RuntimeError('module payload %s: changed=%s, expected %s' % (name, result['changed'], expect_changed))
+        return {'wall_s': wall, 'maxrss_kib': rss, 'changed': result['changed']}
+
+
+def make_payloads(lab, entries, log_path):
+    payloads = Payloads(lab, log_path)
+    payloads.make('off', {'state': 'absent'})
+    payloads.make('on', policy(0))
+    payloads.make('entries', policy(entries))
+    return payloads
+
+
+def table_elements(lab):
+    """Elements in the live doh_v4 set, or None without the table."""
+    r = lab.run(['nft', '-j', 'list', 'set', 'inet', 'vpnguard_killswitch', 'doh_v4'], check=False)
+    if r.returncode != 0:
+        return None
+    for item in json.loads(r.stdout)['nftables']:
+        if 'set' in item:
+            return len(item['set'].get('elem', []))
+    return 0
+
+
+# -- datapath ------------------------------------------------------------------------
+
+def iperf(lab, udp, seconds):
+    command = ['iperf3', '-c', TUNNEL_SERVER, '-p', str(IPERF_PORT), '-t', str(seconds), '-J']
+    if seconds >= 3:
+        command += ['-O', '1']  # leave TCP's slow start out
+    if udp:
+        # As fast as the sender goes; 1300-byte datagrams fit wg0's MTU (1420) unfragmented.
+        command += ['-u', '-b', '0', '-l', '1300']
+    for attempt in range(3):
+        r = lab.run(command, check=False, timeout=seconds + 60)
+        if r.returncode == 0:
+            end = json.loads(r.stdout)['end']
+            received = end['sum_received'] if 'sum_received' in end else end['sum']
+            sample = {'mbps': received['bits_per_second'] / 1e6}
+            if udp:
+                sample['lost_percent'] = received.get('lost_percent')
+            else:
+                sample['retransmits'] = end['sum_sent'].get('retransmits')
+            sample['cpu'] = end.get('cpu_utilization_percent')
+            return sample
+        time.sleep(1)  # the server is busy finishing the previous test
+    raise RuntimeError('iperf3 failed: %s %s' % (r.stdout[-500:], r.stderr[-500:]))
+
+
+# Diagnostic states, to tell where the kill switch's per-packet cost comes from:
+# the same table without the routing guard, and a table of one rule that only
+# makes the kernel track connections (any ct expression turns conntrack on in
+# the namespace, for every packet, whatever chain it is in).
+CT_ONLY = ('add table inet bench_ct; add chain inet bench_ct input '
+           '{ type filter hook input priority 0; policy accept; }; '
+           'add rule inet bench_ct input ct state established accept')
+CT_ONLY_REMOVE = 'add table inet bench_ct; delete table inet bench_ct'
+DATAPATH_STATES = ('off', 'on', 'entries', 'noguard', 'ct')
+
+
+def set_state(lab, payloads, state, entries):
+    lab.run(['nft', CT_ONLY_REMOVE])
+    payloads.run({'ct': 'off'}.get(state, state))
+    if state == 'ct':
+        lab.run(['nft', CT_ONLY])
+    elements = table_elements(lab)
+    expected = {'on': 0, 'noguard': 0, 'entries': entries}.get(state)
+    if elements != expected:
+        raise RuntimeError('state %s: doh_v4 holds %r elements, expected %r' % (state, elements, expected))
+    guard = lab.run(['ip', 'rule', 'show']).stdout.count('proto 86') + lab.run(['ip', 'rule', 'show']).stdout.count(
+        'proto vpnguard')
+    if bool(guard) != (state in ('on', 'entries')):
+        raise RuntimeError('state %s: %d routing guard rules' % (state, guard))
+
+
+def datapath(args, out_dir, log_path):
+    states = list(DATAPATH_STATES)
+    results = {'states': {'off': 'no kill switch', 'on': 'kill switch, default policy',
+                          'entries': 'kill switch, %d doh_servers entries' % args.entries,
+                          'noguard': 'diagnostic: the default table, routing guard off',
+                          'ct': 'diagnostic: no kill switch, one table with one ct rule (conntrack on)'},
+               'iperf_seconds': args.iperf_seconds, 'repeat': args.repeat, 'samples': [],
+               'load': [load_snapshot()]}
+    with BenchLab(args.state, 1) as lab:
+        payloads = make_payloads(lab, args.entries, log_path)
+        payloads.make('noguard', dict(policy(0), routing_guard=False))
+        server = lab.lab.spawn('isp', ['iperf3', '-s', '--forceflush', '-B', TUNNEL_SERVER, '-p', str(IPERF_PORT)],
+                               'iperf3.log')
+        try:
+            server_log = os.path.join(lab.dir, 'iperf3.log')
+            lab.lab._wait('the iperf3 server', lambda: os.path.exists(server_log)
+                          and b'listening' in open(server_log, 'rb').read(), seconds=10)
+            iperf(lab, False, 1)  # warm up the tunnel and the server
+            for rep in range(args.repeat):
+                # Rotated, so that no state always runs first or after the same one.
+                shift = rep % len(states)
+                for state in states[shift:] + states[:shift]:
+                    set_state(lab, payloads, state, args.entries)
+                    for proto in ('tcp', 'udp'):
+                        sample = iperf(lab, proto == 'udp', args.iperf_seconds)
+                        sample.update(rep=rep, state=state, proto=proto)
+                        results['samples'].append(sample)
+                        log('datapath rep %d %-7s %s %8.1f Mbit/s' % (rep, state, proto, sample['mbps']))
+                results['load'].append(load_snapshot())
+            lab.run(['nft', CT_ONLY_REMOVE])
+        finally:
+            try:
+                os.kill(server, signal.SIGTERM)
+            except OSError:
+                pass
+    summary = {}
+    for proto in ('tcp', 'udp'):
+        med = dict((s, median([x['mbps'] for x in results['samples'] if x['proto'] == proto and x['state'] == s]))
+                   for s in states)
+        entry = summary[proto] = {'median_mbps': med}
+        for s in states[1:]:
+            ratios = []
+            for rep in range(args.repeat):
+                pick = dict((x['state'], x['mbps']) for x in results['samples'] if x['proto'] == proto and x['rep'] == rep)
+                ratios.append(pick[s] / pick['off'])
+            entry['ratio_' + s] = med[s] / med['off']
+            entry['paired_ratio_' + s] = median(ratios)
+    results['summary'] = summary
+    return results
+
+
+# -- apply latency and memory -------------------------------------------------------
+
+def apply_latency(args, out_dir, log_path):
+    repeat = max(args.repeat, 3)
+    results = {'repeat': repeat, 'module': {}, 'probe': {}, 'load': [load_snapshot()]}
+    with BenchLab(args.state, 1) as lab:
+        payloads = make_payloads(lab, args.entries, log_path)
+        samples = dict(((v, k), []) for v in ('on', 'entries') for k in ('first', 'replace', 'nochange', 'remove'))
+        for rep in range(repeat):
+            for variant, other in (('on', 'entries'), ('entries', 'on')):
+                payloads.run('off')
+                samples[(variant, 'first')].append(payloads.run(variant, expect_changed=True))
+                samples[(variant, 'nochange')].append(payloads.run(variant, expect_changed=False))
+                payloads.run(other, expect_changed=True)
+                samples[(variant, 'replace')].append(payloads.run(variant, expect_changed=True))
+                samples[(variant, 'remove')].append(payloads.run('off', expect_changed=True))
+            log('apply rep %d: module first apply %.3f s (default), %.3f s (%d entries)'
+                % (rep, samples[('on', 'first')][-1]['wall_s'], samples[('entries', 'first')][-1]['wall_s'], args.entries))
+        for (variant, kind), runs in sorted(samples.items()):
+            results['module'].setdefault(variant, {})[kind] = {
+                'wall_s': [r['wall_s'] for r in runs], 'maxrss_kib': [r['maxrss_kib'] for r in runs],
+                'median_wall_s': median([r['wall_s'] for r in runs]),
+                'median_maxrss_kib': median([r['maxrss_kib'] for r in runs]),
+                'max_maxrss_kib': max(r['maxrss_kib'] for r in runs)}
+        # What the interpreter alone takes, for scale.
+        bare = [run_measured(lab, ['/usr/bin/python3', '-c', 'import nftables, pyroute2']) for _ in range(repeat)]
+        results['python_with_bindings'] = {'median_wall_s': median([b[0] for b in bare]),
+                                           'median_maxrss_kib': median([b[1] for b in bare])}
+        for variant, entries in (('on', 0), ('entries', args.entries)):
+            path = write_json(os.path.join(lab.dir, 'probe-%s.json' % variant), policy(entries))
+            out = lab.run(['/usr/bin/python3', os.path.join(HERE, 'apply_probe.py'), COLLECTIONS, path, str(repeat)],
+                          timeout=300).stdout
+            probe = json.loads(out)
+            probe['median_s'] = dict((k, median(v)) for k, v in probe['seconds'].items())
+            results['probe'][variant] = probe
+            log('probe %s: %s' % (variant, ', '.join('%s %.1f ms' % (k, v * 1000) for k, v in sorted(probe['median_s'].items()))))
+        results['load'].append(load_snapshot())
+    return results
+
+
+# -- fleet convergence ----------------------------------------------------------------
+
+def fleet(args, out_dir, log_path):
+    results = {'forks': args.forks, 'repeat': args.fleet_repeat, 'sizes': {}, 'load': [load_snapshot()]}
+    with BenchLab(args.state, max(args.hosts)) as lab:
+        results['lab_created_s'] = lab.created_in
+        vars_file = write_json(os.path.join(lab.dir, 'fleet-policy.json'), role_vars(policy(0)))
+        common = ['-i', lab.inventory, '-f', str(args.forks), '-e', '@' + vars_file]
+        baseline = os.path.join(HERE, 'baseline.yml')
+        runs = [('harden', 'first', ['vpnguard.killswitch.harden']),
+                ('harden', 'idempotent', ['vpnguard.killswitch.harden']),
+                ('harden', 'audit', ['vpnguard.killswitch.audit', '--check']),
+                ('baseline', 'first', [baseline]),
+                ('baseline', 'idempotent', [baseline]),
+                ('baseline', 'audit', [baseline, '--check', '--diff'])]
+        for size in args.hosts:
+            names = ['lab-host%d' % i for i in range(1, size + 1)]
+            limit = ['-l', ','.join(names + ['localhost'])]
+            entry = results['sizes'][str(size)] = {'hosts': size, 'runs': {}}
+            for rep in range(args.fleet_repeat):
+                for order, (book, phase, extra) in enumerate(runs):
+                    if order == 3:
+                        # Reset the collection's side, untimed, before the baseline goes.
+                        ansible_playbook(common + limit + ['vpnguard.killswitch.rollback'], log_path)
+                    wall, recap = ansible_playbook(common + limit + extra, log_path)
+                    changed = sum(recap[n]['changed'] for n in names)
+                    if len([n for n in names if n in recap]) != size:
+                        raise RuntimeError('%s %s: the recap names %d of %d hosts' % (book, phase, len(recap), size))
+                    if phase != 'first' and changed:
+                        raise RuntimeError('%s %s on %d hosts changed %d things; expected none' % (book, phase, size, changed))
+                    if phase == 'first' and not all(recap[n]['changed'] for n in names):
+                        raise RuntimeError('%s first run left a host unchanged' % book)
+                    entry['runs'].setdefault(book, {}).setdefault(phase, []).append(
+                        {'wall_s': wall, 'changed': changed})
+                    log('fleet %2d hosts rep %d %-8s %-10s %6.1f s (%.2f s/host), %d changed'
+                        % (size, rep, book, phase, wall, wall / size, changed))
+                ansible_playbook(common + limit + [baseline, '-e', 'naive_state=absent'], log_path)
+                results['load'].append(load_snapshot())
+            summary = entry['summary'] = {}
+            for phase in ('first', 'idempotent', 'audit'):
+                h = median([r['wall_s'] for r in entry['runs']['harden'][phase]])
+                b = median([r['wall_s'] for r in entry['runs']['baseline'][phase]])
+                summary[phase] = {'harden_s': h, 'baseline_s': b, 'harden_per_host_s': h / size,
+                                  'baseline_per_host_s': b / size, 'ratio_to_baseline': h / b}
+    return results
+
+
+# -- report ------------------------------------------------------------------------------
+
+def verdict(ok):
+    return 'meets' if ok else 'MISSES'
+
+
+def markdown(data):
+    lines = []
+    p = data['params']
+    dp = data.get('datapath')
+    if dp:
+        lines += ['Datapath through the WireGuard tunnel (wireguard-go), iperf3 %d s x %d, median Mbit/s:' % (
+            dp['iperf_seconds'], dp['repeat']), '',
+            '| Traffic | No kill switch | Kill switch | Ratio (target >= %.2f) | + %d set entries | Ratio (target >= %.2f) |'
+            % (TARGETS['ratio_default'], p['entries'], TARGETS['ratio_entries']),
+            '| --- | ---: | ---: | ---: | ---: | ---: |']
+        for proto in ('tcp', 'udp'):
+            s = dp['summary'][proto]
+            m = s['median_mbps']
+            lines.append('| %s | %.0f | %.0f | %.3f (paired %.3f) | %.0f | %.3f (paired %.3f) |' % (
+                proto.upper(), m['off'], m['on'], s['ratio_on'], s['paired_ratio_on'], m['entries'],
+                s['ratio_entries'], s['paired_ratio_entries']))
+        lines += ['', 'Where the cost is (diagnostic states, same runs): the table without the routing guard '
+                  'TCP %.3f, UDP %.3f; no kill switch but conntrack on (one table, one ct rule) TCP %.3f, UDP %.3f '
+                  '(ratios of medians to no kill switch).' % (
+                      dp['summary']['tcp']['ratio_noguard'], dp['summary']['udp']['ratio_noguard'],
+                      dp['summary']['tcp']['ratio_ct'], dp['summary']['udp']['ratio_ct']), '']
+    ap = data.get('apply')
+    if ap:
+        mod = ap['module']
+        lines += ['Apply, the module process on the host (median of %d; peak RSS from wait4):' % ap['repeat'], '',
+                  '| Policy | First apply | Replace | No change | nft transaction alone | Peak RSS |',
+                  '| --- | ---: | ---: | ---: | ---: | ---: |']
+        for variant, label in (('on', 'default'), ('entries', '%d doh_servers' % p['entries'])):
+            m = mod[variant]
+            lines.append('| %s | %.3f s | %.3f s | %.3f s | %.1f ms | %.1f MiB |' % (
+                label, m['first']['median_wall_s'], m['replace']['median_wall_s'], m['nochange']['median_wall_s'],
+                ap['probe'][variant]['median_s']['apply'] * 1000,
+                max(m[k]['max_maxrss_kib'] for k in ('first', 'replace', 'nochange')) / 1024.0))
+        lines.append('')
+    fl = data.get('fleet')
+    if fl:
+        lines += ['Fleet convergence, forks %d, wall time (per host), median of %d:' % (fl['forks'], fl['repeat']), '',
+                  '| Hosts | harden first | baseline first | ratio | harden idempotent | baseline idempotent | ratio '
+                  '| audit --check | baseline --check | ratio |',
+                  '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+        for size in sorted(fl['sizes'], key=int):
+            s = fl['sizes'][size]['summary']
+            cells = []
+            for phase in ('first', 'idempotent', 'audit'):
+                x = s[phase]
+                cells += ['%.1f s (%.2f)' % (x['harden_s'], x['harden_per_host_s']),
+                          '%.1f s (%.2f)' % (x['baseline_s'], x['baseline_per_host_s']),
+                          '%.2f' % x['ratio_to_baseline']]
+            lines.append('| %s | %s |' % (size, ' | '.join(cells)))
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def targets(data):
+    out = []
+    dp = data.get('datapath')
+    if dp:
+        for proto in ('tcp', 'udp'):
+            s = dp['summary'][proto]
+            out.append('%s: %s ratio %.3f (target >= %.2f), with %d entries %.3f (target >= %.2f): %s, %s' % (
+                verdict(s['ratio_on'] >= TARGETS['ratio_default'] and s['ratio_entries'] >= TARGETS['ratio_entries']),
+                proto.upper(), s['ratio_on'], TARGETS['ratio_default'], data['params']['entries'], s['ratio_entries'],
+                TARGETS['ratio_entries'], verdict(s['ratio_on'] >= TARGETS['ratio_default']),
+                verdict(s['ratio_entries'] >= TARGETS['ratio_entries'])))
+    ap = data.get('apply')
+    if ap:
+        worst = max(ap['module']['entries'][k]['median_wall_s'] for k in ('first', 'replace'))
+        out.append('%s: apply with %d entries %.3f s for the whole module process (target < %.1f s)' % (
+            verdict(worst < TARGETS['apply_entries_s']), data['params']['entries'], worst, TARGETS['apply_entries_s']))
+    return out
+
+
+def plot(data, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ('datapath', 'apply', 'fleet') if data.get(k)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8), squeeze=False)
+    entries = data['params']['entries']
+    for ax, panel in zip(axes[0], panels):
+        if panel == 'datapath':
+            dp = data['datapath']
+            states = [st for st in DATAPATH_STATES if st in dp['summary']['tcp']['median_mbps']]
+            labels = {'off': 'no kill switch', 'on': 'kill switch', 'entries': '+%d entries' % entries,
+                      'noguard': 'table, no routing guard', 'ct': 'conntrack only (no kill switch)'}
+            colours = {'off': '#999999', 'on': '#1f77b4', 'entries': '#ff7f0e', 'noguard': '#2ca02c', 'ct': '#d62728'}
+            step = len(states) + 1
+            for j, proto in enumerate(('tcp', 'udp')):
+                for i, state in enumerate(states):
+                    x = j * step + i
+                    values = [s['mbps'] for s in dp['samples'] if s['proto'] == proto and s['state'] == state]
+                    ax.bar(x, median(values), color=colours[state], label=labels[state] if j == 0 else None,
+                           hatch='//' if state in ('noguard', 'ct') else None)
+                    ax.plot([x] * len(values), values, 'k.', markersize=4)
+            ax.set_xticks([(len(states) - 1) / 2.0, step + (len(states) - 1) / 2.0])
+            ax.set_xticklabels(['TCP', 'UDP (received)'])
+            ax.set_ylabel('Mbit/s through wg0 (median, dots: runs)')
+            ax.set_title('Datapath: iperf3 %d s x %d' % (dp['iperf_seconds'], dp['repeat']))
+            ax.legend(fontsize=7, loc='lower center')
+        elif panel == 'apply':
+            ap = data['apply']
+            kinds = ['first', 'replace', 'nochange']
+            width = 0.38
+            for i, (variant, label) in enumerate((('on', 'default policy'), ('entries', '%d entries' % entries))):
+                xs = [k + (i - 0.5) * width for k in range(len(kinds))]
+                ax.bar(xs, [ap['module'][variant][k]['median_wall_s'] for k in kinds], width, label=label)
+                for x, k in zip(xs, kinds):
+                    values = ap['module'][variant][k]['wall_s']
+                    ax.plot([x] * len(values), values, 'k.', markersize=4)
+            ax.axhline(TARGETS['apply_entries_s'], color='red', linestyle='--', linewidth=1, label='target (entries)')
+            ax.set_xticks(range(len(kinds)))
+            ax.set_xticklabels(['first apply', 'replace', 'no change'])
+            ax.set_ylabel('seconds, whole module process')
+            rss = max(ap['module']['entries'][k]['max_maxrss_kib'] for k in kinds) / 1024.0
+            ax.set_title('Apply latency (peak RSS %.0f MiB with entries)' % rss)
+            ax.legend(fontsize=8)
+        else:
+            fl = data['fleet']
+            sizes = sorted(int(s) for s in fl['sizes'])
+            styles = {'first': '-o', 'idempotent': '-s', 'audit': '-^'}
+            for book, colour in (('harden', '#1f77b4'), ('baseline', '#999999')):
+                for phase in ('first', 'idempotent', 'audit'):
+                    ys = [fl['sizes'][str(s)]['summary'][phase][book + '_s'] for s in sizes]
+                    ax.plot(sizes, ys, styles[phase], color=colour, label='%s %s' % (book, phase))
+            ax.set_xlabel('hosts (forks %d)' % fl['forks'])
+            ax.set_ylabel('wall seconds')
+            ax.set_xticks(sizes)
+            ax.set_ylim(bottom=0)
+            ax.set_title('Fleet convergence')
+            ax.legend(fontsize=7)
+    fig.suptitle('vpnguard.killswitch benchmarks, %s, %d CPUs%s' % (
+        data['date'][:10], data['machine']['cpus'], ' (small preset)' if data['params']['small'] else ''))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def git_commit():
+    r = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=REPO)
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], capture_output=True, text=True,
+                           cwd=REPO).stdout.strip()
+    return r.stdout.strip() + ('+dirty' if dirty else '')
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--small', action='store_true', help='CI preset: hosts 1,2, entries 1000, repeat 1, '
+                                                             'iperf 2 s; results under OUT/small')
+    parser.add_argument('--hosts', help='fleet sizes, comma-separated (default 1,10,50)')
+    parser.add_argument('--entries', type=int, help='doh_servers entries (default 10000)')
+    parser.add_argument('--repeat', type=int, help='datapath and apply repetitions (default 5)')
+    parser.add_argument('--fleet-repeat', type=int, help='fleet repetitions (default 1)')
+    parser.add_argument('--iperf-seconds', type=int, help='seconds per iperf3 run (default 10)')
+    parser.add_argument('--forks', type=int, default=10)
+    parser.add_argument('--phases', default='datapath,apply,fleet')
+    parser.add_argument('--out', help='directory for latest.json/.png/.md (default benchmarks/results, '
+                                      'or benchmarks/results/small with --small)')
+    parser.add_argument('--state', default=os.path.join(REPO, '.lab', 'bench'), help='the lab state directory')
+    args = parser.parse_args(argv)
+    small = dict(hosts='1,2', entries=1000, repeat=1, fleet_repeat=1, iperf_seconds=2)
+    full = dict(hosts='1,10,50', entries=10000, repeat=5, fleet_repeat=1, iperf_seconds=10)
+    for key, value in (small if args.small else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.hosts = sorted(set(int(h) for h in args.hosts.split(',')))
+    if not args.hosts or args.hosts[0] < 1 or args.hosts[-1] > HOSTS_MAX:
+        parser.error('--hosts: sizes between 1 and %d' % HOSTS_MAX)
+    if args.repeat < 1 or args.fleet_repeat < 1 or args.iperf_seconds < 1:
+        parser.error('--repeat, --fleet-repeat and --iperf-seconds must be at least 1')
+    doh_addresses(args.entries)
+    args.phases = [p for p in args.phases.split(',') if p]
+    unknown = set(args.phases) - {'datapath', 'apply', 'fleet'}
+    if unknown:
+        parser.error('--phases: unknown %s' % ', '.join(sorted(unknown)))
+    if args.out is None:
+        args.out = os.path.join(HERE, 'results', 'small' if args.small else '')
+    args.out = os.path.abspath(args.out)
+    args.state = os.path.abspath(args.state)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit('benchmarks/run needs root (network namespaces, nftables)')
+
+    def stop(signum, frame):
+        raise Stop('signal %d' % signum)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(os.path.dirname(args.state), exist_ok=True)
+    log_path = os.path.join(os.path.dirname(args.state), 'bench-ansible.log')
+    open(log_path, 'w').close()
+    data = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+            'commit': git_commit(), 'machine': machine_facts(),
+            'params': {'small': args.small, 'hosts': args.hosts, 'entries': args.entries, 'repeat': args.repeat,
+                       'fleet_repeat': args.fleet_repeat, 'iperf_seconds': args.iperf_seconds, 'forks': args.forks,
+                       'phases': args.phases},
+            'targets': TARGETS,
+            'method': {
+                'datapath': 'iperf3 -c 192.0.2.1 from lab-host1 through wg0 (wireguard-go both ends) to the isp '
+                            'namespace; TCP (-O 1) and UDP -b 0 -l 1300, receiver Mbit/s; states off/on/entries '
+                            'set by the module payload, rotated per repetition; ratios of medians and medians of '
+                            'per-repetition ratios (paired)',
+                'apply': 'the AnsiballZ payload Ansible ships, kept with ANSIBLE_KEEP_REMOTE_FILES, run by '
+                         '/usr/bin/python3 inside the host namespaces; wall = fork to exit; apply_probe.py times '
+                         'the nft steps in-process',
+                'memory': 'ru_maxrss of the module process from wait4(2) (nsenter execs the module, so this is '
+                          'its VmHWM), KiB',
+                'fleet': 'ansible-playbook wall time, community.docker.nsenter connection, forks as given, '
+                         'default policy; hosts reset by the rollback playbook (untimed) before the baseline',
+            },
+            'doh_entries_range': '198.18.128.0/17 (IPv4, from the first address up)'}
+    started = time.time()
+    try:
+        if 'datapath' in args.phases:
+            data['datapath'] = datapath(args, args.out, log_path)
+        if 'apply' in args.phases:
+            data['apply'] = apply_latency(args, args.out, log_path)
+        if 'fleet' in args.phases:
+            data['fleet'] = fleet(args, args.out, log_path)
+    except (Stop, KeyboardInterrupt) as e:
+        log('stopped: %s' % e)
+        return 2
+    data['duration_s'] = time.time() - started
+    json_path = write_json(os.path.join(args.out, 'latest.json'), data)
+    png_path = plot(data, os.path.join(args.out, 'latest.png'))
+    table = markdown(data)
+    with open(os.path.join(args.out, 'latest.md'), 'w') as f:
+        f.write(table)
+    print()
+    print(table)
+    for line in targets(data):
+        print('target ' + line)
+    log('wrote %s, %s and latest.md in %.0f s (ansible output in %s)' % (json_path, png_path, data['duration_s'], log_path))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
