@@ -19,30 +19,14 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import win_firewall
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
-    POLICY_KEYS, PolicyError, parse_policy, parse_program)
+    POLICY_KEYS, PolicyError, parse_policy, parse_program, policy_argument_spec)
 
 MODULE = 'vpnguard.killswitch.win_wfp_killswitch'
 
-_ENTRY = dict(type='list', elements='dict', default=[])
 # The module's own spec (win_wfp_killswitch.ps1), checked here too so that the
 # policy model sees typed values and defaults, as the other modules' do.
 ARGUMENT_SPEC = dict(
-    state=dict(type='str', default='present', choices=['present', 'absent']),
-    tunnel_interfaces=dict(type='list', elements='str', default=[]),
-    endpoints=dict(_ENTRY, options=dict(
-        address=dict(type='str', required=True),
-        port=dict(type='int', required=True),
-        protocol=dict(type='str', default='udp', choices=['udp', 'tcp']),
-    )),
-    dns_servers=dict(type='list', elements='str', default=[]),
-    doh_servers=dict(type='list', elements='str', default=[]),
-    allow_lan=dict(type='bool', default=False),
-    management=dict(_ENTRY, options=dict(
-        cidr=dict(type='str', required=True),
-        port=dict(type='int', required=True),
-        protocol=dict(type='str', default='tcp', choices=['udp', 'tcp']),
-    )),
-    exceptions=dict(_ENTRY, options=dict(program=dict(type='str', required=True))),
+    policy_argument_spec(dict(program=dict(type='str', required=True))),
     endpoint_programs=dict(type='list', elements='str', default=[]),
     merge_local_rules=dict(type='bool', default=False),
     configure_resolver=dict(type='bool', default=True),

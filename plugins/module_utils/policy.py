@@ -58,6 +58,30 @@ Management = namedtuple('Management', 'network port protocol')
 BypassException = namedtuple('BypassException', 'selector value')
 
 
+def policy_argument_spec(selectors):
+    """The argument_spec options every kill switch module shares, with the exception selectors its OS has."""
+    entry = dict(type='list', elements='dict', default=[])
+    return dict(
+        state=dict(type='str', default='present', choices=['present', 'absent']),
+        tunnel_interfaces=dict(type='list', elements='str', default=[]),
+        endpoints=dict(entry, options=dict(
+            address=dict(type='str', required=True),
+            port=dict(type='int', required=True),
+            protocol=dict(type='str', default='udp', choices=['udp', 'tcp']),
+        )),
+        dns_servers=dict(type='list', elements='str', default=[]),
+        doh_servers=dict(type='list', elements='str', default=[]),
+        allow_lan=dict(type='bool', default=False),
+        management=dict(entry, options=dict(
+            cidr=dict(type='str', required=True),
+            port=dict(type='int', required=True),
+            protocol=dict(type='str', default='tcp', choices=['udp', 'tcp']),
+        )),
+        exceptions=dict(entry, options=selectors,
+                        mutually_exclusive=[list(selectors)], required_one_of=[list(selectors)]),
+    )
+
+
 class PolicyError(ValueError):
     """Invalid input; `setting` names the offending option, e.g. endpoints[0].port."""
 

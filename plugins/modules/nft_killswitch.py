@@ -280,7 +280,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.respawn import has_respawned, probe_interpreters_for_module, respawn_module
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
-    POLICY_KEYS, PolicyError, parse_policy)
+    POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
     BYPASS_FWMARK, TABLE, Nft, NftError, digest, render, replace_transaction)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
@@ -470,29 +470,8 @@ def absent(module, nft, guard, state_path):
 
 
 def main():
-    entry = dict(type='list', elements='dict', default=[])
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type='str', default='present', choices=['present', 'absent']),
-            tunnel_interfaces=dict(type='list', elements='str', default=[]),
-            endpoints=dict(entry, options=dict(
-                address=dict(type='str', required=True),
-                port=dict(type='int', required=True),
-                protocol=dict(type='str', default='udp', choices=['udp', 'tcp']),
-            )),
-            dns_servers=dict(type='list', elements='str', default=[]),
-            doh_servers=dict(type='list', elements='str', default=[]),
-            allow_lan=dict(type='bool', default=False),
-            management=dict(entry, options=dict(
-                cidr=dict(type='str', required=True),
-                port=dict(type='int', required=True),
-                protocol=dict(type='str', default='tcp', choices=['udp', 'tcp']),
-            )),
-            exceptions=dict(entry, options=dict(
-                uid=dict(type='int'),
-                gid=dict(type='int'),
-                cgroup=dict(type='str'),
-            ), mutually_exclusive=[['uid', 'gid', 'cgroup']], required_one_of=[['uid', 'gid', 'cgroup']]),
             tunnel_fwmark=dict(type='int', default=51820),
             restrict_endpoints_to_tunnel=dict(type='bool', default=True),
             routing_guard=dict(type='bool', default=True),
@@ -502,6 +481,7 @@ def main():
             persist_dir=dict(type='path', default='/etc/vpnguard-killswitch'),
             confirm_timeout=dict(type='int', default=0),
             confirm=dict(type='bool', default=False),
+            **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int'), cgroup=dict(type='str')))
         ),
         supports_check_mode=True,
     )

@@ -228,7 +228,8 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import file_snapshot, pf
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import POLICY_KEYS, PolicyError, parse_policy
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
+    POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
 
 STATE_FILE = 'pf_killswitch.json'
 
@@ -397,32 +398,13 @@ def absent(module, pfctl, state_path):
 
 
 def main():
-    entry = dict(type='list', elements='dict', default=[])
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type='str', default='present', choices=['present', 'absent']),
-            tunnel_interfaces=dict(type='list', elements='str', default=[]),
             wildcard_units=dict(type='int', default=pf.WILDCARD_UNITS),
-            endpoints=dict(entry, options=dict(
-                address=dict(type='str', required=True),
-                port=dict(type='int', required=True),
-                protocol=dict(type='str', default='udp', choices=['udp', 'tcp']),
-            )),
-            dns_servers=dict(type='list', elements='str', default=[]),
-            doh_servers=dict(type='list', elements='str', default=[]),
-            allow_lan=dict(type='bool', default=False),
-            management=dict(entry, options=dict(
-                cidr=dict(type='str', required=True),
-                port=dict(type='int', required=True),
-                protocol=dict(type='str', default='tcp', choices=['udp', 'tcp']),
-            )),
-            exceptions=dict(entry, options=dict(
-                uid=dict(type='int'),
-                gid=dict(type='int'),
-            ), mutually_exclusive=[['uid', 'gid']], required_one_of=[['uid', 'gid']]),
             restrict_endpoints_to_tunnel=dict(type='bool', default=True),
             persist=dict(type='bool', default=False),
             state_dir=dict(type='path', default='/var/db/vpnguard-killswitch'),
+            **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int')))
         ),
         supports_check_mode=True,
     )
