@@ -18,6 +18,7 @@ __metaclass__ = type
 import os
 import signal
 import subprocess
+import time
 
 ROLLBACK_SCRIPT = 'confirm-rollback.sh'
 TIMER_PID = 'confirm-timer.pid'
@@ -61,6 +62,12 @@ def arm(state_dir, rollback_script, timeout):
         close_fds=True, start_new_session=True)
     with open(pid_file, 'w') as f:
         f.write('%d\n' % timer.pid)
+    # Until the child has exec'd, its cmdline is still ours and pending() would
+    # deny the timer, so the role would skip the confirmation and the host would
+    # undo a good policy. Seen on a loaded machine.
+    deadline = time.time() + 10
+    while not pending(state_dir) and timer.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
     return timer.pid
 
 
