@@ -15,7 +15,7 @@ __metaclass__ = type
 import hashlib
 import ipaddress
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import LAN_NETWORKS
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS
 
 TABLE_FAMILY = 'inet'
 TABLE_NAME = 'vpnguard_killswitch'
@@ -24,7 +24,6 @@ TABLE = '%s %s' % (TABLE_FAMILY, TABLE_NAME)
 # Marks sockets of bypass exceptions so that the routing guard lets them use
 # the main table; kept apart from the tunnel's fwmark.
 BYPASS_FWMARK = 0x564b
-DNS_PORTS = (53, 853)
 
 # Neighbour discovery and MLD must reach the link for IPv6 to work at all;
 # none of them carry user data or leave the link (hop limit 255 / 1).

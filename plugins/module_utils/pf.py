@@ -31,14 +31,13 @@ __metaclass__ = type
 import hashlib
 import re
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import LAN_NETWORKS, PolicyError
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS, PolicyError
 
 ANCHOR = 'com.vpnguard.killswitch'
 ANCHOR_FILE = '/etc/pf.anchors/' + ANCHOR
 PF_CONF = '/etc/pf.conf'
 PFCTL = '/sbin/pfctl'
 WILDCARD_UNITS = 32
-DNS_PORTS = (53, 853)
 LOOPBACK = 'lo0'
 
 # Neighbour discovery and MLD (router/neighbour solicitation, neighbour

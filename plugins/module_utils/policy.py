@@ -33,6 +33,8 @@ _PROGRAM_RE = re.compile(r'^(?:[A-Za-z]:|%[A-Za-z_][A-Za-z0-9_()]*%)(?:\\[^\\/:*
 PROGRAM_MAX = 259  # MAX_PATH without the terminating NUL
 
 PROTOCOLS = ('udp', 'tcp')
+# DNS and DNS over TLS: every platform keeps these ports to the tunnel's resolvers.
+DNS_PORTS = (53, 853)
 EXCEPTION_SELECTORS = ('uid', 'gid', 'cgroup', 'program')
 # What each firewall can select a socket by; platform.system() names the keys.
 PLATFORM_SELECTORS = {
@@ -281,7 +283,13 @@ def _service(setting, value, key, parse_address, default_protocol):
 
 
 def _endpoint(setting, value):
-    return Endpoint(*_service(setting, value, 'address', _host_address, 'udp'))
+    endpoint = Endpoint(*_service(setting, value, 'address', _host_address, 'udp'))
+    if endpoint.port in DNS_PORTS:
+        # Silently unreachable otherwise: the tunnel would never come up.
+        raise PolicyError(setting + '.port', '%d is a DNS port, which the kill switch keeps to the '
+                          "tunnel's resolvers, so a VPN server on it could not be reached; "
+                          "use another of the server's ports" % endpoint.port)
+    return endpoint
 
 
 def _management(setting, value):

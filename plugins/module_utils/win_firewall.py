@@ -36,13 +36,12 @@ __metaclass__ = type
 
 import ipaddress
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import LAN_NETWORKS, PolicyError
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS, PolicyError
 
 PREFIX = 'vpnguard-killswitch'
 GROUP = PREFIX
 POLICY_STORE = 'localhost'
 PROFILES = ('Domain', 'Private', 'Public')
-DNS_PORTS = (53, 853)
 NRPT_NAMESPACE = '.'
 ICMP6_OUT = ('133', '135', '136', '143')        # router/neighbour solicitation, advertisement, MLDv2 report
 ICMP6_IN = ('134', '135', '136', '2')           # router/neighbour advertisement, solicitation, packet too big

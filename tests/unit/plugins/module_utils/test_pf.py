@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import pf
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import LAN_NETWORKS, PolicyError, parse_policy
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS, PolicyError, parse_policy
 
 from fake_pfctl import STOCK_PF_CONF
 from pf_model import Firewall, Ruleset, Unsupported, packet
@@ -221,6 +221,7 @@ def test_ipv6_is_held_like_ipv4():
 
 
 ports = st.integers(1, 65535)
+endpoint_ports = ports.filter(lambda p: p not in DNS_PORTS)
 protocols = st.sampled_from(['udp', 'tcp'])
 v4 = st.ip_addresses(v=4).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
 v6 = st.ip_addresses(v=6).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
@@ -228,7 +229,7 @@ networks = st.builds(lambda a, p: str(ipaddress.ip_network('%s/%d' % (a, p), str
                      st.ip_addresses(v=4) | st.ip_addresses(v=6), st.integers(8, 32))
 policies = st.fixed_dictionaries({
     'tunnel_interfaces': st.lists(st.sampled_from(['utun4', 'utun*', 'ipsec0', 'ppp0']), min_size=1, max_size=2),
-    'endpoints': st.lists(st.fixed_dictionaries({'address': v4 | v6, 'port': ports, 'protocol': protocols}),
+    'endpoints': st.lists(st.fixed_dictionaries({'address': v4 | v6, 'port': endpoint_ports, 'protocol': protocols}),
                           max_size=3),
     'dns_servers': st.lists(v4 | v6, max_size=2),
     'doh_servers': st.lists(v4 | v6, max_size=2),

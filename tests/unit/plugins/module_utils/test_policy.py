@@ -134,3 +134,10 @@ def test_ports_outside_the_range_are_refused(port):
 def test_booleans_given_as_text_on_the_command_line_are_read(text, value):
     # ansible-playbook -e killswitch_allow_lan=true passes the text "true"
     assert parse_policy(with_(allow_lan=text)).allow_lan is value
+
+
+@pytest.mark.parametrize('port', [53, 853])
+def test_an_endpoint_on_a_dns_port_is_refused_by_name(port):
+    with pytest.raises(PolicyError) as e:
+        parse_policy({'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': port}]})
+    assert e.value.setting == 'endpoints[0].port' and 'DNS port' in str(e.value)

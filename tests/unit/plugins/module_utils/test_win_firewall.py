@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import win_firewall as wf
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import LAN_NETWORKS, PolicyError, parse_policy
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS, PolicyError, parse_policy
 
 from win_model import WINDOWS_DEFAULTS, Firewall, packet
 
@@ -128,6 +128,7 @@ def test_management_is_reachable_inbound_and_the_host_cannot_open_to_it():
 
 
 ports = st.integers(1, 65535)
+endpoint_ports = ports.filter(lambda p: p not in DNS_PORTS)
 protocols = st.sampled_from(['udp', 'tcp'])
 v4 = st.ip_addresses(v=4).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
 v6 = st.ip_addresses(v=6).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
@@ -137,7 +138,7 @@ PROGRAMS = ['C:\\Tools\\backup.exe', '%ProgramFiles%\\Sync\\sync.exe']
 policies = st.fixed_dictionaries({
     'tunnel_interfaces': st.lists(st.sampled_from(['wg0', 'OpenVPN*', 'Wintun Userspace Tunnel']),
                                   min_size=1, max_size=2),
-    'endpoints': st.lists(st.fixed_dictionaries({'address': v4 | v6, 'port': ports, 'protocol': protocols}),
+    'endpoints': st.lists(st.fixed_dictionaries({'address': v4 | v6, 'port': endpoint_ports, 'protocol': protocols}),
                           max_size=3),
     'dns_servers': st.lists(v4 | v6, max_size=2),
     'doh_servers': st.lists(v4 | v6, max_size=2),
