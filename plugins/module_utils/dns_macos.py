@@ -129,17 +129,7 @@ def _boot_files(persist, script):
 
 
 def _sync_boot_files(module, files):
-    changed = []
-    for path, content in sorted(files.items()):
-        if file_snapshot.read_text(path) == content:
-            continue
-        changed.append(path)
-        if module.check_mode:
-            continue
-        if content is None:
-            os.remove(path)
-        else:
-            file_snapshot.write_text(path, content)
+    changed = file_snapshot.sync(files, module.check_mode)
     if changed and not module.check_mode and files[BOOT_SCRIPT] is None:
         file_snapshot.remove_if_empty(os.path.dirname(BOOT_SCRIPT))
     return changed

@@ -131,3 +131,37 @@ def write_text(path, content, mode=0o644):
     if os.path.islink(path):
         os.remove(path)
     os.rename(tmp, path)
+
+
+class Link(str):
+    """Wanted content of a path that must be a symbolic link to this target."""
+
+
+def holds(path, content):
+    """Whether path already is what content asks: text, a Link, or None for absent."""
+    if content is None:
+        return not os.path.lexists(path)
+    if isinstance(content, Link):
+        return os.path.islink(path) and os.readlink(path) == content
+    return not os.path.islink(path) and read_text(path) == content
+
+
+def sync(files, check_mode):
+    """Make each path hold its content (see holds); scripts (*.sh) are made executable.
+
+    Returns the paths that differed, sorted; in check mode nothing is written.
+    """
+    changed = [path for path in sorted(files) if not holds(path, files[path])]
+    if check_mode:
+        return changed
+    for path in changed:
+        content = files[path]
+        if os.path.lexists(path) and (content is None or isinstance(content, Link)):
+            os.remove(path)
+        if isinstance(content, Link):
+            if not os.path.isdir(os.path.dirname(path)):
+                os.makedirs(os.path.dirname(path), 0o755)
+            os.symlink(content, path)
+        elif content is not None:
+            write_text(path, content, 0o755 if path.endswith('.sh') else 0o644)
+    return changed

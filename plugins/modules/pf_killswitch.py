@@ -290,16 +290,9 @@ def file_diff(path, before, after):
     return dict(before_header=path, after_header=path, before=before or '', after=after or '')
 
 
-def sync_file(module, path, content, mode=0o644):
+def sync_file(module, path, content):
     """Make path hold content (None: be absent); True when it differed."""
-    if file_snapshot.read_text(path) == content:
-        return False
-    if not module.check_mode:
-        if content is None:
-            os.remove(path)
-        else:
-            file_snapshot.write_text(path, content, mode)
-    return True
+    return bool(file_snapshot.sync({path: content}, module.check_mode))
 
 
 def present(module, policy, ruleset, pfctl, state_path):
