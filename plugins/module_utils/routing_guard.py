@@ -20,12 +20,15 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
 import socket
 from collections import namedtuple
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import BYPASS_FWMARK
 
 RULE_PROTOCOL = 86
+# iproute2 reads extra protocol names from here, so that `ip rule` shows "proto vpnguard".
+PROTOCOL_NAME_FILE = '/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf'
 DEFAULT_PRIORITY = 32765  # just before the main table's rule (32766)
 MAIN_TABLE = 254
 FR_ACT_TO_TBL = 1
@@ -79,6 +82,19 @@ def boot_script(rules):
     return '\n'.join(lines + guard_commands(rules)) + '\n'
 
 
+def protocol_name_files(named):
+    """The file naming our rule protocol, as file_snapshot.sync() takes it.
+
+    Only where iproute2 has the directory: newer ones keep their defaults
+    elsewhere, and a directory made here would be ours to explain.
+    """
+    if not named:
+        return {PROTOCOL_NAME_FILE: None}
+    if not os.path.isdir(os.path.dirname(PROTOCOL_NAME_FILE)):
+        return {}
+    return {PROTOCOL_NAME_FILE: '%d vpnguard\n' % RULE_PROTOCOL}
+
+
 def desired_rules(policy, priority=DEFAULT_PRIORITY):
     """The guard's rules for policy, in the order they must be evaluated."""
     rules = []
@@ -98,37 +114,24 @@ def desired_rules(policy, priority=DEFAULT_PRIORITY):
     return rules
 
 
-def _from_netlink(version, msg):
-    attrs = dict(msg['attrs'])
-    return Rule(
-        version=version,
-        priority=attrs.get('FRA_PRIORITY', 0),
-        action=msg['action'],
-        dst=attrs.get('FRA_DST'),
-        dst_len=msg['dst_len'],
-        fwmark=attrs.get('FRA_FWMARK', 0),
-        suppress_prefixlen=attrs.get('FRA_SUPPRESS_PREFIXLEN', NO_SUPPRESS),
-    )
+def _from_netlink(version, rule):
+    return Rule(version=version, priority=rule['priority'], action=rule['action'], dst=rule['dst'],
+                dst_len=rule['dst_len'], fwmark=rule['fwmark'], suppress_prefixlen=rule['suppress_prefixlen'])
 
 
 class RoutingGuard:
-    """Reads and replaces our policy rules through a pyroute2 IPRoute."""
+    """Reads and replaces our policy rules through a netlink_rules.RuleSocket."""
 
-    def __init__(self, ipr):
-        self._ipr = ipr
+    def __init__(self, netlink):
+        self._netlink = netlink
 
     def live_rules(self):
-        rules = []
-        for version, family in FAMILIES:
-            for msg in self._ipr.get_rules(family=family):
-                if dict(msg['attrs']).get('FRA_PROTOCOL') == RULE_PROTOCOL:
-                    rules.append(_from_netlink(version, msg))
-        return rules
+        return [_from_netlink(version, rule)
+                for version, family in FAMILIES
+                for rule in self._netlink.rules(family) if rule['protocol'] == RULE_PROTOCOL]
 
     @staticmethod
     def _netlink_args(rule):
-        # A delete matches on the attributes given, so add and delete both
-        # name everything that tells our rules apart from each other.
         args = dict(family=dict(FAMILIES)[rule.version], priority=rule.priority,
                     protocol=RULE_PROTOCOL, action=rule.action)
         if rule.action == FR_ACT_TO_TBL:
@@ -136,16 +139,16 @@ class RoutingGuard:
         if rule.dst:
             args.update(dst=rule.dst, dst_len=rule.dst_len)
         if rule.fwmark:
-            args.update(fwmark=rule.fwmark, fwmask=0xffffffff)
+            args['fwmark'] = rule.fwmark
         if rule.suppress_prefixlen != NO_SUPPRESS:
             args['suppress_prefixlen'] = rule.suppress_prefixlen
         return args
 
     def _add(self, rule):
-        self._ipr.rule('add', **self._netlink_args(rule))
+        self._netlink.add(**self._netlink_args(rule))
 
     def _delete(self, rule):
-        self._ipr.rule('del', **self._netlink_args(rule))
+        self._netlink.delete(**self._netlink_args(rule))
 
     def replace(self, desired):
         """Make our rules exactly desired, in order. Returns the rules it removed.

@@ -27,8 +27,10 @@ description:
   - Other tables, chains and policy rules are never flushed or edited. The module finds its own
     policy rules by their protocol number (86).
   - Needs the C(nftables) Python binding (Debian and Ubuntu C(python3-nftables), Fedora
-    C(python3-nftables)) and C(pyroute2). When the interpreter running the module lacks them,
-    the module re-runs itself under the system Python that has them.
+    C(python3-nftables)). When the interpreter running the module lacks it, the module re-runs
+    itself under the system Python that has it. When no Python has it the module fails before
+    changing anything, naming it in RV(missing_requirements). The routing guard speaks rtnetlink
+    with the standard library.
 author:
   - vpnguard maintainers (@vpnguard)
 options:
@@ -160,9 +162,14 @@ options:
     default: /var/lib/vpnguard-killswitch
   persist:
     description:
-      - Write what the boot unit of the C(killswitch) role loads before any network interface comes
-        up, the nft transaction (C(ruleset.nft)) and the routing guard's script (C(routing-guard.sh)),
-        in O(persist_dir). V(false) removes them.
+      - Lay the kill switch at boot, before any network interface comes up. The module writes the
+        nft transaction (C(ruleset.nft)) and the routing guard's script (C(routing-guard.sh)) in
+        O(persist_dir), the systemd unit C(/etc/systemd/system/vpnguard-killswitch.service) that
+        loads them, and its enable link in C(sysinit.target.wants). Where systemd runs, the unit is
+        also started, so that a reload of C(nftables.service), which flushes the whole ruleset,
+        lays the kill switch again.
+      - V(false) removes all of them.
+      - Needs systemd (C(systemctl)); without it the module fails before changing anything.
     type: bool
     default: false
   persist_dir:
@@ -187,7 +194,6 @@ options:
     default: false
 requirements:
   - nftables (the nft Python binding, python3-nftables)
-  - pyroute2
   - Linux with nf_tables and policy routing
 notes:
   - Supports C(check_mode) and C(diff). In check mode the ruleset is still validated by the kernel
@@ -242,6 +248,12 @@ removed_rules:
   returned: always
   type: list
   elements: str
+missing_requirements:
+  description: What the host lacks (C(nftables), the Python binding; C(nft), the command the boot unit runs).
+  returned: on that failure
+  type: list
+  elements: str
+  sample: [nftables]
 confirm_pending:
   description: Whether a commit-confirmed rollback timer is armed on the host after this run.
   returned: always
@@ -251,7 +263,10 @@ confirmed:
   returned: when O(confirm=true)
   type: bool
 persisted_files:
-  description: Boot files written or removed by this run.
+  description:
+    - Files the module keeps, written or removed by this run (or that would be, in check mode) -
+      the boot files, the unit and its enable link, and the file naming the rule protocol for C(ip rule)
+      (C(/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf), where that directory exists).
   returned: always
   type: list
   elements: str
@@ -284,21 +299,16 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
     BYPASS_FWMARK, TABLE, Nft, NftError, digest, render, replace_transaction)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
-    DEFAULT_PRIORITY, RoutingGuard, boot_script, describe, desired_rules, guard_commands)
-from ansible_collections.vpnguard.killswitch.plugins.module_utils import commit_confirm, file_snapshot
+    DEFAULT_PRIORITY, RoutingGuard, boot_script, describe, desired_rules, guard_commands, protocol_name_files)
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.netlink_rules import RuleSocket
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import boot_unit, commit_confirm, file_snapshot
 
-NFTABLES_IMPORT_ERROR = PYROUTE2_IMPORT_ERROR = None
+NFTABLES_IMPORT_ERROR = None
 try:
     import nftables
 except ImportError:
     nftables = None
     NFTABLES_IMPORT_ERROR = traceback.format_exc()
-
-try:
-    from pyroute2 import IPRoute
-except ImportError:
-    IPRoute = None
-    PYROUTE2_IMPORT_ERROR = traceback.format_exc()
 
 # Distribution Pythons that carry python3-nftables when ansible_python_interpreter is another one.
 SYSTEM_PYTHONS = ['/usr/bin/python3', '/usr/libexec/platform-python', '/usr/bin/python']
@@ -307,20 +317,28 @@ BOOT_RULESET = 'ruleset.nft'
 BOOT_GUARD = 'routing-guard.sh'
 
 
-def ensure_libraries(module):
-    if nftables is not None and IPRoute is not None:
-        return
-    if not has_respawned():
+def ensure_requirements(module):
+    """Fail, naming what is missing in missing_requirements, unless the host has what the module needs.
+
+    The role installs the packages only on that failure, so that a host that has
+    them pays nothing for the check.
+    """
+    if nftables is None and not has_respawned():
         interpreter = probe_interpreters_for_module(SYSTEM_PYTHONS, 'nftables')
         if interpreter:
             respawn_module(interpreter)  # does not return
+    missing = []
     if nftables is None:
-        module.fail_json(msg=missing_required_lib(
-            'nftables', reason='to manage the kill switch table',
-            url='install the distribution package python3-nftables'), exception=NFTABLES_IMPORT_ERROR)
-    module.fail_json(msg=missing_required_lib(
-        'pyroute2', reason='to manage the routing guard',
-        url='install the distribution package python3-pyroute2'), exception=PYROUTE2_IMPORT_ERROR)
+        missing.append(('nftables', 'to manage the kill switch table', 'python3-nftables', NFTABLES_IMPORT_ERROR))
+    nft_command = module.get_bin_path('nft')
+    if nft_command is None and module.params['persist']:
+        missing.append(('nft', 'for the boot unit to load the table', 'nftables', None))
+    if missing:
+        module.fail_json(msg=' '.join(missing_required_lib(name, reason=reason, url='install the package ' + package)
+                                      for name, reason, package, _error in missing),
+                         missing_requirements=[name for name, _reason, _package, _error in missing],
+                         exception=''.join(error for _name, _reason, _package, error in missing if error) or None)
+    return nft_command
 
 
 def load_state(path):
@@ -328,46 +346,47 @@ def load_state(path):
     return file_snapshot.load_json(path) or {}
 
 
-def sync_files(module, directory, contents):
-    """Make each file in directory hold its content, or be absent where content is None.
+def owned_files(params, nft_command=None, transaction=None, rules=None):
+    """Every file the module keeps on the host, as file_snapshot.sync() takes them.
 
-    Returns the paths that differed; in check mode nothing is written.
+    With persist: the boot files, the unit that loads them and its enable link.
+    Without a transaction, or without persist, those are absent.
     """
-    changed = []
-    for name, content in sorted(contents.items()):
-        path = os.path.join(directory, name)
-        if file_snapshot.read_text(path) == content:
-            continue
-        changed.append(path)
-        if module.check_mode:
-            continue
-        if content is None:
-            os.remove(path)
-        else:
-            file_snapshot.write_text(path, content, 0o755 if name.endswith('.sh') else 0o644)
-    if changed and not module.check_mode and all(c is None for c in contents.values()):
-        file_snapshot.remove_if_empty(directory)
+    ruleset, guard = (os.path.join(params['persist_dir'], name) for name in (BOOT_RULESET, BOOT_GUARD))
+    files = protocol_name_files(transaction is not None and params['routing_guard'])
+    if transaction is not None and params['persist']:
+        files.update({ruleset: transaction, guard: boot_script(rules)})
+        files.update(boot_unit.files(nft_command, ruleset, guard))
+    else:
+        files.update({ruleset: None, guard: None})
+        files.update(boot_unit.files())
+    return files
+
+
+def sync_owned_files(module, files):
+    changed = file_snapshot.sync(files, module.check_mode)
+    if changed and not module.check_mode:
+        for path, content in files.items():
+            if content is None:
+                file_snapshot.remove_if_empty(os.path.dirname(path))
     return changed
 
 
-def boot_files(transaction=None, rules=None):
-    """What the boot unit loads; all None removes them."""
-    if transaction is None:
-        return {BOOT_RULESET: None, BOOT_GUARD: None}
-    return {BOOT_RULESET: transaction, BOOT_GUARD: boot_script(rules)}
-
-
-def rollback_script(live_table, live_rules, wanted_rules, persist_dir):
-    """A script that puts back the kill switch as it is now: table, guard and boot files."""
+def rollback_script(live_table, live_rules, wanted_rules, paths):
+    """A script that puts back the kill switch as it is now: table, guard and owned files."""
     heredoc = "%s <<'VPNGUARD_EOF'\n%sVPNGUARD_EOF"
     lines = ['#!/bin/sh', '# vpnguard.killswitch commit-confirmed rollback: restores the kill switch',
              '# as it was before the unconfirmed change.',
              heredoc % ('nft -f -', replace_transaction(live_table))]
     lines += guard_commands(live_rules, stale=wanted_rules)
-    for name in sorted(boot_files()):
-        path = os.path.join(persist_dir, name)
+    for path in sorted(paths):
         content = file_snapshot.read_text(path)
-        lines.append('rm -f %s' % path if content is None else heredoc % ('cat > %s' % path, content))
+        if os.path.islink(path):
+            lines.append('mkdir -p %s && ln -sfn %s %s' % (os.path.dirname(path), os.readlink(path), path))
+        elif content is None:
+            lines.append('rm -f %s' % path)
+        else:
+            lines.append(heredoc % ('mkdir -p %s && cat > %s' % (os.path.dirname(path), path), content))
     return '\n'.join(lines) + '\n'
 
 
@@ -389,13 +408,19 @@ def validate(module):
     if not 1 <= params['routing_guard_priority'] <= DEFAULT_PRIORITY:
         module.fail_json(msg='routing_guard_priority: must be between 1 and %d so that the guard comes '
                              'before the main table' % DEFAULT_PRIORITY, setting='routing_guard_priority')
+    if params['persist'] and not module.get_bin_path('systemctl'):
+        module.fail_json(msg='persist: laying the kill switch at boot needs systemd, and this host has no '
+                             'systemctl; nothing was changed. Set persist to false to enforce the kill switch '
+                             'without boot persistence.', setting='persist')
     return policy
 
 
-def present(module, policy, nft, guard, state_path):
+def present(module, policy, nft, guard, state_path, nft_command):
     params = module.params
     ruleset = render(policy)
     wanted_rules = desired_rules(policy, params['routing_guard_priority']) if params['routing_guard'] else []
+    transaction = replace_transaction(ruleset)
+    files = owned_files(params, nft_command, transaction, wanted_rules)
 
     live_table = nft.list_table()
     live_rules = guard.live_rules()
@@ -404,7 +429,6 @@ def present(module, policy, nft, guard, state_path):
                      and saved.get('listing') == live_table)
     rules_in_sync = live_rules == wanted_rules
 
-    transaction = replace_transaction(ruleset)
     if not table_in_sync:
         nft.check(transaction)  # the kernel validates it, even in check mode
 
@@ -414,7 +438,7 @@ def present(module, policy, nft, guard, state_path):
     if not module.check_mode:
         if not in_sync and params['confirm_timeout'] > 0:
             commit_confirm.arm(params['state_dir'],
-                               rollback_script(live_table, live_rules, wanted_rules, params['persist_dir']),
+                               rollback_script(live_table, live_rules, wanted_rules, files),
                                params['confirm_timeout'])
         if not table_in_sync:
             nft.apply(transaction)
@@ -424,11 +448,11 @@ def present(module, policy, nft, guard, state_path):
             removed = guard.replace(wanted_rules)
     elif not rules_in_sync:
         removed = live_rules
-    persisted = sync_files(module, params['persist_dir'],
-                           boot_files(transaction, wanted_rules) if params['persist'] else boot_files())
+    persisted = sync_owned_files(module, files)
+    unit_activated = params['persist'] and boot_unit.activate(module, boot_unit.UNIT_PATH in persisted)
 
     return dict(
-        changed=not in_sync or bool(persisted),
+        changed=not in_sync or bool(persisted) or unit_activated,
         confirm_pending=commit_confirm.pending(params['state_dir']),
         persisted_files=persisted,
         ruleset=ruleset,
@@ -438,7 +462,7 @@ def present(module, policy, nft, guard, state_path):
                   before_header=TABLE, after_header=TABLE),
         summary=dict(
             table=TABLE, firewall_changed=not table_in_sync, routing_guard_changed=not rules_in_sync,
-            persist_changed=bool(persisted),
+            persist_changed=bool(persisted) or unit_activated,
             tunnel_interfaces=list(policy.tunnel_interfaces), endpoints=len(policy.endpoints),
             dns_servers=len(policy.dns_servers), allow_lan=policy.allow_lan,
             management=len(policy.management), exceptions=len(policy.exceptions)),
@@ -448,7 +472,8 @@ def present(module, policy, nft, guard, state_path):
 def absent(module, nft, guard, state_path):
     live_table = nft.list_table()
     live_rules = guard.live_rules()
-    persisted = sync_files(module, module.params['persist_dir'], boot_files())
+    persisted = sync_owned_files(module, owned_files(module.params))
+    boot_unit.forget(module, boot_unit.UNIT_PATH in persisted)
     changed = live_table is not None or bool(live_rules) or os.path.exists(state_path) or bool(persisted)
     if changed and not module.check_mode:
         if live_table is not None:
@@ -493,13 +518,13 @@ def main():
         module.exit_json(changed=confirmed, confirmed=confirmed, confirm_pending=False)
     # Bad input fails before anything else, missing libraries included.
     policy = validate(module) if module.params['state'] == 'present' else None
-    ensure_libraries(module)
+    nft_command = ensure_requirements(module)
     nft = Nft(nftables)
-    guard = RoutingGuard(IPRoute())
+    guard = RoutingGuard(RuleSocket())
     state_path = os.path.join(module.params['state_dir'], STATE_FILE)
     try:
         if policy:
-            result = present(module, policy, nft, guard, state_path)
+            result = present(module, policy, nft, guard, state_path, nft_command)
         else:
             result = absent(module, nft, guard, state_path)
     except NftError as e:

@@ -22,7 +22,7 @@ class NftHost(Host):
         return self.sh('nft list table inet vpnguard_killswitch 2>/dev/null || true')
 
     def ruleset(self):
-        return self.sh('nft list ruleset; ip -4 rule; ip -6 rule')
+        return self.sh('nft list ruleset; ip -N -4 rule; ip -N -6 rule')
 
 
 host = host_fixture(NftHost)
@@ -38,7 +38,8 @@ def test_check_mode_changes_nothing_then_apply_then_idempotent(host):
     applied = host.module(**POLICY)
     assert applied['changed'] and applied['summary']['firewall_changed']
     assert 'policy drop' in host.table()
-    assert 'unreachable proto 86' in host.sh('ip -4 rule') and 'unreachable proto 86' in host.sh('ip -6 rule')
+    # The module names its rule protocol for ip(8).
+    assert 'unreachable proto vpnguard' in host.sh('ip -4 rule') and 'unreachable proto vpnguard' in host.sh('ip -6 rule')
     assert applied['routing_rules'] == ['ipv4 32765: to 203.0.113.1/32 lookup main',
                                         'ipv4 32765: lookup main suppress_prefixlength 0',
                                         'ipv4 32765: unreachable',
@@ -58,7 +59,7 @@ def test_drift_is_seen_and_healed(host):
     assert host.module(**POLICY)['changed']
     assert 'oifname "lo" accept' in host.table()
 
-    host.sh('ip -4 rule del priority 32765 unreachable')
+    host.sh('ip -N -4 rule del priority 32765 unreachable')
     drift = host.module('--check', **POLICY)
     assert drift['changed'] and drift['summary']['routing_guard_changed'] and not drift['summary']['firewall_changed']
     host.module(**POLICY)
@@ -99,7 +100,7 @@ def test_others_tables_and_rules_are_left_alone(host):
     removed = host.module(state='absent')
     assert removed['changed']
     assert host.sh('nft list ruleset') == host.sh('nft list table inet other_tool')
-    assert 'proto 86' not in host.sh('ip -4 rule; ip -6 rule')
+    assert 'proto 86' not in host.sh('ip -N -4 rule; ip -N -6 rule')
     assert host.sh('nft list table inet other_tool; ip rule show priority 100') == foreign
     assert host.sh('ls /var/lib | grep vpnguard || true') == ''
     assert not host.module(state='absent')['changed']
@@ -108,7 +109,14 @@ def test_others_tables_and_rules_are_left_alone(host):
 def test_boot_files_restore_the_same_kill_switch_and_can_be_run_twice(host, tmp_path):
     persist_dir = host.persist_dir
     applied = host.module(persist=True, **POLICY)
-    assert sorted(applied['persisted_files']) == [persist_dir + '/routing-guard.sh', persist_dir + '/ruleset.nft']
+    unit = '/etc/systemd/system/vpnguard-killswitch.service'
+    link = '/etc/systemd/system/sysinit.target.wants/vpnguard-killswitch.service'
+    assert sorted(applied['persisted_files']) == [
+        '/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf', link, unit,
+        persist_dir + '/routing-guard.sh', persist_dir + '/ruleset.nft']
+    assert host.sh('readlink %s' % link).strip() == unit
+    exec_start = [line.split('=', 1)[1] for line in host.sh('cat %s' % unit).splitlines() if line.startswith('ExecStart=')]
+    assert exec_start == ['/usr/sbin/nft -f %s/ruleset.nft' % persist_dir, '/bin/sh %s/routing-guard.sh' % persist_dir]
     assert not host.module(persist=True, **POLICY)['changed']
     live = host.ruleset()
 
@@ -123,6 +131,7 @@ def test_boot_files_restore_the_same_kill_switch_and_can_be_run_twice(host, tmp_
 
     host.module(persist=False, **POLICY)
     assert host.sh('ls /etc | grep vpnguard || true') == ''
+    assert host.sh('ls %s %s 2>&1 || true' % (unit, link)).count('No such file') == 2
 
 
 def wait_for(predicate, seconds):
@@ -163,3 +172,25 @@ def test_a_first_unconfirmed_apply_is_removed_again(host):
     before = host.ruleset()
     host.module(confirm_timeout=1, **POLICY)
     assert wait_for(lambda: host.ruleset() == before, 15)
+
+
+def test_a_host_without_the_binding_is_told_what_it_lacks_and_left_untouched(host, tmp_path):
+    before = host.ruleset()
+    hidden = tmp_path / 'hidden'
+    hidden.mkdir()
+    (hidden / '__init__.py').write_text('raise ImportError("not installed on this host")\n')
+    binding = host.sh("/usr/bin/python3 -c 'import nftables, os; print(os.path.dirname(nftables.__file__))'").strip()
+    host.sh('mount --bind %s %s' % (hidden, binding))  # this host's mounts only
+    result = host.module(persist=True, **POLICY)
+    assert result['failed'] and result.get('missing_requirements') == ['nftables'], result['msg']
+    assert 'python3-nftables' in result['msg']
+    assert host.ruleset() == before and host.sh('ls /etc | grep vpnguard || true') == ''
+
+
+def test_persist_without_systemd_fails_before_touching_the_host(host):
+    before = host.ruleset()
+    host.sh('mount --bind /dev/null /usr/bin/systemctl')  # this host's mounts only
+    result = host.module(persist=True, **POLICY)
+    assert result['failed'] and result['setting'] == 'persist' and 'systemd' in result['msg']
+    assert host.ruleset() == before
+    assert host.module(persist=False, **POLICY)['changed']

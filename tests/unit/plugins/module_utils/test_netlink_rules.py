@@ -1,0 +1,94 @@
+"""netlink_rules against the real kernel, in a private network namespace, read back with ip(8)."""
+
+import json
+import os
+
+import pytest
+
+from namespace_host import CAN_RUN, REPO, Host, host_fixture
+
+pytestmark = pytest.mark.skipif(not CAN_RUN, reason='needs root and unshare')
+
+host = host_fixture(Host)
+
+SCRIPT = r'''
+import json, socket, sys
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.netlink_rules import RuleSocket
+netlink = RuleSocket()
+out = {}
+for step in json.loads(sys.argv[1]):
+    verb, rule = step
+    try:
+        if verb == 'dump':
+            out.setdefault('dumps', []).append(
+                [r for r in netlink.rules(getattr(socket, rule)) if r['protocol'] == 86])
+        else:
+            getattr(netlink, verb)(**rule)
+    except OSError as e:
+        out.setdefault('errors', []).append([verb, e.errno])
+print(json.dumps(out))
+'''
+
+TO_MAIN, UNREACHABLE = 1, 7
+V4 = 2
+V6 = 10
+
+
+def run(host, *steps):
+    collections = os.path.join(REPO, '.cache', 'collections')
+    path = os.path.join(host.tmp, 'netlink_script.py')
+    with open(path, 'w') as f:
+        f.write(SCRIPT)
+    out = host.sh("PYTHONPATH=%s /usr/bin/python3 %s '%s'" % (collections, path, json.dumps(list(steps))))
+    return json.loads(out)
+
+
+def rule(family=V4, action=TO_MAIN, priority=32765, **extra):
+    r = dict(family=family, action=action, priority=priority, protocol=86)
+    if action == TO_MAIN:
+        r['table'] = 254
+    r.update(extra)
+    return r
+
+
+def test_rules_added_read_back_as_ip_shows_them(host):
+    out = run(host,
+              ('add', rule(dst='203.0.113.1', dst_len=32)),
+              ('add', rule(fwmark=0x2a)),
+              ('add', rule(suppress_prefixlen=0)),
+              ('add', rule(action=UNREACHABLE)),
+              ('add', rule(family=V6, dst='2001:db8::1', dst_len=128)),
+              ('dump', 'AF_INET'), ('dump', 'AF_INET6'))
+    assert 'errors' not in out
+    v4, v6 = out['dumps']
+    assert [(r['dst'], r['dst_len'], r['fwmark'], r['suppress_prefixlen'], r['action'], r['table']) for r in v4] == [
+        ('203.0.113.1', 32, 0, 0xffffffff, TO_MAIN, 254),
+        (None, 0, 0x2a, 0xffffffff, TO_MAIN, 254),
+        (None, 0, 0, 0, TO_MAIN, 254),
+        (None, 0, 0, 0xffffffff, UNREACHABLE, 0)]
+    assert [(r['dst'], r['dst_len'], r['priority']) for r in v6] == [('2001:db8::1', 128, 32765)]
+    assert host.sh('ip -N -4 rule show priority 32765') == (
+        '32765:\tfrom all to 203.0.113.1 lookup 254 proto 86\n'
+        '32765:\tfrom all fwmark 0x2a lookup 254 proto 86\n'
+        '32765:\tfrom all lookup 254 suppress_prefixlength 0 proto 86\n'
+        '32765:\tfrom all 7 proto 86\n')
+
+
+def test_a_delete_removes_only_the_rule_it_names(host):
+    host.sh('ip rule add priority 32765 lookup main')  # another tool's rule, same priority, no protocol
+    out = run(host,
+              ('add', rule(dst='203.0.113.1', dst_len=32)),
+              ('add', rule(dst='203.0.113.2', dst_len=32)),
+              ('delete', rule(dst='203.0.113.2', dst_len=32)),
+              ('dump', 'AF_INET'))
+    assert 'errors' not in out
+    assert [r['dst'] for r in out['dumps'][0]] == ['203.0.113.1']
+    assert 'from all lookup main' in host.sh('ip -4 rule show priority 32765')
+
+
+def test_kernel_errors_are_raised_with_their_errno(host):
+    out = run(host,
+              ('add', rule(action=UNREACHABLE)),
+              ('add', rule(action=UNREACHABLE)),
+              ('delete', rule(dst='198.51.100.9', dst_len=32)))
+    assert out['errors'] == [['add', 17], ['delete', 2]]  # EEXIST, ENOENT
