@@ -2,7 +2,7 @@
 
     benchmarks/run [--small] [--hosts 1,10,50] [--entries 10000] [--repeat N]
                    [--fleet-repeat N] [--iperf-seconds S] [--phases datapath,apply,fleet]
-                   [--out DIR] [--state DIR]
+                   [--out DIR] [--state DIR] [--keep-other-phases]
 
 Phases, each on a lab of its own made here with vpnlab's Lab class and
 destroyed afterwards, also on failure or SIGTERM/SIGINT:
@@ -302,8 +302,30 @@ def table_elements(lab):
 
 # -- datapath ------------------------------------------------------------------------
 
+# With two CPUs or more, the sender (iperf3 client and the host's wireguard-go)
+# runs on CPU 0 and the receiver (the server's wireguard-go and iperf3) on CPU 1:
+# the kill switch's work is on the sender's side, and the two sides no longer
+# take each other's CPU at random, which made single runs differ by 20 %.
+SENDER_CPU, RECEIVER_CPU = 0, 1
+
+
+def pinned(cpu):
+    return ['taskset', '-c', str(cpu)] if os.cpu_count() >= 2 else []
+
+
+def pin_process(pid, cpu):
+    """Every thread of pid (a process the lab started) onto cpu; threads made later inherit it."""
+    if os.cpu_count() < 2:
+        return
+    for tid in os.listdir('/proc/%d/task' % pid):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except OSError:
+            pass  # the thread ended meanwhile
+
+
 def iperf(lab, udp, seconds):
-    command = ['iperf3', '-c', TUNNEL_SERVER, '-p', str(IPERF_PORT), '-t', str(seconds), '-J']
+    command = pinned(SENDER_CPU) + ['iperf3', '-c', TUNNEL_SERVER, '-p', str(IPERF_PORT), '-t', str(seconds), '-J']
     if seconds >= 3:
         command += ['-O', '1']  # leave TCP's slow start out
     if udp:
@@ -362,7 +384,11 @@ def datapath(args, out_dir, log_path):
     with BenchLab(args.state, 1) as lab:
         payloads = make_payloads(lab, args.entries, log_path)
         payloads.make('noguard', dict(policy(0), routing_guard=False))
-        server = lab.lab.spawn('isp', ['iperf3', '-s', '--forceflush', '-B', TUNNEL_SERVER, '-p', str(IPERF_PORT)],
+        processes = lab.lab.state['processes']
+        pin_process(processes['wgs'], RECEIVER_CPU)
+        pin_process(processes[HOST + ':wg0'], SENDER_CPU)
+        results['pinning'] = ({'sender_cpu': SENDER_CPU, 'receiver_cpu': RECEIVER_CPU} if os.cpu_count() >= 2 else None)
+        server = lab.lab.spawn('isp', pinned(RECEIVER_CPU) + ['iperf3', '-s', '--forceflush', '-B', TUNNEL_SERVER, '-p', str(IPERF_PORT)],
                                'iperf3.log')
         try:
             server_log = os.path.join(lab.dir, 'iperf3.log')
@@ -427,7 +453,7 @@ def apply_latency(args, out_dir, log_path):
                 'median_maxrss_kib': median([r['maxrss_kib'] for r in runs]),
                 'max_maxrss_kib': max(r['maxrss_kib'] for r in runs)}
         # What the interpreter alone takes, for scale.
-        bare = [run_measured(lab, ['/usr/bin/python3', '-c', 'import nftables, pyroute2']) for _ in range(repeat)]
+        bare = [run_measured(lab, ['/usr/bin/python3', '-c', 'import nftables']) for _ in range(repeat)]
         results['python_with_bindings'] = {'median_wall_s': median([b[0] for b in bare]),
                                            'median_maxrss_kib': median([b[1] for b in bare])}
         for variant, entries in (('on', 0), ('entries', args.entries)):
@@ -656,6 +682,8 @@ def parse_args(argv):
     parser.add_argument('--phases', default='datapath,apply,fleet')
     parser.add_argument('--out', help='directory for latest.json/.png/.md (default benchmarks/results, '
                                       'or benchmarks/results/small with --small)')
+    parser.add_argument('--keep-other-phases', action='store_true',
+                        help='keep the figures of the phases not run from OUT/latest.json (to retake one phase)')
     parser.add_argument('--state', default=os.path.join(REPO, '.lab', 'bench'), help='the lab state directory')
     args = parser.parse_args(argv)
     small = dict(hosts='1,2', entries=1000, repeat=1, fleet_repeat=1, iperf_seconds=2)
@@ -714,19 +742,29 @@ def main(argv=None):
                          'default policy; hosts reset by the rollback playbook (untimed) before the baseline',
             },
             'doh_entries_range': '198.18.128.0/17 (IPv4, from the first address up)'}
+    json_path = os.path.join(args.out, 'latest.json')
+    if args.keep_other_phases and os.path.exists(json_path):
+        with open(json_path) as f:
+            previous = json.load(f)
+        if previous['params']['entries'] != args.entries:
+            raise SystemExit('--keep-other-phases: %s was taken with %d entries, not %d'
+                             % (json_path, previous['params']['entries'], args.entries))
+        for phase in ('datapath', 'apply', 'fleet'):
+            if phase not in args.phases and phase in previous:
+                data[phase] = previous[phase]
+                log('keeping the %s figures of %s' % (phase, previous[phase].get('date', previous['date'])))
     started = time.time()
     try:
-        if 'datapath' in args.phases:
-            data['datapath'] = datapath(args, args.out, log_path)
-        if 'apply' in args.phases:
-            data['apply'] = apply_latency(args, args.out, log_path)
-        if 'fleet' in args.phases:
-            data['fleet'] = fleet(args, args.out, log_path)
+        for phase, function in (('datapath', datapath), ('apply', apply_latency), ('fleet', fleet)):
+            if phase in args.phases:
+                phase_start = time.time()
+                data[phase] = function(args, args.out, log_path)
+                data[phase].update(date=data['date'], commit=data['commit'], duration_s=time.time() - phase_start)
     except (Stop, KeyboardInterrupt) as e:
         log('stopped: %s' % e)
         return 2
     data['duration_s'] = time.time() - started
-    json_path = write_json(os.path.join(args.out, 'latest.json'), data)
+    write_json(json_path, data)
     png_path = plot(data, os.path.join(args.out, 'latest.png'))
     table = markdown(data)
     with open(os.path.join(args.out, 'latest.md'), 'w') as f:
