@@ -365,10 +365,10 @@ def owned_files(params, nft_command=None, transaction=None, rules=None):
 
 def sync_owned_files(module, files):
     changed = file_snapshot.sync(files, module.check_mode)
-    if changed and not module.check_mode:
-        for path, content in files.items():
-            if content is None:
-                file_snapshot.remove_if_empty(os.path.dirname(path))
+    persist_dir = module.params['persist_dir']
+    if changed and not module.check_mode and files[os.path.join(persist_dir, BOOT_RULESET)] is None:
+        # Only persist_dir is ours to remove; systemd's and iproute2's directories are not.
+        file_snapshot.remove_if_empty(persist_dir)
     return changed
 
 

@@ -64,6 +64,19 @@ class Host:
             capture_output=True, text=True, env=env, timeout=120, check=False)
         return json.loads(result.stdout)['plays'][0]['tasks'][0]['hosts']['localhost']
 
+    def hide_nftables_binding(self):
+        """Make `import nftables` fail on this host only, as where python3-nftables is not installed.
+
+        Returns the binding's directory, bind-mounted over in the host's own mount namespace.
+        """
+        hidden = os.path.join(self.tmp, 'hidden-binding')
+        os.mkdir(hidden)
+        with open(os.path.join(hidden, '__init__.py'), 'w') as f:
+            f.write('raise ImportError("not installed on this host")\n')
+        binding = self.sh("/usr/bin/python3 -c 'import nftables, os; print(os.path.dirname(nftables.__file__))'").strip()
+        self.sh('mount --bind %s %s' % (hidden, binding))
+        return binding
+
     def close(self):
         # Anything a module left in the namespace (a commit-confirmed timer)
         # goes with it: found by namespace, never by name.

@@ -174,13 +174,9 @@ def test_a_first_unconfirmed_apply_is_removed_again(host):
     assert wait_for(lambda: host.ruleset() == before, 15)
 
 
-def test_a_host_without_the_binding_is_told_what_it_lacks_and_left_untouched(host, tmp_path):
+def test_a_host_without_the_binding_is_told_what_it_lacks_and_left_untouched(host):
     before = host.ruleset()
-    hidden = tmp_path / 'hidden'
-    hidden.mkdir()
-    (hidden / '__init__.py').write_text('raise ImportError("not installed on this host")\n')
-    binding = host.sh("/usr/bin/python3 -c 'import nftables, os; print(os.path.dirname(nftables.__file__))'").strip()
-    host.sh('mount --bind %s %s' % (hidden, binding))  # this host's mounts only
+    host.hide_nftables_binding()
     result = host.module(persist=True, **POLICY)
     assert result['failed'] and result.get('missing_requirements') == ['nftables'], result['msg']
     assert 'python3-nftables' in result['msg']
