@@ -327,17 +327,18 @@ def ensure_requirements(module):
         interpreter = probe_interpreters_for_module(SYSTEM_PYTHONS, 'nftables')
         if interpreter:
             respawn_module(interpreter)  # does not return
-    missing = []
+    missing, messages = [], []
     if nftables is None:
-        missing.append(('nftables', 'to manage the kill switch table', 'python3-nftables', NFTABLES_IMPORT_ERROR))
+        missing.append('nftables')
+        messages.append(missing_required_lib('nftables', reason='to manage the kill switch table',
+                                             url='install the package python3-nftables'))
     nft_command = module.get_bin_path('nft')
     if nft_command is None and module.params['persist']:
-        missing.append(('nft', 'for the boot unit to load the table', 'nftables', None))
+        missing.append('nft')
+        messages.append(missing_required_lib('nft', reason='for the boot unit to load the table',
+                                             url='install the package nftables'))
     if missing:
-        module.fail_json(msg=' '.join(missing_required_lib(name, reason=reason, url='install the package ' + package)
-                                      for name, reason, package, _error in missing),
-                         missing_requirements=[name for name, _reason, _package, _error in missing],
-                         exception=''.join(error for _name, _reason, _package, error in missing if error) or None)
+        module.fail_json(msg=' '.join(messages), missing_requirements=missing, exception=NFTABLES_IMPORT_ERROR)
     return nft_command
 
 
