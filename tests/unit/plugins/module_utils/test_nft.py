@@ -1,4 +1,3 @@
-import ipaddress
 import os
 import shutil
 import subprocess
@@ -7,7 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import TABLE, render, replace_transaction
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, parse_policy
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import parse_policy
+
+from policy_strategies import networks, policies as policy_strategies
 
 needs_kernel = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('nft') or not shutil.which('unshare'),
                                   reason='needs root, nft and unshare to ask the kernel')
@@ -94,27 +95,13 @@ def test_transaction_replaces_only_our_table():
 
 ifnames = st.text(alphabet='abcdefghijklmnopqrstuvwxyz0123456789_.-', min_size=2, max_size=13).filter(
     lambda s: s.strip('.'))
-v4 = st.ip_addresses(v=4).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
-v6 = st.ip_addresses(v=6).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
-ports = st.integers(1, 65535)
-endpoint_ports = ports.filter(lambda p: p not in DNS_PORTS)
-protocols = st.sampled_from(['udp', 'tcp'])
-networks = st.builds(lambda a, p: str(ipaddress.ip_network('%s/%d' % (a, p), strict=False)),
-                     st.ip_addresses(v=4), st.integers(0, 32))
-policies = st.fixed_dictionaries({
-    'tunnel_interfaces': st.lists(st.builds(lambda n, w: n + ('*' if w else ''), ifnames, st.booleans()),
-                                  min_size=1, max_size=3),
-    'endpoints': st.lists(st.fixed_dictionaries({'address': v4 | v6, 'port': endpoint_ports, 'protocol': protocols}),
-                          max_size=3),
-    'dns_servers': st.lists(v4 | v6, max_size=3),
-    'doh_servers': st.lists(v4 | v6, max_size=3),
-    'allow_lan': st.booleans(),
-    'management': st.lists(st.fixed_dictionaries({'cidr': networks, 'port': ports, 'protocol': protocols}),
-                           max_size=2),
-    'exceptions': st.lists(st.sampled_from([{'uid': 1001}, {'gid': 100}, {'uid': 0}]), max_size=2),
-    'restrict_endpoints_to_tunnel': st.booleans(),
-})
-
+policies = policy_strategies(
+    tunnel_interfaces=st.lists(st.builds(lambda n, w: n + ('*' if w else ''), ifnames, st.booleans()),
+                               min_size=1, max_size=3),
+    exceptions=[{'uid': 1001}, {'gid': 100}, {'uid': 0}],
+    management_networks=networks(st.ip_addresses(v=4), st.integers(0, 32)),
+    resolvers_max=3,
+    restrict_endpoints_to_tunnel=st.booleans())
 
 @needs_kernel
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

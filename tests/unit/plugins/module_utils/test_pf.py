@@ -6,10 +6,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import pf
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS, PolicyError, parse_policy
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import LAN_NETWORKS, PolicyError, parse_policy
 
 from fake_pfctl import STOCK_PF_CONF
 from pf_model import Firewall, Ruleset, Unsupported, packet
+from policy_strategies import networks, policies as policy_strategies, ports, v4, v6
 
 BASE = {'tunnel_interfaces': ['utun4'], 'endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}]}
 
@@ -220,26 +221,11 @@ def test_ipv6_is_held_like_ipv4():
     assert not fw.send(packet('out', proto='icmp6', dst='2001:db8:5::7', icmp_type=128)), 'echo request leaked'
 
 
-ports = st.integers(1, 65535)
-endpoint_ports = ports.filter(lambda p: p not in DNS_PORTS)
-protocols = st.sampled_from(['udp', 'tcp'])
-v4 = st.ip_addresses(v=4).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
-v6 = st.ip_addresses(v=6).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
-networks = st.builds(lambda a, p: str(ipaddress.ip_network('%s/%d' % (a, p), strict=False)),
-                     st.ip_addresses(v=4) | st.ip_addresses(v=6), st.integers(8, 32))
-policies = st.fixed_dictionaries({
-    'tunnel_interfaces': st.lists(st.sampled_from(['utun4', 'utun*', 'ipsec0', 'ppp0']), min_size=1, max_size=2),
-    'endpoints': st.lists(st.fixed_dictionaries({'address': v4 | v6, 'port': endpoint_ports, 'protocol': protocols}),
-                          max_size=3),
-    'dns_servers': st.lists(v4 | v6, max_size=2),
-    'doh_servers': st.lists(v4 | v6, max_size=2),
-    'allow_lan': st.booleans(),
-    'management': st.lists(st.fixed_dictionaries({'cidr': networks, 'port': ports, 'protocol': protocols}),
-                           max_size=2),
-    'exceptions': st.lists(st.sampled_from([{'uid': 1001}, {'gid': 100}, {'uid': 0}]), max_size=2),
-    'restrict_endpoints_to_tunnel': st.booleans(),
-})
-
+policies = policy_strategies(
+    tunnel_interfaces=st.lists(st.sampled_from(['utun4', 'utun*', 'ipsec0', 'ppp0']), min_size=1, max_size=2),
+    exceptions=[{'uid': 1001}, {'gid': 100}, {'uid': 0}],
+    management_networks=networks(st.ip_addresses(v=4) | st.ip_addresses(v=6), st.integers(8, 32)),
+    restrict_endpoints_to_tunnel=st.booleans())
 
 @st.composite
 def scenarios(draw):

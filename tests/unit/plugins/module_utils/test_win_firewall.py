@@ -6,8 +6,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import win_firewall as wf
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS, PolicyError, parse_policy
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import LAN_NETWORKS, PolicyError, parse_policy
 
+from policy_strategies import networks, policies as policy_strategies, ports, v4, v6
 from win_model import WINDOWS_DEFAULTS, Firewall, packet
 
 BASE = {'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}]}
@@ -127,26 +128,11 @@ def test_management_is_reachable_inbound_and_the_host_cannot_open_to_it():
     assert not fw.allows(packet(dst='198.18.0.1', dport=5986))
 
 
-ports = st.integers(1, 65535)
-endpoint_ports = ports.filter(lambda p: p not in DNS_PORTS)
-protocols = st.sampled_from(['udp', 'tcp'])
-v4 = st.ip_addresses(v=4).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
-v6 = st.ip_addresses(v=6).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
-networks = st.builds(lambda a, p: str(ipaddress.ip_network('%s/%d' % (a, p), strict=False)),
-                     st.ip_addresses(v=4) | st.ip_addresses(v=6), st.integers(8, 32))
 PROGRAMS = ['C:\\Tools\\backup.exe', '%ProgramFiles%\\Sync\\sync.exe']
-policies = st.fixed_dictionaries({
-    'tunnel_interfaces': st.lists(st.sampled_from(['wg0', 'OpenVPN*', 'Wintun Userspace Tunnel']),
-                                  min_size=1, max_size=2),
-    'endpoints': st.lists(st.fixed_dictionaries({'address': v4 | v6, 'port': endpoint_ports, 'protocol': protocols}),
-                          max_size=3),
-    'dns_servers': st.lists(v4 | v6, max_size=2),
-    'doh_servers': st.lists(v4 | v6, max_size=2),
-    'allow_lan': st.booleans(),
-    'management': st.lists(st.fixed_dictionaries({'cidr': networks, 'port': ports, 'protocol': protocols}),
-                           max_size=2),
-    'exceptions': st.lists(st.sampled_from([{'program': p} for p in PROGRAMS]), max_size=2),
-})
+policies = policy_strategies(
+    tunnel_interfaces=st.lists(st.sampled_from(['wg0', 'OpenVPN*', 'Wintun Userspace Tunnel']), min_size=1, max_size=2),
+    exceptions=[{'program': p} for p in PROGRAMS],
+    management_networks=networks(st.ip_addresses(v=4) | st.ip_addresses(v=6), st.integers(8, 32)))
 WIN_INTERFACES = ['wg0', 'OpenVPN TAP-Windows6', 'OpenVPN Wintun', 'Wintun Userspace Tunnel', 'Ethernet', 'Wi-Fi']
 
 
