@@ -103,6 +103,7 @@ policies = policy_strategies(
     resolvers_max=3,
     restrict_endpoints_to_tunnel=st.booleans())
 
+
 @needs_kernel
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policies)

@@ -227,6 +227,7 @@ policies = policy_strategies(
     management_networks=networks(st.ip_addresses(v=4) | st.ip_addresses(v=6), st.integers(8, 32)),
     restrict_endpoints_to_tunnel=st.booleans())
 
+
 @st.composite
 def scenarios(draw):
     """A policy and an outbound packet aimed at what the policy names, or near it."""
