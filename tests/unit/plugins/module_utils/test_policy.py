@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
-    DEFAULT_TUNNEL_FWMARK, PolicyError, parse_policy)
+    DEFAULT_TUNNEL_FWMARK, DNS_PORTS, PolicyError, parse_policy)
 
 VALID = dict(
     tunnel_interfaces=['wg0', 'tun*'],
@@ -121,9 +121,9 @@ def test_any_other_character_is_refused(name):
 
 
 @given(st.integers())
-def test_ports_outside_the_range_are_refused(port):
+def test_endpoint_ports_outside_the_range_or_on_dns_are_refused(port):
     raw = {'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': port}]}
-    if 1 <= port <= 65535:
+    if 1 <= port <= 65535 and port not in DNS_PORTS:
         assert parse_policy(raw).endpoints[0].port == port
     else:
         with pytest.raises(PolicyError):
