@@ -129,10 +129,7 @@ def _boot_files(persist, script):
 
 
 def _sync_boot_files(module, files):
-    changed = file_snapshot.sync(files, module.check_mode)
-    if changed and not module.check_mode and files[BOOT_SCRIPT] is None:
-        file_snapshot.remove_if_empty(os.path.dirname(BOOT_SCRIPT))
-    return changed
+    return file_snapshot.sync(files, module.check_mode, own_directory=os.path.dirname(BOOT_SCRIPT))
 
 
 def _describe(dictionary):

@@ -146,10 +146,12 @@ def holds(path, content):
     return not os.path.islink(path) and read_text(path) == content
 
 
-def sync(files, check_mode):
+def sync(files, check_mode, own_directory=None):
     """Make each path hold its content (see holds); scripts (*.sh) are made executable.
 
-    Returns the paths that differed, sorted; in check mode nothing is written.
+    own_directory, a directory that is only ours, goes once the change leaves it empty;
+    no other directory is ever removed. Returns the paths that differed, sorted; in check
+    mode nothing is written.
     """
     changed = [path for path in sorted(files) if not holds(path, files[path])]
     if check_mode:
@@ -164,4 +166,6 @@ def sync(files, check_mode):
             os.symlink(content, path)
         elif content is not None:
             write_text(path, content, 0o755 if path.endswith('.sh') else 0o644)
+    if changed and own_directory:
+        remove_if_empty(own_directory)
     return changed

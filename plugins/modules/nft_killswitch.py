@@ -365,12 +365,8 @@ def owned_files(params, nft_command=None, transaction=None, rules=None):
 
 
 def sync_owned_files(module, files):
-    changed = file_snapshot.sync(files, module.check_mode)
-    persist_dir = module.params['persist_dir']
-    if changed and not module.check_mode and files[os.path.join(persist_dir, BOOT_RULESET)] is None:
-        # Only persist_dir is ours to remove; systemd's and iproute2's directories are not.
-        file_snapshot.remove_if_empty(persist_dir)
-    return changed
+    # Only persist_dir is ours to remove; systemd's and iproute2's directories are not.
+    return file_snapshot.sync(files, module.check_mode, own_directory=module.params['persist_dir'])
 
 
 def rollback_script(live_table, live_rules, wanted_rules, paths):
