@@ -368,8 +368,7 @@ def set_state(lab, payloads, state, entries):
     expected = {'on': 0, 'noguard': 0, 'entries': entries}.get(state)
     if elements != expected:
         raise RuntimeError('state %s: doh_v4 holds %r elements, expected %r' % (state, elements, expected))
-    guard = lab.run(['ip', 'rule', 'show']).stdout.count('proto 86') + lab.run(['ip', 'rule', 'show']).stdout.count(
-        'proto vpnguard')
+    guard = lab.run(['ip', '-N', 'rule', 'show']).stdout.count('proto 86')  # -N: numbers, named or not
     if bool(guard) != (state in ('on', 'entries')):
         raise RuntimeError('state %s: %d routing guard rules' % (state, guard))
 
