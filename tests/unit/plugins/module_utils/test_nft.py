@@ -32,6 +32,7 @@ def test_output_and_forward_drop_by_default_and_input_too():
     assert chain(text, 'output')[0] == 'type filter hook output priority filter; policy drop;'
     assert chain(text, 'forward')[0] == 'type filter hook forward priority filter; policy drop;'
     assert chain(text, 'input')[0] == 'type filter hook input priority filter; policy drop;'
+    assert [chain(text, c)[-1] for c in ('output', 'input', 'forward')] == ['drop', 'drop', 'drop']
 
 
 def test_dns_is_held_before_the_tunnel_is_accepted():
@@ -124,3 +125,54 @@ def test_doh_resolvers_are_dropped_outside_the_tunnel_before_anything_else_allow
     assert output.index('ip6 daddr @doh_v6 drop') < output.index('meta skuid @bypass_uids accept')
     assert 'ip daddr @doh_v4 drop' in chain(text, 'forward')
     assert 'doh_v4 drop' not in rendered()
+
+
+# Inside a private network stack: a sender loops UDP to an address no rule
+# allows while the table is swapped between two policies, and a table of the
+# test's own, hooked after ours, counts what our output chain let through.
+SWAP_WINDOW = r"""
+set -e
+ip link set lo up
+ip link add probe0 type veth peer name probe1
+ip addr add 198.51.100.2/24 dev probe0
+ip link set probe0 up; ip link set probe1 up
+nft -f "$1"
+nft 'table ip swap_probe { chain out { type filter hook output priority 100; ip daddr 198.51.100.1 counter; }; }'
+python3 -c '
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+while True:
+    try:
+        s.sendto(b"x", ("198.51.100.1", 9))
+    except OSError:
+        pass
+' </dev/null >/dev/null 2>&1 &
+sender=$!
+sleep 0.2
+for i in $(seq "$3"); do nft -f "$2"; nft -f "$1"; done
+kill $sender
+nft list table ip swap_probe | grep -o 'packets [0-9]*'
+"""
+
+
+def _passed_during_swaps(tmp_path, transactions, swaps):
+    paths = []
+    for i, text in enumerate(transactions):
+        paths.append(str(tmp_path / ('swap%d.nft' % i)))
+        with open(paths[-1], 'w') as f:
+            f.write(text)
+    result = subprocess.run(['unshare', '--net', 'sh', '-c', SWAP_WINDOW, 'swap'] + paths + [str(swaps)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.split()[-1])
+
+
+@needs_kernel
+def test_nothing_passes_while_the_table_is_swapped(tmp_path):
+    transactions = [replace_transaction(rendered(allow_lan=lan)) for lan in (False, True)]
+    assert _passed_during_swaps(tmp_path, transactions, 150) == 0
+    # The control: the same swaps with the chains' last drop taken out must
+    # let packets through, or this test could not see the window at all.
+    without_last_drop = [t.replace('\t\tdrop\n\t}', '\t}') for t in transactions]
+    assert without_last_drop != transactions
+    assert _passed_during_swaps(tmp_path, without_last_drop, 150) > 0
