@@ -32,11 +32,15 @@ FRA_SUPPRESS_PREFIXLEN = 14
 FRA_TABLE = 15
 FRA_FWMASK = 16
 FRA_PROTOCOL = 21
+FRA_IP_PROTO = 22
+FRA_SPORT_RANGE = 23
+FRA_DPORT_RANGE = 24
 
 NLMSGHDR = struct.Struct('=IHHII')       # length, type, flags, sequence, port
 FIB_RULE_HDR = struct.Struct('=BBBBBBBBI')  # family, dst_len, src_len, tos, table, res1, res2, action, flags
 RTATTR = struct.Struct('=HH')            # length, type
 U32 = struct.Struct('=I')
+PORT_RANGE = struct.Struct('=HH')        # first, last
 
 
 def _align(length):
@@ -66,6 +70,9 @@ def _parse_rule(family, body):
     def u32(kind, default):
         return U32.unpack(attributes[kind][:4])[0] if kind in attributes else default
 
+    def port_range(kind):
+        return PORT_RANGE.unpack(attributes[kind][:PORT_RANGE.size]) if kind in attributes else None
+
     dst = attributes.get(FRA_DST)
     return dict(
         action=action, dst_len=dst_len,
@@ -75,6 +82,9 @@ def _parse_rule(family, body):
         fwmark=u32(FRA_FWMARK, 0),
         suppress_prefixlen=u32(FRA_SUPPRESS_PREFIXLEN, 0xffffffff),
         protocol=attributes[FRA_PROTOCOL][0] if FRA_PROTOCOL in attributes else 0,
+        ip_proto=attributes[FRA_IP_PROTO][0] if FRA_IP_PROTO in attributes else 0,
+        sport=port_range(FRA_SPORT_RANGE),
+        dport=port_range(FRA_DPORT_RANGE),
     )
 
 
@@ -122,7 +132,7 @@ class RuleSocket:
         return [_parse_rule(family, body) for kind, body in self._replies(sequence) if kind == RTM_NEWRULE]
 
     def _request(self, kind, flags, family, action, priority, protocol, table=None, dst=None, dst_len=0,
-                 fwmark=None, suppress_prefixlen=None):
+                 fwmark=None, suppress_prefixlen=None, ip_proto=None, sport=None, dport=None):
         # Add and delete both name every attribute the rule has: the kernel
         # deletes the first rule that matches what the request names.
         attributes = [_attribute(FRA_PRIORITY, U32.pack(priority)), _attribute(FRA_PROTOCOL, bytes([protocol]))]
@@ -130,6 +140,11 @@ class RuleSocket:
             attributes.append(_attribute(FRA_TABLE, U32.pack(table)))
         if dst:
             attributes.append(_attribute(FRA_DST, socket.inet_pton(family, dst)))
+        if ip_proto is not None:
+            attributes.append(_attribute(FRA_IP_PROTO, bytes([ip_proto])))
+        for attribute, port_range in ((FRA_SPORT_RANGE, sport), (FRA_DPORT_RANGE, dport)):
+            if port_range is not None:
+                attributes.append(_attribute(attribute, PORT_RANGE.pack(*port_range)))
         if fwmark is not None:
             attributes += [_attribute(FRA_FWMARK, U32.pack(fwmark)), _attribute(FRA_FWMASK, U32.pack(0xffffffff))]
         if suppress_prefixlen is not None:

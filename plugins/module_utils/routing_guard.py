@@ -8,8 +8,9 @@ The VPN client's own rules (wg-quick's `not fwmark ... table ...`, OpenVPN's
 /1 routes) steer traffic into the tunnel. When the tunnel's routes vanish, a
 lookup would fall through to the main table's default route, out of the
 physical interface. The guard sits just before the main table's rule and
-ends every such lookup in `unreachable`, except for the endpoints, the
-management networks and bypass sockets. It is the second, independent layer:
+ends every such lookup in `unreachable`, except for the tunnel's packets to
+its endpoints, replies to the management networks and bypass sockets: the
+same narrow openings, down to protocol and port, that the firewall makes. It is the second, independent layer:
 the firewall holds if the guard is removed, and the guard if the firewall is.
 
 Our rules carry their own protocol number, which is how we find them and how
@@ -36,14 +37,21 @@ FR_ACT_UNREACHABLE = 7
 NO_SUPPRESS = 0xffffffff
 
 FAMILIES = ((4, socket.AF_INET), (6, socket.AF_INET6))
+IP_PROTOCOLS = {'tcp': socket.IPPROTO_TCP, 'udp': socket.IPPROTO_UDP}
+IP_PROTOCOL_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
 
-Rule = namedtuple('Rule', 'version priority action dst dst_len fwmark suppress_prefixlen')
+Rule = namedtuple('Rule', 'version priority action dst dst_len ip_proto sport dport fwmark suppress_prefixlen')
 
 
 def _selector_words(rule):
     words = []
     if rule.dst:
         words += ['to', '%s/%d' % (rule.dst, rule.dst_len)]
+    if rule.ip_proto:
+        words += ['ipproto', IP_PROTOCOL_NAMES.get(rule.ip_proto, str(rule.ip_proto))]
+    for word, port_range in (('sport', rule.sport), ('dport', rule.dport)):
+        if port_range:
+            words += [word, '%d' % port_range[0] if port_range[0] == port_range[1] else '%d-%d' % port_range]
     if rule.fwmark:
         words += ['fwmark', '0x%x' % rule.fwmark]
     if rule.action == FR_ACT_UNREACHABLE:
@@ -99,24 +107,31 @@ def desired_rules(policy, priority=DEFAULT_PRIORITY):
     """The guard's rules for policy, in the order they must be evaluated."""
     rules = []
     for version, _family in FAMILIES:
-        def to_main(dst=None, dst_len=0, fwmark=0, suppress=NO_SUPPRESS):
-            return Rule(version, priority, FR_ACT_TO_TBL, dst, dst_len, fwmark, suppress)
+        def to_main(dst=None, dst_len=0, ip_proto=0, sport=None, dport=None, fwmark=0, suppress=NO_SUPPRESS):
+            return Rule(version, priority, FR_ACT_TO_TBL, dst, dst_len, ip_proto, sport, dport, fwmark, suppress)
         full = 32 if version == 4 else 128
-        rules += [to_main(str(e.address), full) for e in policy.endpoints_of(version)]
-        rules += [to_main(str(m.network.network_address), m.network.prefixlen)
+        # Only the tunnel's own protocol and port: anything else to the
+        # server (a port-unreachable for a packet that arrived after the
+        # client's socket closed) would leave outside the tunnel.
+        rules += [to_main(str(e.address), full, IP_PROTOCOLS[e.protocol], dport=(e.port, e.port))
+                  for e in policy.endpoints_of(version)]
+        # Management networks connect to the host: only its replies, from the served port.
+        rules += [to_main(str(m.network.network_address), m.network.prefixlen, IP_PROTOCOLS[m.protocol],
+                          sport=(m.port, m.port))
                   for m in policy.management_of(version)]
         if policy.exceptions:
             rules.append(to_main(fwmark=BYPASS_FWMARK))
         # More specific routes of the main table (the tunnel's own, the LAN's)
         # stay usable; only its default route is refused.
         rules.append(to_main(suppress=0))
-        rules.append(Rule(version, priority, FR_ACT_UNREACHABLE, None, 0, 0, NO_SUPPRESS))
+        rules.append(Rule(version, priority, FR_ACT_UNREACHABLE, None, 0, 0, None, None, 0, NO_SUPPRESS))
     return rules
 
 
 def _from_netlink(version, rule):
     return Rule(version=version, priority=rule['priority'], action=rule['action'], dst=rule['dst'],
-                dst_len=rule['dst_len'], fwmark=rule['fwmark'], suppress_prefixlen=rule['suppress_prefixlen'])
+                dst_len=rule['dst_len'], ip_proto=rule['ip_proto'], sport=rule['sport'],
+                dport=rule['dport'], fwmark=rule['fwmark'], suppress_prefixlen=rule['suppress_prefixlen'])
 
 
 class RoutingGuard:
@@ -138,6 +153,12 @@ class RoutingGuard:
             args['table'] = MAIN_TABLE
         if rule.dst:
             args.update(dst=rule.dst, dst_len=rule.dst_len)
+        if rule.ip_proto:
+            args['ip_proto'] = rule.ip_proto
+        if rule.sport:
+            args['sport'] = rule.sport
+        if rule.dport:
+            args['dport'] = rule.dport
         if rule.fwmark:
             args['fwmark'] = rule.fwmark
         if rule.suppress_prefixlen != NO_SUPPRESS:

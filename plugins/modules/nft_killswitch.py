@@ -241,7 +241,8 @@ routing_rules:
   returned: always
   type: list
   elements: str
-  sample: ["ipv4 32765: to 203.0.113.1/32 lookup main", "ipv4 32765: lookup main suppress_prefixlength 0",
+  sample: ["ipv4 32765: to 203.0.113.1/32 ipproto udp dport 51820 lookup main",
+           "ipv4 32765: lookup main suppress_prefixlength 0",
            "ipv4 32765: unreachable"]
 removed_rules:
   description: Guard rules that were in place before and are not any more.

@@ -53,7 +53,8 @@ def rule(family=V4, action=TO_MAIN, priority=32765, **extra):
 
 def test_rules_added_read_back_as_ip_shows_them(host):
     out = run(host,
-              ('add', rule(dst='203.0.113.1', dst_len=32)),
+              ('add', rule(dst='203.0.113.1', dst_len=32, ip_proto=17, dport=[51820, 51820])),
+              ('add', rule(dst='198.18.0.0', dst_len=15, ip_proto=6, sport=[22, 22])),
               ('add', rule(fwmark=0x2a)),
               ('add', rule(suppress_prefixlen=0)),
               ('add', rule(action=UNREACHABLE)),
@@ -63,12 +64,16 @@ def test_rules_added_read_back_as_ip_shows_them(host):
     v4, v6 = out['dumps']
     assert [(r['dst'], r['dst_len'], r['fwmark'], r['suppress_prefixlen'], r['action'], r['table']) for r in v4] == [
         ('203.0.113.1', 32, 0, 0xffffffff, TO_MAIN, 254),
+        ('198.18.0.0', 15, 0, 0xffffffff, TO_MAIN, 254),
         (None, 0, 0x2a, 0xffffffff, TO_MAIN, 254),
         (None, 0, 0, 0, TO_MAIN, 254),
         (None, 0, 0, 0xffffffff, UNREACHABLE, 0)]
+    assert [(r['ip_proto'], r['sport'], r['dport']) for r in v4[:3]] == [
+        (17, None, [51820, 51820]), (6, [22, 22], None), (0, None, None)]
     assert [(r['dst'], r['dst_len'], r['priority']) for r in v6] == [('2001:db8::1', 128, 32765)]
     assert host.sh('ip -N -4 rule show priority 32765') == (
-        '32765:\tfrom all to 203.0.113.1 lookup 254 proto 86\n'
+        '32765:\tfrom all to 203.0.113.1 ipproto ipproto-17 dport 51820 lookup 254 proto 86\n'
+        '32765:\tfrom all to 198.18.0.0/15 ipproto ipproto-6 sport 22 lookup 254 proto 86\n'
         '32765:\tfrom all fwmark 0x2a lookup 254 proto 86\n'
         '32765:\tfrom all lookup 254 suppress_prefixlength 0 proto 86\n'
         '32765:\tfrom all 7 proto 86\n')

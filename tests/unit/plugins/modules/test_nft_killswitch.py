@@ -40,7 +40,7 @@ def test_check_mode_changes_nothing_then_apply_then_idempotent(host):
     assert 'policy drop' in host.table()
     # The module names its rule protocol for ip(8).
     assert 'unreachable proto vpnguard' in host.sh('ip -4 rule') and 'unreachable proto vpnguard' in host.sh('ip -6 rule')
-    assert applied['routing_rules'] == ['ipv4 32765: to 203.0.113.1/32 lookup main',
+    assert applied['routing_rules'] == ['ipv4 32765: to 203.0.113.1/32 ipproto udp dport 51820 lookup main',
                                         'ipv4 32765: lookup main suppress_prefixlength 0',
                                         'ipv4 32765: unreachable',
                                         'ipv6 32765: lookup main suppress_prefixlength 0',
@@ -49,6 +49,22 @@ def test_check_mode_changes_nothing_then_apply_then_idempotent(host):
     again = host.module(**POLICY)
     assert not again['changed']
     assert not host.module('--check', **POLICY)['changed']
+
+
+def test_the_guard_routes_only_the_tunnels_own_packets_to_the_endpoint(host):
+    # A physical uplink with a default route, as the host has when the tunnel is gone.
+    host.sh('ip link add eth0 type veth peer name isp0 && ip addr add 198.18.1.2/24 dev eth0 && '
+            'ip link set eth0 up && ip link set isp0 up && ip route add default via 198.18.1.1 dev eth0')
+    host.module(management=[{'cidr': '198.19.0.0/16', 'port': 22, 'protocol': 'tcp'}], **POLICY)
+    host.sh('nft delete table inet vpnguard_killswitch')  # the guard alone
+
+    def route(selector):
+        return host.sh('ip route get %s 2>&1 || true' % selector)
+    assert 'dev eth0' in route('203.0.113.1 ipproto udp dport 51820')
+    assert 'dev eth0' in route('198.19.5.5 ipproto tcp sport 22 dport 40000')
+    for other in ('203.0.113.1 ipproto icmp', '203.0.113.1 ipproto udp dport 51821', '203.0.113.1 ipproto tcp dport 51820',
+                  '198.19.5.5 ipproto tcp sport 2222 dport 22', '198.51.100.10'):
+        assert 'unreachable' in route(other), other
 
 
 def test_drift_is_seen_and_healed(host):
