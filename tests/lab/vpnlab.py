@@ -283,6 +283,9 @@ class Lab:
     def tunnel_up(self, name, wait=True, interface='wg0'):
         h = self.state['hosts'][name]
         if self.run(name, ['ip', 'link', 'show', interface], check=False).returncode != 0:
+            # A killed wireguard-go leaves its socket behind; waiting for the
+            # socket would then end at once, and wg would talk to nobody.
+            self.run(name, ['rm', '-f', '/run/wireguard/%s.sock' % interface])
             self.state['processes'][name + ':' + interface] = self.spawn(name, ['wireguard-go', '-f', interface],
                                                                          name + '-' + interface + '.log')
             self.save()
