@@ -1,0 +1,76 @@
+"""The audit playbook's report: a compliant host, a drifted one, one whose policy is refused
+and one that cannot be reached are each reported as such, --limit included, and the audit
+changes nothing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from namespace_host import CAN_RUN, REPO, Host, host_fixture
+
+pytestmark = pytest.mark.skipif(not CAN_RUN, reason='needs root, nft, unshare and ansible')
+
+PLAYBOOK = os.path.join(os.path.dirname(sys.executable), 'ansible-playbook')
+LOCAL = {'ansible_connection': 'local', 'ansible_become': False, 'ansible_python_interpreter': '/usr/bin/python3'}
+# Inside the test's own network namespace nothing listens on 127.0.0.1:9, so
+# the connection is refused at once and the host is unreachable.
+GONE = {'ansible_connection': 'ssh', 'ansible_host': '127.0.0.1', 'ansible_port': 9,
+        'ansible_ssh_common_args': '-o ConnectTimeout=5 -o StrictHostKeyChecking=no'}
+INVENTORY = {'all': {
+    'vars': {'killswitch_tunnel_interfaces': ['wg*'], 'killswitch_dns_servers': ['192.0.2.1'],
+             'killswitch_endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}]},
+    'hosts': {
+        'kept': LOCAL,
+        'refused': dict(LOCAL, killswitch_endpoints=[{'address': '203.0.113.1', 'port': 53, 'protocol': 'udp'}]),
+        'gone': GONE}}}
+
+
+class FleetHost(Host):
+    """One namespace holds every reachable host of the inventory (they share its table)."""
+
+    def playbook(self, name, *flags):
+        inventory = os.path.join(self.tmp, 'inventory.json')
+        with open(inventory, 'w') as f:
+            json.dump(INVENTORY, f)
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections'),
+                   ANSIBLE_NOCOLOR='1', ANSIBLE_HOST_KEY_CHECKING='0')
+        return subprocess.run(
+            ['nsenter', '-t', str(self.pid), '-n', '-m', '--', PLAYBOOK, '-i', inventory,
+             os.path.join(REPO, 'playbooks', name)] + list(flags),
+            capture_output=True, text=True, env=env, timeout=300, check=False)
+
+    def audit(self, *flags):
+        report = os.path.join(self.tmp, 'audit.json')
+        run = self.playbook('audit.yml', '--check', '-e', 'killswitch_audit_report=' + report, *flags)
+        with open(report) as f:
+            return run, json.load(f)['hosts']
+
+
+host = host_fixture(FleetHost)
+
+
+def test_the_report_tells_compliant_drifted_refused_and_unreachable_hosts_apart(host):
+    harden = host.playbook('harden.yml', '--limit', 'kept')
+    assert harden.returncode == 0, harden.stdout[-3000:]
+
+    run, report = host.audit()
+    assert sorted(report) == ['gone', 'kept', 'refused']
+    assert report['kept'] == {'compliant': True, 'drift': []}
+    assert report['gone']['unreachable'] and not report['gone']['compliant']
+    assert not report['refused']['compliant'] and 'endpoints[0].port' in report['refused']['error']
+    assert 'not audited: gone, refused' in run.stdout and run.returncode != 0, 'a scheduled audit must not pass'
+
+    # A limited audit reports on just the hosts it targets, and passes when they comply.
+    run, report = host.audit('--limit', 'kept')
+    assert report == {'kept': {'compliant': True, 'drift': []}} and run.returncode == 0, run.stdout[-3000:]
+
+    table = host.sh('nft list table inet vpnguard_killswitch')
+    host.sh('nft delete table inet vpnguard_killswitch')
+    _run, report = host.audit()
+    assert not report['kept']['compliant']
+    assert [d for d in report['kept']['drift'] if 'nftables table' in d]
+    assert host.sh('nft list table inet vpnguard_killswitch 2>/dev/null || true') == '', 'the audit put the table back'
+    assert table
