@@ -10,8 +10,9 @@ lookup would fall through to the main table's default route, out of the
 physical interface. The guard sits just before the main table's rule and
 ends every such lookup in `unreachable`, except for the tunnel's packets to
 its endpoints, replies to the management networks and bypass sockets: the
-same narrow openings, down to protocol and port, that the firewall makes. It is the second, independent layer:
-the firewall holds if the guard is removed, and the guard if the firewall is.
+same narrow openings, down to protocol and port, that the firewall makes.
+It is the second, independent layer: the firewall holds if the guard is
+removed, and the guard if the firewall is.
 
 Our rules carry their own protocol number, which is how we find them and how
 we leave everyone else's rules alone.
