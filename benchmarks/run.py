@@ -503,7 +503,7 @@ def fleet(args, out_dir, log_path):
                 ('baseline', 'audit', [baseline, '--check', '--diff'])]
         for size in args.hosts:
             names = ['lab-host%d' % i for i in range(1, size + 1)]
-            limit = ['-l', ','.join(names + ['localhost'])]
+            limit = ['-l', ','.join(names)]
             entry = results['sizes'][str(size)] = {'hosts': size, 'runs': {}}
             for rep in range(args.fleet_repeat):
                 for order, (book, phase, extra) in enumerate(runs):
