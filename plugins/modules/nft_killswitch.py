@@ -17,13 +17,16 @@ description:
     C(vpnguard_killswitch), that drops every outbound and forwarded packet (IPv4 and IPv6) that
     does not leave through a tunnel interface, plus policy-routing rules (the routing guard) that
     stop traffic from falling back to the physical default route when the tunnel's routes vanish.
+    The guard lets only the endpoints (their protocol and port) and replies to the management
+    networks (from the served port) use that route.
   - The firewall allows loopback, the tunnel interfaces, the VPN endpoints (by default only for
     the tunnel's own packets), DHCPv4, DHCPv6 and ICMPv6 neighbour discovery, the LAN when
     O(allow_lan=true), replies to the management networks, and the bypass exceptions.
     DNS (ports 53 and 853, UDP and TCP) goes only to O(dns_servers) and only through the tunnel.
   - The whole input is validated before anything on the host is touched. The table is replaced in
     one nftables transaction, checked by the kernel first; if anything fails the previous table
-    stays in place.
+    stays in place. Each base chain ends in an explicit C(drop) as well as its drop policy, which
+    the kernel sets a moment after the new rules go live during a replace.
   - Other tables, chains and policy rules are never flushed or edited. The module finds its own
     policy rules by their protocol number (86).
   - Needs the C(nftables) Python binding (Debian and Ubuntu C(python3-nftables), Fedora
