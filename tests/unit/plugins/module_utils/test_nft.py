@@ -148,9 +148,9 @@ while True:
         pass
 ' </dev/null >/dev/null 2>&1 &
 sender=$!
+trap 'kill $sender' EXIT  # however the script ends: the sender would outlive the test
 sleep 0.2
 for i in $(seq "$3"); do nft -f "$2"; nft -f "$1"; done
-kill $sender
 nft list table ip swap_probe | grep -o 'packets [0-9]*'
 """
 
