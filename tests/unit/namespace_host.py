@@ -16,6 +16,7 @@ import pytest
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), 'ansible')
+PLAYBOOK = os.path.join(os.path.dirname(sys.executable), 'ansible-playbook')
 CAN_RUN = os.geteuid() == 0 and shutil.which('nft') and shutil.which('unshare') and os.path.exists(ANSIBLE)
 
 SETUP = r'''
@@ -63,6 +64,13 @@ class Host:
              '-m', 'vpnguard.killswitch.' + name, '-a', json.dumps(args)] + list(flags),
             capture_output=True, text=True, env=env, timeout=120, check=False)
         return json.loads(result.stdout)['plays'][0]['tasks'][0]['hosts']['localhost']
+
+    def playbook(self, *argv, **env):
+        """ansible-playbook ARGV run inside the host, with the collection and extra environment ENV."""
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections'),
+                   ANSIBLE_NOCOLOR='1', **env)
+        return subprocess.run(['nsenter', '-t', str(self.pid), '-n', '-m', '--', PLAYBOOK] + list(argv),
+                              capture_output=True, text=True, env=env, timeout=300, check=False)
 
     def hide_nftables_binding(self):
         """Make `import nftables` fail on this host only, as where python3-nftables is not installed.

@@ -4,8 +4,6 @@ changes nothing."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -13,7 +11,6 @@ from namespace_host import CAN_RUN, REPO, Host, host_fixture
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason='needs root, nft, unshare and ansible')
 
-PLAYBOOK = os.path.join(os.path.dirname(sys.executable), 'ansible-playbook')
 LOCAL = {'ansible_connection': 'local', 'ansible_become': False, 'ansible_python_interpreter': '/usr/bin/python3'}
 # Inside the test's own network namespace nothing listens on 127.0.0.1:9, so
 # the connection is refused at once and the host is unreachable.
@@ -35,12 +32,8 @@ class FleetHost(Host):
         inventory = os.path.join(self.tmp, 'inventory.json')
         with open(inventory, 'w') as f:
             json.dump(INVENTORY, f)
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections'),
-                   ANSIBLE_NOCOLOR='1', ANSIBLE_HOST_KEY_CHECKING='0')
-        return subprocess.run(
-            ['nsenter', '-t', str(self.pid), '-n', '-m', '--', PLAYBOOK, '-i', inventory,
-             os.path.join(REPO, 'playbooks', name)] + list(flags),
-            capture_output=True, text=True, env=env, timeout=300, check=False)
+        return super(FleetHost, self).playbook('-i', inventory, os.path.join(REPO, 'playbooks', name), *flags,
+                                               ANSIBLE_HOST_KEY_CHECKING='0')
 
     def audit(self, *flags):
         report = os.path.join(self.tmp, 'audit.json')

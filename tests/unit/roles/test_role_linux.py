@@ -4,17 +4,14 @@ changes nothing and installs nothing."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from namespace_host import CAN_RUN, REPO, Host, host_fixture
+from namespace_host import CAN_RUN, Host, host_fixture
 
 pytestmark = pytest.mark.skipif(not CAN_RUN, reason='needs root, nft, unshare and ansible')
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PLAYBOOK = os.path.join(os.path.dirname(sys.executable), 'ansible-playbook')
 POLICY = {'killswitch_tunnel_interfaces': ['wg*'],
           'killswitch_endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}],
           'killswitch_dns_servers': ['192.0.2.1'],
@@ -24,12 +21,8 @@ POLICY = {'killswitch_tunnel_interfaces': ['wg*'],
 
 class RoleHost(Host):
     def play(self, *flags, **extra):
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections'),
-                   ANSIBLE_STDOUT_CALLBACK='json', ANSIBLE_NOCOLOR='1')
-        result = subprocess.run(
-            ['nsenter', '-t', str(self.pid), '-n', '-m', '--', PLAYBOOK, '-i', 'localhost,',
-             '-e', json.dumps(dict(POLICY, **extra)), os.path.join(HERE, 'role.yml')] + list(flags),
-            capture_output=True, text=True, env=env, timeout=300, check=False)
+        result = self.playbook('-i', 'localhost,', '-e', json.dumps(dict(POLICY, **extra)),
+                               os.path.join(HERE, 'role.yml'), *flags, ANSIBLE_STDOUT_CALLBACK='json')
         out = json.loads(result.stdout)
         # Names as the role gives them, without the "role : " prefix.
         tasks = dict((t['task']['name'].split(' : ', 1)[-1], t['hosts']['localhost']) for t in out['plays'][0]['tasks'])
