@@ -280,6 +280,8 @@ def validate(module):
         policy = parse_policy(dict((k, params.get(k)) for k in POLICY_KEYS if k in params), system='Darwin')
         if not 1 <= params['wildcard_units'] <= 256:
             raise PolicyError('wildcard_units', 'must be between 1 and 256')
+        if not 10 <= params['watchdog_interval'] <= 3600:
+            raise PolicyError('watchdog_interval', 'must be between 10 and 3600 seconds')
         ruleset = pf.render(policy, params['wildcard_units'])
     except PolicyError as e:
         module.fail_json(msg='Invalid kill switch policy, nothing was changed: %s' % e, setting=e.setting)
@@ -290,70 +292,125 @@ def file_diff(path, before, after):
     return dict(before_header=path, after_header=path, before=before or '', after=after or '')
 
 
-def sync_file(module, path, content):
-    """Make path hold content (None: be absent); True when it differed."""
-    return bool(file_snapshot.sync({path: content}, module.check_mode))
+def release_token(pfctl, token):
+    """Drop one enable reference; an error only when PF still lists it (a reboot or `pfctl -d` drops them all)."""
+    rc, out, err = pfctl.module.run_command(pf.pfctl('-X', token))
+    if rc != 0 and token in pf.parse_references(pfctl.query(pf.pfctl('-s', 'References'))):
+        raise PfError('pfctl could not release the enable reference %s, so PF may stay enabled: %s'
+                      % (token, (err or out).strip()))
+
+
+def observe(pfctl, state_dir):
+    """What PF runs now, as the audit reports it."""
+    anchors = pf.parse_anchors(pfctl.query(pf.pfctl('-s', 'Anchors', '-v')))
+    nat = pf.nat_pass(pfctl.query(pf.pfctl('-s', 'nat')))
+    for anchor in anchors:
+        if anchor.startswith('com.apple'):  # Internet Sharing puts its `nat pass` in Apple's anchors
+            nat += pf.nat_pass(pfctl.query(pf.pfctl('-a', anchor, '-s', 'nat')))
+    watchdog_token = (file_snapshot.read_text(os.path.join(state_dir, pf.WATCHDOG_TOKEN)) or '').strip()
+    return dict(
+        enabled=pf.is_enabled(pfctl.query(pf.pfctl('-s', 'info'))),
+        references=pf.parse_references(pfctl.query(pf.pfctl('-s', 'References'))),
+        main_references=pf.references_anchor(pfctl.query(pf.pfctl('-s', 'rules'))),
+        foreign_anchors=pf.foreign_anchors(anchors), nat_pass=nat, watchdog_token=watchdog_token)
+
+
+def drift_of(seen, token_held, pf_conf_hooked, anchor_in_sync):
+    """The audit's words for each way the host differs from the policy."""
+    drift = []
+    if not seen['enabled']:
+        drift.append('PF is disabled')
+    if not token_held:
+        drift.append('PF enable reference (token) of the kill switch is missing')
+    if not seen['main_references']:
+        drift.append('the loaded main ruleset does not reference the anchor %s' % pf.ANCHOR)
+    if not pf_conf_hooked:
+        drift.append('%s lacks the kill switch block (a macOS update restores the stock file)' % pf.PF_CONF)
+    if not anchor_in_sync:
+        drift.append('PF anchor %s differs from the policy' % pf.ANCHOR)
+    drift += ['foreign PF anchor %s (a reload of the main ruleset unhooks it)' % a for a in seen['foreign_anchors']]
+    drift += ['translation rule passes packets around the filter: %s' % r for r in seen['nat_pass']]
+    return drift
 
 
 def present(module, policy, ruleset, pfctl, state_path):
     params = module.params
+    state_dir = os.path.dirname(state_path)
     saved = file_snapshot.load_json(state_path) or {}
     live = pfctl.listing()
+    seen = observe(pfctl, state_dir)
     anchor_file = file_snapshot.read_text(pf.ANCHOR_FILE)
     pf_conf = file_snapshot.read_text(pf.PF_CONF) or ''
     wanted_conf = pf.with_hook(pf_conf)
-    main_references = pf.references_anchor(pfctl.query(pf.pfctl('-s', 'rules')))
-    enabled = pf.is_enabled(pfctl.query(pf.pfctl('-s', 'info')))
+    private = pf.private_ruleset(pf_conf)
+    token_held = seen['enabled'] and saved.get('token') in seen['references']
 
     anchor_in_sync = (bool(live) and anchor_file == ruleset and saved.get('digest') == pf.digest(ruleset)
                       and saved.get('listing') == live)
-    conf_in_sync = wanted_conf == pf_conf and main_references
+    main_in_sync = seen['main_references'] and file_snapshot.read_text(pf.RULESET_FILE) == private
     if not anchor_in_sync:
         pfctl.check_text(ruleset, pf.load_anchor_argv)
-    if wanted_conf != pf_conf:
-        # pf.conf's load anchor reads the anchor file, which may not be written yet.
-        pfctl.check_text(wanted_conf.replace(pf.ANCHOR_FILE, '/dev/null'), pf.load_conf_argv)
+    if not main_in_sync or wanted_conf != pf_conf:
+        # The load anchor line reads the anchor file, which may not be written yet.
+        pfctl.check_text(private.replace(pf.ANCHOR_FILE, '/dev/null'), pf.load_conf_argv)
 
-    changed_files = []
-    diff = []
-    if anchor_file != ruleset:
-        changed_files.append(pf.ANCHOR_FILE)
-        diff.append(file_diff(pf.ANCHOR_FILE, anchor_file, ruleset))
+    files = {pf.ANCHOR_FILE: ruleset, pf.RULESET_FILE: private, pf.FALLBACK_FILE: pf.fallback_ruleset(policy),
+             pf.WATCHDOG_SCRIPT: pf.watchdog_script(state_dir) if params['persist'] else None,
+             pf.LAUNCHD_PLIST: pf.launchd_plist(params['watchdog_interval']) if params['persist'] else None}
+    before = dict((path, file_snapshot.read_text(path)) for path in files)
+    changed_files = sorted(path for path in files if not file_snapshot.holds(path, files[path]))
+    diff = [file_diff(path, before[path], files[path]) for path in changed_files]
     if live != saved.get('listing'):
         diff.append(file_diff('pfctl -a %s -s rules (live)' % pf.ANCHOR, live, saved.get('listing') or ruleset))
     if wanted_conf != pf_conf:
         changed_files.append(pf.PF_CONF)
         diff.append(file_diff(pf.PF_CONF, pf_conf, wanted_conf))
+    job_changed = bool(set(changed_files) & {pf.LAUNCHD_PLIST, pf.WATCHDOG_SCRIPT})
+    states = pf.state_summary(policy, params['wildcard_units'])
 
     if not module.check_mode:
-        sync_file(module, pf.ANCHOR_FILE, ruleset)
+        file_snapshot.sync(files, False, own_directory=pf.OWN_DIR)
         if wanted_conf != pf_conf:
             file_snapshot.write_text(pf.PF_CONF, wanted_conf)
-        if not conf_in_sync:
-            # Loads the main ruleset and, through its load anchor lines, ours.
-            pfctl.run(pf.load_conf_argv(pf.PF_CONF), 'pfctl failed to load %s' % pf.PF_CONF)
+        if not main_in_sync:
+            # The main ruleset and, through its load anchor line, ours; loaded before PF is enabled.
+            pfctl.run(pf.load_conf_argv(pf.RULESET_FILE), 'pfctl failed to load %s' % pf.RULESET_FILE)
         if not anchor_in_sync:
             pfctl.run(pf.load_anchor_argv(pf.ANCHOR_FILE),
                       'pfctl failed to load the anchor, the previous one is still in place')
-            pfctl.run(pf.pfctl('-F', 'states'), 'pfctl failed to flush the state table')
-        if not enabled:
+            kills = pf.kill_states_argvs(saved.get('states'), states)
+            for argv in kills if kills is not None else [pf.pfctl('-F', 'states')]:
+                pfctl.run(argv, 'pfctl failed to end the states the new policy does not allow')
+        if not token_held:
+            # A reference of our own, whoever else holds one: without it another holder's -X stops PF.
             saved['token'] = pf.parse_token(pfctl.run(pf.pfctl('-E'), 'pfctl failed to enable PF'))
-        saved.update(digest=pf.digest(ruleset), listing=pfctl.listing())
+        saved.update(digest=pf.digest(ruleset), listing=pfctl.listing(), states=states)
         file_snapshot.save(state_path, saved)
+        if job_changed:
+            for argv in pf.launchd_argvs(params['persist']):
+                if argv[1] == 'bootout':
+                    pfctl.query(argv)  # not loaded yet is fine
+                else:
+                    pfctl.run(argv, 'launchctl failed to start the watchdog')
 
-    plist = pf.launchd_plist() if params['persist'] else None
-    before_plist = file_snapshot.read_text(pf.LAUNCHD_PLIST)
-    persist_changed = sync_file(module, pf.LAUNCHD_PLIST, plist)
-    if persist_changed:
-        changed_files.append(pf.LAUNCHD_PLIST)
-        diff.append(file_diff(pf.LAUNCHD_PLIST, before_plist, plist))
+    drift = drift_of(seen, token_held, pf.has_hook(pf_conf), anchor_in_sync)
+    for line in drift:
+        if line.startswith(('foreign', 'translation')):
+            module.warn(line)
+    if any(name.endswith('*') and name.startswith('utun') for name in policy.tunnel_interfaces):
+        module.warn('utun* trusts every utun interface: Apple\'s own (iCloud Private Relay, Back to My Mac) '
+                    'and other VPN clients\' tunnels as well as yours; name the unit where it is fixed')
+    if any(e.selector == 'gid' for e in policy.exceptions):
+        module.warn('PF matches a gid exception against the socket owner\'s effective (primary) group only, '
+                    'never supplementary groups')
 
-    changed = not anchor_in_sync or not conf_in_sync or not enabled or persist_changed
+    changed = bool(not anchor_in_sync or not main_in_sync or not token_held or changed_files)
     return dict(
-        changed=changed, ruleset=ruleset, live_rules=live, changed_files=changed_files, diff=diff,
+        changed=changed, ruleset=ruleset, live_rules=live, changed_files=changed_files, diff=diff, drift=drift,
         summary=dict(
-            anchor=pf.ANCHOR, anchor_changed=not anchor_in_sync, pf_conf_changed=not conf_in_sync,
-            pf_enabled=True, persist_changed=persist_changed,
+            anchor=pf.ANCHOR, anchor_changed=not anchor_in_sync, pf_conf_changed=wanted_conf != pf_conf,
+            main_ruleset_changed=not main_in_sync, pf_enabled=seen['enabled'], token_held=token_held,
+            persist_changed=job_changed, foreign_anchors=seen['foreign_anchors'], nat_pass=seen['nat_pass'],
             tunnel_interfaces=list(policy.tunnel_interfaces), endpoints=len(policy.endpoints),
             dns_servers=len(policy.dns_servers), allow_lan=policy.allow_lan,
             management=len(policy.management), exceptions=len(policy.exceptions)),
@@ -361,33 +418,43 @@ def present(module, policy, ruleset, pfctl, state_path):
 
 
 def absent(module, pfctl, state_path):
+    state_dir = os.path.dirname(state_path)
     saved = file_snapshot.load_json(state_path) or {}
     live = pfctl.listing()
+    seen = observe(pfctl, state_dir)
     pf_conf = file_snapshot.read_text(pf.PF_CONF)
     wanted_conf = pf.without_hook(pf_conf) if pf_conf is not None else None
-    paths = [p for p in (pf.ANCHOR_FILE, pf.LAUNCHD_PLIST, state_path) if os.path.lexists(p)]
+    token_path = os.path.join(state_dir, pf.WATCHDOG_TOKEN)
+    paths = [p for p in (pf.ANCHOR_FILE, pf.LAUNCHD_PLIST, pf.WATCHDOG_SCRIPT, pf.RULESET_FILE, pf.FALLBACK_FILE,
+                         token_path, state_path) if os.path.lexists(p)]
+    # Every reference we took: the module's and the watchdog's (at boot, after `pfctl -d`).
+    tokens = [t for t in (saved.get('token'), seen['watchdog_token']) if t and t in seen['references']]
     changed_files = paths + ([pf.PF_CONF] if wanted_conf != pf_conf else [])
-    diff = [file_diff(p, file_snapshot.read_text(p), '') for p in paths if p != state_path]
+    diff = [file_diff(p, file_snapshot.read_text(p), '') for p in paths if p not in (state_path, token_path)]
     if wanted_conf != pf_conf:
         diff.append(file_diff(pf.PF_CONF, pf_conf, wanted_conf))
     if live:
         diff.append(file_diff('pfctl -a %s -s rules (live)' % pf.ANCHOR, live, ''))
-    changed = bool(live or changed_files)
+    changed = bool(live or changed_files or tokens or seen['main_references'])
     if changed and not module.check_mode:
+        # The watchdog first, or it puts back what is taken away here.
+        pfctl.query(pf.launchd_argvs(False)[0])
         if wanted_conf != pf_conf:
             pfctl.check_text(wanted_conf, pf.load_conf_argv)
             file_snapshot.write_text(pf.PF_CONF, wanted_conf)
+        if wanted_conf is not None and (wanted_conf != pf_conf or seen['main_references']):
             pfctl.run(pf.load_conf_argv(pf.PF_CONF), 'pfctl failed to load %s' % pf.PF_CONF)
         pfctl.run(pf.flush_anchor_argv(), 'pfctl failed to flush the anchor')
-        if saved.get('token'):
-            # Our reference only; PF stays enabled while others hold theirs.
-            pfctl.query(pf.pfctl('-X', saved['token']))
+        for token in tokens:
+            # Our references only; PF stays enabled while others hold theirs.
+            release_token(pfctl, token)
         for path in paths:
             os.remove(path)
-        file_snapshot.remove_if_empty(os.path.dirname(state_path))
+        file_snapshot.remove_if_empty(pf.OWN_DIR)
+        file_snapshot.remove_if_empty(state_dir)
     return dict(changed=changed, live_rules=live, changed_files=changed_files, diff=diff,
                 summary=dict(anchor=pf.ANCHOR, anchor_changed=bool(live), pf_conf_changed=wanted_conf != pf_conf,
-                             persist_changed=pf.LAUNCHD_PLIST in paths))
+                             persist_changed=pf.LAUNCHD_PLIST in paths, tokens_released=len(tokens)))
 
 
 def main():
@@ -396,6 +463,7 @@ def main():
             wildcard_units=dict(type='int', default=pf.WILDCARD_UNITS),
             restrict_endpoints_to_tunnel=dict(type='bool', default=True),
             persist=dict(type='bool', default=False),
+            watchdog_interval=dict(type='int', default=pf.WATCHDOG_INTERVAL),
             state_dir=dict(type='path', default='/var/db/vpnguard-killswitch'),
             **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int')))
         ),
