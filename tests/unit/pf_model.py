@@ -30,6 +30,7 @@ of being trusted blindly. Semantics follow pf.conf(5):
 """
 
 import ipaddress
+import random
 import re
 from collections import namedtuple
 
@@ -308,7 +309,7 @@ class Switch:
     """
 
     def __init__(self):
-        self.running, self.refcount, self.tokens, self._next = False, 0, set(), 0
+        self.running, self.refcount, self.tokens = False, 0, set()
 
     def start(self):
         if self.running:
@@ -319,8 +320,9 @@ class Switch:
         return None
 
     def start_ref(self):
-        self._next += 1
-        token = str(10000000000 + self._next * 7919)
+        # xnu hashes the token's kernel address (VM_KERNEL_ADDRHASH): unpredictable, never reused
+        # after a reboot in practice; a random number models that.
+        token = str(random.randrange(10 ** 12, 10 ** 15))
         self.tokens.add(token)
         self.running, self.refcount = True, self.refcount + 1
         return token
