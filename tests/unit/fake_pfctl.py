@@ -15,6 +15,7 @@ import os
 import pickle
 import sys
 
+from pf_grammar import check as check_grammar
 from pf_model import Ruleset, StateTable, Switch
 
 OURS = 'com.vpnguard.killswitch'
@@ -89,6 +90,7 @@ class FakePf:
             self.anchors[name] = ([line for line in text.splitlines() if line.strip()], {})
             self.parsed.pop(name, None)
             return
+        check_grammar(text, main=False)
         ruleset = Ruleset(text)  # raises on what pfctl would refuse
         rules = [r.text.replace('$tunnels', '') for r in ruleset.rules]
         self.anchors[name] = (rules, dict((k, [str(a) for a in v]) for k, v in ruleset.tables.items()))
@@ -96,11 +98,13 @@ class FakePf:
 
     def _load_conf(self, text, check):
         """A main ruleset: all or nothing, as pfctl loads it in one transaction."""
+        check_grammar(text)
         ruleset = Ruleset(text)
         loaded = []
         for name, path in ruleset.loads:
             content = '' if path == '/dev/null' else open(self.host_path(path)).read()
             if name == OURS:
+                check_grammar(content, main=False)
                 Ruleset(content)
             loaded.append((name, content))
         if check:
@@ -138,6 +142,7 @@ class FakePf:
                 text = open(self.host_path(args[args.index('-f') + 1])).read()
                 if anchor:
                     if check and anchor == OURS:
+                        check_grammar(text, main=False)
                         Ruleset(text)
                     elif not check:
                         self._load_anchor(anchor, text)
