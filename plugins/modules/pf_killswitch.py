@@ -16,8 +16,10 @@ description:
   - Puts a strict VPN kill switch in macOS's packet filter (PF), as one anchor of its own,
     C(com.vpnguard.killswitch), that blocks every packet (IPv4 and IPv6, both directions) that does
     not go through a tunnel interface or match what the policy names.
-  - The anchor passes loopback, the tunnel interfaces, the VPN endpoints (exact address, port and
-    protocol; by default only for root's sockets), DHCPv4, DHCPv6 and ICMPv6 neighbour discovery,
+  - The anchor passes loopback, what leaves through the tunnel interfaces and its replies (states bound to
+    the tunnel interface, so nothing unsolicited comes in through the VPN), the VPN endpoints (exact
+    address, port and protocol; by default only for root's sockets), DHCPv4 broadcasts, DHCPv6, ICMPv6
+    neighbour discovery and MLD,
     the LAN when O(allow_lan=true), the management plane (connections in and only replies out) and
     the bypass exceptions (O(exceptions[].uid) or O(exceptions[].gid)). DNS (ports 53 and 853, UDP
     and TCP) goes only to O(dns_servers) and only through the tunnel. Every rule is C(quick), so rules
@@ -27,11 +29,26 @@ description:
     flushed. The anchor is referenced from C(/etc/pf.conf) by a marked block (C(anchor) and
     C(load anchor)); the main ruleset is reloaded from C(/etc/pf.conf) only when that block was added
     or the loaded ruleset does not reference the anchor.
-  - When the anchor changes, PF's state table is flushed, so that no connection opened before
-    outlives the new policy. The management rules for TCP keep no state, so management sessions
-    survive this.
-  - PF is enabled with C(pfctl -E) when it is not; the reference token is kept and released on
-    O(state=absent).
+  - When the anchor changes, the states the new policy no longer allows are ended (C(pfctl -k) for
+    removed endpoints and resolvers, C(pfctl -i IF -F states) for removed tunnels; every state when the
+    previous policy is unknown or a bypass owner was removed). Every stateful rule that can match TCP
+    says C(flags any), so an established connection the policy still allows (OpenVPN over TCP, a bypass
+    session) goes on even after its state is lost.
+  - The main ruleset is loaded from a file of the collection's own, C(/etc/vpnguard-killswitch/pf.conf)
+    (C(/etc/pf.conf) plus the anchor), which a macOS update does not restore; C(/etc/pf.conf) gets the
+    same block too.
+  - The module always holds a PF enable reference (C(pfctl -E) token) of its own, so that another
+    holder's C(pfctl -X) cannot stop PF; O(state=absent) releases it, and the watchdog's, and fails when
+    PF still lists one of them.
+  - With O(persist=true), a LaunchDaemon runs a watchdog script at boot, whenever C(/etc/pf.conf) changes
+    (launchd C(WatchPaths)) and every O(watchdog_interval) seconds. It loads the collection's ruleset when
+    the loaded main ruleset does not reference the anchor or the anchor is empty, and a fallback (loopback
+    and management only) when that fails to load, always before it enables PF; and it takes its own
+    enable reference again when PF lost it (C(pfctl -d) by another tool drops every reference).
+  - The result's RV(drift) lists what an audit should report (PF disabled, the token missing, the anchor
+    not referenced, C(/etc/pf.conf) without the block (the stock file restored), an anchor that differs,
+    other tools' anchors (a reload of the main ruleset unhooks them) and C(nat pass) rules (Internet
+    Sharing), whose packets skip filtering).
   - A tunnel interface wildcard must follow a driver name (V(utun*)); PF on macOS matches interface
     names exactly, so it stands for the driver's first O(wildcard_units) units. A tunnel that comes up
     beyond them is blocked, not leaked.
@@ -40,9 +57,10 @@ author:
 options:
   state:
     description:
-      - V(present) enforces the kill switch; V(absent) flushes the anchor, takes the block out of
-        C(/etc/pf.conf), removes the anchor file, the boot daemon and the module's saved state, and
-        releases its PF enable reference. Nothing else is touched.
+      - V(present) enforces the kill switch; V(absent) stops the watchdog, flushes the anchor, takes the
+        block out of C(/etc/pf.conf) and reloads it, removes the anchor file, the collection's ruleset
+        files, the watchdog and the module's saved state, and releases the module's and the watchdog's PF
+        enable references. Nothing else is touched.
     type: str
     choices: [present, absent]
     default: present
@@ -50,6 +68,8 @@ options:
     description:
       - Interfaces that traffic may leave through, for example V(utun4). A trailing C(*) after a
         driver name (V(utun*)) covers its first O(wildcard_units) units. Required when O(state=present).
+      - V(utun*) trusts every utun interface, Apple's own (iCloud Private Relay and other system tunnels)
+        and other VPN clients' as well as yours; the module warns. Name the unit where it is fixed.
     type: list
     elements: str
     default: []
@@ -128,7 +148,10 @@ options:
         description: Owner user ID of the socket (PF C(user)).
         type: int
       gid:
-        description: Owner group ID of the socket (PF C(group)).
+        description:
+          - Owner group ID of the socket (PF C(group)). PF compares the socket owner's effective (primary)
+            group only, never supplementary groups, so V(20) (staff, every account's primary group) and
+            V(12) (everyone) would exempt every user and are refused.
         type: int
   restrict_endpoints_to_tunnel:
     description:
@@ -139,25 +162,43 @@ options:
     default: true
   persist:
     description:
-      - Install the LaunchDaemon C(/Library/LaunchDaemons/com.vpnguard.killswitch.plist), which at boot
-        enables PF and loads C(/etc/pf.conf), and so the anchor. V(false) removes it.
+      - Install and start the LaunchDaemon C(/Library/LaunchDaemons/com.vpnguard.killswitch.plist) and its
+        script C(/etc/vpnguard-killswitch/watchdog.sh), which keep PF enabled with the anchor at boot, after
+        a macOS update and after another tool disabled PF. V(false) stops and removes them.
     type: bool
     default: false
+  watchdog_interval:
+    description: Seconds between two runs of the watchdog (launchd C(StartInterval)), from 10 to 3600.
+    type: int
+    default: 60
   state_dir:
     description: Where the module records what it applied and its PF enable token.
     type: path
     default: /var/db/vpnguard-killswitch
 requirements:
   - macOS with C(/sbin/pfctl), run as root
+attributes:
+  check_mode:
+    description: Can run in check mode and return the changes it would make, with the drift, without making them.
+    support: full
+    details: The anchor and the main ruleset are still checked by C(pfctl -n) without being loaded.
+  diff_mode:
+    description: Returns the rendered files and the live anchor, before and after.
+    support: full
+  platform:
+    description: Target OS that the module can be run against.
+    support: full
+    platforms: darwin
 notes:
-  - Supports C(check_mode) and C(diff). In check mode the anchor and C(/etc/pf.conf) are still
-    checked by C(pfctl -n) without being loaded.
+  - In check mode the anchor and the main ruleset are still checked by C(pfctl -n) without being loaded.
   - The module compares the live anchor (C(pfctl -a com.vpnguard.killswitch -s rules) and its tables)
     with what it last loaded and with the rendered policy; an anchor edited behind its back is drift
     and is reloaded.
   - Quick rules evaluated before the anchor (earlier in C(/etc/pf.conf)) still decide first.
-  - macOS software updates may restore C(/etc/pf.conf); the next run puts the block back and reports
-    the change.
+  - macOS software updates may restore C(/etc/pf.conf); the watchdog keeps loading the collection's own
+    ruleset, and the next run puts the block back and reports it as drift.
+  - Reloading the main ruleset (the watchdog, or any C(pfctl -f /etc/pf.conf)) unhooks anchors that other
+    VPN clients (Mullvad, IVPN) insert at run time; such anchors are reported in RV(drift) and warned about.
 seealso:
   - name: pf.conf(5)
     description: The PF rule syntax.
@@ -198,6 +239,12 @@ live_rules:
   description: The anchor's rules as PF reported them before this run (C(pfctl -s rules)), empty when none.
   returned: always
   type: str
+drift:
+  description: How the host differed from the policy before this run, in words an audit can report.
+  returned: when O(state=present)
+  type: list
+  elements: str
+  sample: ['PF is disabled', 'PF enable reference (token) of the kill switch is missing']
 changed_files:
   description: Files written, changed or removed by this run.
   returned: always
@@ -212,8 +259,12 @@ summary:
     anchor: com.vpnguard.killswitch
     anchor_changed: true
     pf_conf_changed: true
-    pf_enabled: true
+    main_ruleset_changed: true
+    pf_enabled: false
+    token_held: false
     persist_changed: false
+    foreign_anchors: []
+    nat_pass: []
     tunnel_interfaces: [utun4]
     endpoints: 1
     dns_servers: 1
