@@ -167,7 +167,7 @@ class Ruleset:
             elif token == 'icmp6-type':
                 f['icmp6'] = [int(t) for t in items()]
             elif token in ('user', 'group'):
-                f[token] = int(take())
+                f[token] = [int(t) for t in items()]
             elif token == 'flags':
                 f['flags'] = take()
             elif token in ('keep', 'no'):
@@ -213,9 +213,9 @@ class Ruleset:
                 return False
         if rule.icmp6 is not None and (p.proto != 'icmp6' or p.icmp_type not in rule.icmp6):
             return False
-        if rule.user is not None and (p.proto not in ('tcp', 'udp') or p.uid != rule.user):
+        if rule.user is not None and (p.proto not in ('tcp', 'udp') or p.uid not in rule.user):
             return False
-        if rule.group is not None and (p.proto not in ('tcp', 'udp') or p.gid != rule.group):
+        if rule.group is not None and (p.proto not in ('tcp', 'udp') or p.gid not in rule.group):
             return False
         if rule.flags not in (None, 'any') and p.proto == 'tcp':
             want, mask = rule.flags.split('/')

@@ -341,3 +341,44 @@ def test_issue12_point8_utun_wildcard_and_gid_exceptions_warn(mac):
     assert 'utun* trusts every utun interface' in warnings and 'effective (primary) group' in warnings
     refused = run(mac, **with_(exceptions=[{'gid': 20}]))
     assert refused['failed'] and refused['setting'] == 'exceptions[0].gid'
+
+
+@pytest.fixture
+def wireguard_app(mac, monkeypatch):
+    """The App Store WireGuard app installed, with uid 501 logged in."""
+    app = mac.tmp / 'Applications' / 'WireGuard.app'
+    app.mkdir(parents=True)
+    monkeypatch.setattr(pf, 'WIREGUARD_APP', str(app), raising=False)
+    monkeypatch.setattr(pf_killswitch, 'console_uid', lambda: 501, raising=False)
+    return mac
+
+
+def test_issue12_point7_a_policy_the_wireguard_app_cannot_use_is_refused_naming_the_setting(wireguard_app):
+    mac = wireguard_app
+    before = host_files(mac)
+    result = run(mac, **POLICY)
+    assert result.get('failed'), 'the tunnel of the WireGuard app would silently never come up'
+    assert result['setting'] == 'endpoint_users' and 'killswitch_pf_endpoint_users' in result['msg']
+    assert host_files(mac) == before and mac.calls == []
+
+
+def test_issue12_point7_the_documented_setting_lets_the_wireguard_app_through_and_no_one_else(wireguard_app):
+    mac = wireguard_app
+    result = run(mac, endpoint_users=['0', 'console'], **POLICY)
+    assert not result.get('failed'), result
+    assert 'user { 0 501 }' in result['ruleset']
+    out = packet('out', iface='en0', proto='udp', dst='203.0.113.1', sport=51000, dport=51820)
+    assert mac.send(out._replace(uid=501)) and mac.send(out._replace(uid=0, sport=51001))
+    assert not mac.send(out._replace(uid=502, sport=51002))
+
+
+def test_issue12_point7_openvpn_dropping_to_nobody_is_found_in_its_config(mac, monkeypatch):
+    config = mac.tmp / 'openvpn' / 'client.conf'
+    config.parent.mkdir()
+    config.write_text('client\nremote 203.0.113.1 51820\nuser nobody\ngroup nobody\n')
+    monkeypatch.setattr(pf, 'OPENVPN_CONFIGS', (str(mac.tmp / 'openvpn' / '*.conf'),), raising=False)
+    monkeypatch.setattr(pf_killswitch, 'uid_of', lambda name: 4294967294 if name == 'nobody' else None, raising=False)
+    refused = run(mac, **POLICY)
+    assert refused.get('failed') and refused['setting'] == 'endpoint_users' and 'user nobody' in refused['msg']
+    assert not run(mac, endpoint_users=['0', '4294967294'], **POLICY).get('failed')
+    assert not run(mac, **with_(restrict_endpoints_to_tunnel=False)).get('failed')
