@@ -111,8 +111,12 @@ def _by_service(entries, address):
     return sorted(groups.items())
 
 
-def render(policy, units=WILDCARD_UNITS):
-    """The anchor's rules as pfctl(8) input text."""
+def render(policy, units=WILDCARD_UNITS, endpoint_users=(0,)):
+    """The anchor's rules as pfctl(8) input text.
+
+    endpoint_users: the uids whose sockets may reach the endpoints when the
+    policy restricts them (the VPN client's; see endpoint_user_preflight()).
+    """
     tunnels = tunnel_names(policy, units)
     for i, exception in enumerate(policy.exceptions):
         if exception.selector not in ('uid', 'gid'):
@@ -151,10 +155,12 @@ def render(policy, units=WILDCARD_UNITS):
         rules += ['# DNS-over-HTTPS resolvers only through the tunnel, whatever is passed below.',
                   'block drop out quick to <vpnguard_doh>']
     if endpoints:
-        # uid 0: the VPN daemon; no other process may use the endpoint to get round the tunnel.
-        owner = ' user 0' if policy.restrict_endpoints_to_tunnel else ''
+        # The VPN client's sockets only; no other process may use the endpoint to get round the tunnel.
+        users = sorted(set(endpoint_users))
+        owner = ' user %s' % _list(users) if policy.restrict_endpoints_to_tunnel else ''
         rules.append('# The VPN servers, exactly: address, port and protocol%s.'
-                     % (', for root\'s sockets only' if owner else ''))
+                     % ((', for root\'s sockets only' if users == [0] else ', for the VPN client\'s sockets only')
+                        if owner else ''))
         for protocol, port in (service for service, addresses in endpoints):
             table = '<vpnguard_endpoint_%s_%d>' % (protocol, port)
             flags = ' ' + FLAGS_ANY if protocol == 'tcp' else ''
@@ -431,3 +437,94 @@ def state_summary(policy, units=WILDCARD_UNITS):
         udp_management=sorted(str(m.network) for m in policy.management if m.protocol == 'udp'),
         owners=sorted('%s %d' % (e.selector, e.value) for e in policy.exceptions),
     )
+
+
+# Commit-confirmed: a launchd job of its own restores the previous anchor unless confirmed in time.
+CONFIRM_LABEL = ANCHOR + '.confirm'
+CONFIRM_PLIST = '/Library/LaunchDaemons/%s.plist' % CONFIRM_LABEL
+CONFIRM_SCRIPT = OWN_DIR + '/confirm-rollback.sh'
+CONFIRM_PREVIOUS = OWN_DIR + '/confirm-previous.anchor'
+
+
+def confirm_plist(timeout):
+    """A LaunchDaemon that runs the rollback script once, which waits timeout seconds first.
+
+    It is in /Library/LaunchDaemons, so a reboot before the confirmation runs it
+    again at boot: an unconfirmed change is never kept.
+    """
+    return ''.join([
+        '<?xml version="1.0" encoding="UTF-8"?>\n',
+        '<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">\n',
+        '<!-- vpnguard.killswitch: managed by Ansible; restores the previous kill switch unless confirmed -->\n',
+        '<plist version="1.0">\n<dict>\n',
+        '\t<key>Label</key>\n\t<string>%s</string>\n' % CONFIRM_LABEL,
+        '\t<key>ProgramArguments</key>\n\t<array>\n',
+        '\t\t<string>/bin/sh</string>\n\t\t<string>%s</string>\n\t\t<string>%d</string>\n' % (CONFIRM_SCRIPT, timeout),
+        '\t</array>\n',
+        '\t<key>RunAtLoad</key>\n\t<true/>\n',
+        '</dict>\n</plist>\n',
+    ])
+
+
+def confirm_script():
+    """/bin/sh: after $1 seconds, the previous anchor back in its file and in PF, then the job removes itself.
+
+    The anchor file is restored too, so that the watchdog and the boot load the
+    previous policy, not the unconfirmed one. With no previous anchor (the
+    first apply), the anchor is emptied: the host had no kill switch.
+    """
+    return '''#!/bin/sh
+# vpnguard.killswitch commit-confirmed rollback: managed by Ansible.
+sleep "${1:-0}"
+if [ -f %(previous)s ]; then
+    cp %(previous)s %(anchor_file)s.new && mv %(anchor_file)s.new %(anchor_file)s
+else
+    : > %(anchor_file)s
+fi
+%(pfctl)s -a %(anchor)s -f %(anchor_file)s
+rm -f %(previous)s %(plist)s %(script)s
+%(launchctl)s bootout system/%(label)s
+''' % dict(previous=CONFIRM_PREVIOUS, anchor_file=ANCHOR_FILE, pfctl=PFCTL, anchor=ANCHOR, plist=CONFIRM_PLIST,
+           script=CONFIRM_SCRIPT, launchctl=LAUNCHCTL, label=CONFIRM_LABEL)
+
+
+# Where Mac VPN clients keep what tells which user their endpoint socket belongs to.
+WIREGUARD_APP = '/Applications/WireGuard.app'
+CONSOLE = '/dev/console'
+OPENVPN_CONFIGS = ('/Library/Application Support/Tunnelblick/Shared/*.tblk/Contents/Resources/config.ovpn',
+                   '/etc/openvpn/*.conf', '/usr/local/etc/openvpn/*.conf', '/opt/homebrew/etc/openvpn/*.conf')
+_OPENVPN_USER_RE = re.compile(r'^\s*user\s+(\S+)', re.MULTILINE)
+
+
+def endpoint_users_needed(read_text, exists, glob, console_uid, uid_of):
+    """(client, uid) pairs the Mac's VPN clients open their endpoint sockets as, besides root.
+
+    - The App Store WireGuard app: its Network Extension runs as the logged-in
+      user, the owner of /dev/console.
+    - OpenVPN (Tunnelblick, Homebrew) with `user NAME`: it drops root after
+      connecting and opens its socket again as NAME on every reconnect.
+    - The built-in IKEv2 client and Tunnelblick/OpenVPN without `user` run as root.
+    The host functions are passed in, so that the preflight runs the same in tests.
+    """
+    needed = []
+    if exists(WIREGUARD_APP):
+        needed.append(('the WireGuard app (its Network Extension runs as the logged-in user)', console_uid()))
+    for pattern in OPENVPN_CONFIGS:
+        for path in sorted(glob(pattern)):
+            for name in _OPENVPN_USER_RE.findall(read_text(path) or ''):
+                uid = uid_of(name)
+                if uid is not None:
+                    needed.append(('OpenVPN (%s: user %s)' % (path, name), uid))
+    return needed
+
+
+def endpoint_user_preflight(policy, users, needed):
+    """Refuse, naming endpoint_users, an endpoint restriction the host's VPN client could not get through."""
+    if not policy.endpoints or not policy.restrict_endpoints_to_tunnel:
+        return
+    for client, uid in needed:
+        if uid not in users:
+            raise PolicyError('endpoint_users', '%s opens its endpoint socket as uid %d, which %s does not include, '
+                              'so the tunnel could not come up; add %d (role: killswitch_pf_endpoint_users), or set '
+                              'restrict_endpoints_to_tunnel to false (any process may then reach the endpoint)'
+                              % (client, uid, sorted(users), uid))

@@ -155,9 +155,26 @@ options:
         type: int
   restrict_endpoints_to_tunnel:
     description:
-      - Pass traffic to the endpoints only from root's sockets (PF C(user 0)), so that no other process
-        can use the endpoint to send data around the tunnel. Turn off for a VPN client whose tunnel runs
-        as another user, such as a Network Extension of an app.
+      - Pass traffic to the endpoints only from the sockets of O(endpoint_users) (PF C(user)), so that no
+        other process can use the endpoint to send data around the tunnel.
+    type: bool
+    default: true
+  endpoint_users:
+    description:
+      - The users whose sockets may reach the endpoints when O(restrict_endpoints_to_tunnel=true), as uids
+        or V(console) (the logged-in user, the owner of C(/dev/console) when the module runs).
+      - Per client. The built-in IKEv2 client and Tunnelblick or OpenVPN running as root, V([0]). OpenVPN
+        with C(user nobody) opens its socket again as nobody on every reconnect, V([0, 4294967294]).
+        The App Store WireGuard app, whose Network Extension runs as the logged-in user, V([0, console]);
+        on a Mac several people log in to, list their uids.
+    type: list
+    elements: str
+    default: ['0']
+  endpoint_preflight:
+    description:
+      - Before anything is changed, look for the Mac's VPN clients (C(/Applications/WireGuard.app), the
+        C(user) line of Tunnelblick's and OpenVPN's configurations) and refuse, naming O(endpoint_users),
+        a restriction that would keep their tunnel from coming up.
     type: bool
     default: true
   persist:
@@ -171,6 +188,20 @@ options:
     description: Seconds between two runs of the watchdog (launchd C(StartInterval)), from 10 to 3600.
     type: int
     default: 60
+  confirm_timeout:
+    description:
+      - Commit-confirmed. When the run changes the anchor, first start a launchd job
+        (C(com.vpnguard.killswitch.confirm)) that restores the previous anchor after this many seconds,
+        in PF and in its file, unless a later task confirms with O(confirm=true) over a fresh connection.
+        A reboot before the confirmation runs it too. V(0) turns it off.
+      - While a change is unconfirmed, a further change keeps the rollback to the last confirmed anchor.
+    type: int
+    default: 0
+  confirm:
+    description:
+      - Confirm the pending change (stop the rollback job); every other option is ignored.
+    type: bool
+    default: false
   state_dir:
     description: Where the module records what it applied and its PF enable token.
     type: path
@@ -239,6 +270,14 @@ live_rules:
   description: The anchor's rules as PF reported them before this run (C(pfctl -s rules)), empty when none.
   returned: always
   type: str
+confirm_pending:
+  description: Whether a commit-confirmed rollback job is waiting on the host after this run.
+  returned: when O(state=present)
+  type: bool
+confirmed:
+  description: Whether O(confirm=true) stopped a pending rollback.
+  returned: when O(confirm=true)
+  type: bool
 drift:
   description: How the host differed from the policy before this run, in words an audit can report.
   returned: when O(state=present)
@@ -273,14 +312,16 @@ summary:
     exceptions: 0
 '''
 
+import glob
 import os
+import pwd
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import file_snapshot, pf
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
-    POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
+    ID_MAX, POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
 
 STATE_FILE = 'pf_killswitch.json'
 
@@ -325,6 +366,43 @@ class Pfctl:
             os.remove(path)
 
 
+def endpoint_users(module):
+    """The uids of endpoint_users, `console` being the logged-in user's (the owner of /dev/console)."""
+    users = []
+    for i, value in enumerate(module.params['endpoint_users']):
+        value = str(value).strip()
+        if value == 'console':
+            users.append(console_uid())
+        elif value.isdigit() and int(value) <= ID_MAX:
+            users.append(int(value))
+        else:
+            raise PolicyError('endpoint_users[%d]' % i, '%r is neither a uid nor console' % value)
+    if not users:
+        raise PolicyError('endpoint_users', 'name at least one uid (0 for a VPN client running as root)')
+    return users
+
+
+def console_uid():
+    try:
+        return os.stat(pf.CONSOLE).st_uid
+    except OSError:
+        return 0
+
+
+def uid_of(name):
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return int(name) if name.isdigit() else None
+
+
+def preflight(module, policy):
+    """Refuse an endpoint restriction this Mac's VPN client could not use, before anything is touched."""
+    if module.params['endpoint_preflight']:
+        needed = pf.endpoint_users_needed(file_snapshot.read_text, os.path.exists, glob.glob, console_uid, uid_of)
+        pf.endpoint_user_preflight(policy, endpoint_users(module), needed)
+
+
 def validate(module):
     params = module.params
     try:
@@ -333,7 +411,8 @@ def validate(module):
             raise PolicyError('wildcard_units', 'must be between 1 and 256')
         if not 10 <= params['watchdog_interval'] <= 3600:
             raise PolicyError('watchdog_interval', 'must be between 10 and 3600 seconds')
-        ruleset = pf.render(policy, params['wildcard_units'])
+        users = endpoint_users(module)
+        ruleset = pf.render(policy, params['wildcard_units'], users)
     except PolicyError as e:
         module.fail_json(msg='Invalid kill switch policy, nothing was changed: %s' % e, setting=e.setting)
     return policy, ruleset
@@ -341,6 +420,26 @@ def validate(module):
 
 def file_diff(path, before, after):
     return dict(before_header=path, after_header=path, before=before or '', after=after or '')
+
+
+def arm_confirm(pfctl, previous, timeout):
+    """Start the rollback job before the change. A pending one keeps its previous anchor: the last confirmed."""
+    if os.path.exists(pf.CONFIRM_PLIST):
+        pfctl.query([pf.LAUNCHCTL, 'bootout', 'system/%s' % pf.CONFIRM_LABEL])
+    else:
+        file_snapshot.sync({pf.CONFIRM_PREVIOUS: previous}, False)
+    file_snapshot.sync({pf.CONFIRM_SCRIPT: pf.confirm_script(), pf.CONFIRM_PLIST: pf.confirm_plist(timeout)}, False)
+    pfctl.run([pf.LAUNCHCTL, 'bootstrap', 'system', pf.CONFIRM_PLIST], 'launchctl failed to start the rollback timer')
+
+
+def disarm_confirm(pfctl):
+    """The controller reached the host again: stop the rollback job and forget the previous anchor."""
+    pending = os.path.exists(pf.CONFIRM_PLIST)
+    pfctl.query([pf.LAUNCHCTL, 'bootout', 'system/%s' % pf.CONFIRM_LABEL])
+    for path in (pf.CONFIRM_PLIST, pf.CONFIRM_SCRIPT, pf.CONFIRM_PREVIOUS):
+        if os.path.lexists(path):
+            os.remove(path)
+    return pending
 
 
 def release_token(pfctl, token):
@@ -419,6 +518,9 @@ def present(module, policy, ruleset, pfctl, state_path):
     job_changed = bool(set(changed_files) & {pf.LAUNCHD_PLIST, pf.WATCHDOG_SCRIPT})
     states = pf.state_summary(policy, params['wildcard_units'])
 
+    confirm = params['confirm_timeout'] > 0 and not anchor_in_sync
+    if confirm and not module.check_mode:
+        arm_confirm(pfctl, anchor_file if live else None, params['confirm_timeout'])
     if not module.check_mode:
         file_snapshot.sync(files, False, own_directory=pf.OWN_DIR)
         if wanted_conf != pf_conf:
@@ -457,7 +559,7 @@ def present(module, policy, ruleset, pfctl, state_path):
 
     changed = bool(not anchor_in_sync or not main_in_sync or not token_held or changed_files)
     return dict(
-        changed=changed, ruleset=ruleset, live_rules=live, changed_files=changed_files, diff=diff, drift=drift,
+        changed=changed, ruleset=ruleset, confirm_pending=os.path.exists(pf.CONFIRM_PLIST), live_rules=live, changed_files=changed_files, diff=diff, drift=drift,
         summary=dict(
             anchor=pf.ANCHOR, anchor_changed=not anchor_in_sync, pf_conf_changed=wanted_conf != pf_conf,
             main_ruleset_changed=not main_in_sync, pf_enabled=seen['enabled'], token_held=token_held,
@@ -477,7 +579,8 @@ def absent(module, pfctl, state_path):
     wanted_conf = pf.without_hook(pf_conf) if pf_conf is not None else None
     token_path = os.path.join(state_dir, pf.WATCHDOG_TOKEN)
     paths = [p for p in (pf.ANCHOR_FILE, pf.LAUNCHD_PLIST, pf.WATCHDOG_SCRIPT, pf.RULESET_FILE, pf.FALLBACK_FILE,
-                         token_path, state_path) if os.path.lexists(p)]
+                         pf.CONFIRM_PLIST, pf.CONFIRM_SCRIPT, pf.CONFIRM_PREVIOUS, token_path, state_path)
+             if os.path.lexists(p)]
     # Every reference we took: the module's and the watchdog's (at boot, after `pfctl -d`).
     tokens = [t for t in (saved.get('token'), seen['watchdog_token']) if t and t in seen['references']]
     changed_files = paths + ([pf.PF_CONF] if wanted_conf != pf_conf else [])
@@ -488,8 +591,9 @@ def absent(module, pfctl, state_path):
         diff.append(file_diff('pfctl -a %s -s rules (live)' % pf.ANCHOR, live, ''))
     changed = bool(live or changed_files or tokens or seen['main_references'])
     if changed and not module.check_mode:
-        # The watchdog first, or it puts back what is taken away here.
+        # The watchdog and a pending rollback first, or they put back what is taken away here.
         pfctl.query(pf.launchd_argvs(False)[0])
+        pfctl.query([pf.LAUNCHCTL, 'bootout', 'system/%s' % pf.CONFIRM_LABEL])
         if wanted_conf != pf_conf:
             pfctl.check_text(wanted_conf, pf.load_conf_argv)
             file_snapshot.write_text(pf.PF_CONF, wanted_conf)
@@ -515,15 +619,32 @@ def main():
             restrict_endpoints_to_tunnel=dict(type='bool', default=True),
             persist=dict(type='bool', default=False),
             watchdog_interval=dict(type='int', default=pf.WATCHDOG_INTERVAL),
+            endpoint_users=dict(type='list', elements='str', default=['0']),
+            endpoint_preflight=dict(type='bool', default=True),
+            confirm_timeout=dict(type='int', default=0),
+            confirm=dict(type='bool', default=False),
             state_dir=dict(type='path', default='/var/db/vpnguard-killswitch'),
             **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int')))
         ),
         supports_check_mode=True,
     )
+    if module.params['confirm']:
+        confirmed = os.path.exists(pf.CONFIRM_PLIST)
+        if confirmed and not module.check_mode:
+            disarm_confirm(Pfctl(module))
+        module.exit_json(changed=confirmed, confirmed=confirmed, confirm_pending=False)
+    if module.params['confirm_timeout'] < 0:
+        module.fail_json(msg='confirm_timeout: must be 0 (off) or a number of seconds', setting='confirm_timeout')
     # Bad input fails before anything on the host is read or run.
     policy, ruleset = validate(module) if module.params['state'] == 'present' else (None, None)
     if not os.path.exists(pf.PFCTL):
         module.fail_json(msg='%s not found: pf_killswitch runs on macOS only' % pf.PFCTL)
+    if policy:
+        try:
+            preflight(module, policy)
+        except PolicyError as e:
+            module.fail_json(msg='The VPN client on this host could not use the policy, nothing was changed: %s' % e,
+                             setting=e.setting)
     pfctl = Pfctl(module)
     state_path = os.path.join(module.params['state_dir'], STATE_FILE)
     try:

@@ -230,7 +230,10 @@ class FakePf:
 def main(argv):
     state = os.environ['FAKE_PF_STATE']
     fake = FakePf.load(state)
-    rc, out, err = fake(['/sbin/pfctl'] + argv)
+    if argv[:1] == ['--launchctl']:
+        rc, out, err = fake(['/bin/launchctl'] + argv[1:])
+    else:
+        rc, out, err = fake(['/sbin/pfctl'] + argv)
     fake.save(state)
     sys.stdout.write(out)
     sys.stderr.write(err)

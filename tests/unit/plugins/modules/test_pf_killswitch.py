@@ -66,6 +66,12 @@ def mac(tmp_path, monkeypatch):
     (bin_dir / 'pfctl').write_text('#!/bin/sh\nexec %s %s "$@"\n' % (sys.executable, fake_pfctl.__file__))
     (bin_dir / 'pfctl').chmod(0o755)
     monkeypatch.setattr(pf, 'PFCTL', str(bin_dir / 'pfctl'))
+    (bin_dir / 'launchctl').write_text('#!/bin/sh\nexec %s %s --launchctl "$@"\n' % (sys.executable, fake_pfctl.__file__))
+    (bin_dir / 'launchctl').chmod(0o755)
+    monkeypatch.setattr(pf, 'LAUNCHCTL', str(bin_dir / 'launchctl'), raising=False)
+    monkeypatch.setattr(pf, 'CONFIRM_PLIST', str(daemons / 'com.vpnguard.killswitch.confirm.plist'), raising=False)
+    monkeypatch.setattr(pf, 'CONFIRM_SCRIPT', str(own / 'confirm-rollback.sh'), raising=False)
+    monkeypatch.setattr(pf, 'CONFIRM_PREVIOUS', str(own / 'confirm-previous.anchor'), raising=False)
     fake = FakePf()
     monkeypatch.setattr(basic.AnsibleModule, 'run_command', lambda self, argv, **kw: fake(argv))
     monkeypatch.setattr(basic.AnsibleModule, 'exit_json', exit_json)
@@ -209,10 +215,15 @@ def test_a_load_that_fails_leaves_the_previous_anchor(mac):
 OUT_EN0 = packet('out', iface='en0', dst='198.51.100.7', dport=443, uid=501)
 
 
-def run_job(mac, plist_path):
-    """What launchd runs for a LaunchDaemon: its ProgramArguments, a script under a real /bin/sh."""
+def run_job(mac, plist_path, now=False):
+    """What launchd runs for a LaunchDaemon: its ProgramArguments, a script under a real /bin/sh.
+
+    now: the time the job waits for has passed (its last argument, seconds, becomes 0).
+    """
     with open(plist_path, 'rb') as f:
         argv = plistlib.load(f)['ProgramArguments']
+    if now:
+        argv = argv[:-1] + ['0']
     if argv[0] != '/bin/sh':
         return mac(argv)
     state = str(mac.tmp / 'fake-pf.pickle')
@@ -382,3 +393,28 @@ def test_issue12_point7_openvpn_dropping_to_nobody_is_found_in_its_config(mac, m
     assert refused.get('failed') and refused['setting'] == 'endpoint_users' and 'user nobody' in refused['msg']
     assert not run(mac, endpoint_users=['0', '4294967294'], **POLICY).get('failed')
     assert not run(mac, **with_(restrict_endpoints_to_tunnel=False)).get('failed')
+
+
+
+def test_issue12_commit_confirmed_arms_a_launchd_rollback_that_confirm_stops(mac):
+    run(mac, **POLICY)
+    result = run(mac, confirm_timeout=60, **with_(allow_lan=True))
+    assert result['changed'] and result['confirm_pending']
+    assert pf.CONFIRM_LABEL in mac.jobs
+    assert b'<integer>' not in open(pf.CONFIRM_PLIST, 'rb').read() and '<string>60</string>' in open(pf.CONFIRM_PLIST).read()
+    confirmed = run(mac, confirm=True)
+    assert confirmed['changed'] and confirmed['confirmed']
+    assert pf.CONFIRM_LABEL not in mac.jobs and not os.path.exists(pf.CONFIRM_PLIST)
+    assert not run(mac, confirm=True)['changed']
+    assert not run(mac, confirm_timeout=60, **with_(allow_lan=True))['changed'], 'no change, no timer'
+
+
+def test_issue12_commit_confirmed_an_unconfirmed_change_is_rolled_back_by_the_job(mac):
+    previous = run(mac, **POLICY)['ruleset']
+    listing = list(mac.anchors[pf.ANCHOR][0])
+    run(mac, confirm_timeout=60, **with_(allow_lan=True))
+    run(mac, confirm_timeout=60, **with_(allow_lan=True, doh_servers=['198.51.100.9']))  # keeps the first rollback
+    assert any('<vpnguard_lan>' in r for r in mac.anchors[pf.ANCHOR][0])
+    run_job(mac, pf.CONFIRM_PLIST, now=True)  # the controller never confirmed
+    assert mac.anchors[pf.ANCHOR][0] == listing and open(pf.ANCHOR_FILE).read() == previous
+    assert pf.CONFIRM_LABEL not in mac.jobs and not os.path.exists(pf.CONFIRM_PLIST)
