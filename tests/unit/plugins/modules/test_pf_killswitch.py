@@ -72,6 +72,10 @@ def mac(tmp_path, monkeypatch):
     monkeypatch.setattr(pf, 'CONFIRM_PLIST', str(daemons / 'com.vpnguard.killswitch.confirm.plist'), raising=False)
     monkeypatch.setattr(pf, 'CONFIRM_SCRIPT', str(own / 'confirm-rollback.sh'), raising=False)
     monkeypatch.setattr(pf, 'CONFIRM_PREVIOUS', str(own / 'confirm-previous.anchor'), raising=False)
+    for name in ('PF_CONF', 'ANCHOR_FILE', 'LAUNCHD_PLIST', 'OWN_DIR', 'RULESET_FILE', 'FALLBACK_FILE',
+                 'WATCHDOG_SCRIPT', 'CONFIRM_PLIST', 'CONFIRM_SCRIPT', 'CONFIRM_PREVIOUS'):
+        # Every host path the module writes must be moved here: these tests run as root.
+        assert not hasattr(pf, name) or getattr(pf, name).startswith(str(tmp_path)), name
     fake = FakePf()
     monkeypatch.setattr(basic.AnsibleModule, 'run_command', lambda self, argv, **kw: fake(argv))
     monkeypatch.setattr(basic.AnsibleModule, 'exit_json', exit_json)
