@@ -168,6 +168,19 @@ class Checker:
             self.fail('empty list')
         return out
 
+    def enclosed(self, opening, closing):
+        """The tokens between opening and closing, commas dropped."""
+        self.take(opening)
+        out = []
+        while self.peek() != closing:
+            if self.peek() is None:
+                self.fail('unclosed %s' % opening)
+            token = self.take()
+            if token != ',':
+                out.append(token)
+        self.take(closing)
+        return out
+
     def number(self, low, high, what):
         token = self.take()
         if not re.match(r'^\d+$', token) or not low <= int(token) <= high:
@@ -192,15 +205,9 @@ class Checker:
         while self.peek() in ('const', 'persist', 'counters'):
             self.take()
         if self.peek() == '{':
-            self.take('{')
-            while self.peek() != '}':
-                if self.peek() is None:
-                    self.fail('unclosed {')
-                token = self.take()
-                if token in (',', '!'):
-                    continue
-                self._address(token)
-            self.take('}')
+            for token in self.enclosed('{', '}'):
+                if token != '!':
+                    self._address(token)
         elif self.peek() == 'file':
             self.take()
             self.quoted()
@@ -353,14 +360,9 @@ class Checker:
                 self.take('state')
                 rule['state'] = 'keep'
                 if self.peek() == '(':
-                    self.take('(')
-                    while self.peek() != ')':
-                        if self.peek() is None:
-                            self.fail('unclosed (')
-                        token = self.take()
-                        if token != ',' and token not in STATE_OPTIONS:
+                    for token in self.enclosed('(', ')'):
+                        if token not in STATE_OPTIONS:
                             self.fail('unknown state option %r' % token)
-                    self.take(')')
             elif option == 'no':
                 self.take('state')
                 rule['state'] = 'no'
