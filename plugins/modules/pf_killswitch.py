@@ -559,7 +559,8 @@ def present(module, policy, ruleset, pfctl, state_path):
 
     changed = bool(not anchor_in_sync or not main_in_sync or not token_held or changed_files)
     return dict(
-        changed=changed, ruleset=ruleset, confirm_pending=os.path.exists(pf.CONFIRM_PLIST), live_rules=live, changed_files=changed_files, diff=diff, drift=drift,
+        changed=changed, ruleset=ruleset, confirm_pending=os.path.exists(pf.CONFIRM_PLIST), live_rules=live,
+        changed_files=changed_files, diff=diff, drift=drift,
         summary=dict(
             anchor=pf.ANCHOR, anchor_changed=not anchor_in_sync, pf_conf_changed=wanted_conf != pf_conf,
             main_ruleset_changed=not main_in_sync, pf_enabled=seen['enabled'], token_held=token_held,

@@ -50,8 +50,8 @@ class Unsupported(ValueError):
     pass
 
 
-Rule = namedtuple('Rule', 'action direction quick ifaces af protos src sport dst dport icmp6 user group flags state '
-                         'if_bound text')
+Rule = namedtuple('Rule', ('action direction quick ifaces af protos src sport dst dport icmp6 user group flags state '
+                           'if_bound text'))
 
 
 def _tokens(line):

@@ -19,8 +19,8 @@ FULL = {'tunnel_interfaces': ['utun*', 'ipsec0'], 'allow_lan': True,
         'exceptions': [{'uid': 501}, {'gid': 100}]}
 
 
-def policy(raw=FULL):
-    return parse_policy(raw, system='Darwin')
+def policy(raw=None):
+    return parse_policy(raw or FULL, system='Darwin')
 
 
 def test_the_anchor_parses():

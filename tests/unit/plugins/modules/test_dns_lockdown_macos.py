@@ -62,8 +62,8 @@ class FakeScutil:
         others = [v for k, v in sorted(self.store.items()) if k != getattr(self, 'primary', None)]
         out = 'DNS configuration\n\n'
         for n, resolver in enumerate([primary] + others, 1):
-            out += 'resolver #%d\n' % n + ''.join('  nameserver[%d] : %s\n' % (i, a) for i, a in
-                                                   enumerate(resolver.get('ServerAddresses', []))) + '\n'
+            servers = enumerate(resolver.get('ServerAddresses', []))
+            out += 'resolver #%d\n' % n + ''.join('  nameserver[%d] : %s\n' % (i, a) for i, a in servers) + '\n'
         return out
 
     def show(self, key):

@@ -232,7 +232,7 @@ def run_job(mac, plist_path, now=False):
         return mac(argv)
     state = str(mac.tmp / 'fake-pf.pickle')
     mac.save(state)
-    done = subprocess.run(['sh'] + argv[1:], env=dict(os.environ, FAKE_PF_STATE=state),
+    done = subprocess.run(['sh'] + argv[1:], env=dict(os.environ, FAKE_PF_STATE=state), check=False,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     mac.__dict__.update(FakePf.load(state).__dict__)
     return done.returncode, done.stdout.decode(), done.stderr.decode()
@@ -397,7 +397,6 @@ def test_issue12_point7_openvpn_dropping_to_nobody_is_found_in_its_config(mac, m
     assert refused.get('failed') and refused['setting'] == 'endpoint_users' and 'user nobody' in refused['msg']
     assert not run(mac, endpoint_users=['0', '4294967294'], **POLICY).get('failed')
     assert not run(mac, **with_(restrict_endpoints_to_tunnel=False)).get('failed')
-
 
 
 def test_issue12_commit_confirmed_arms_a_launchd_rollback_that_confirm_stops(mac):
