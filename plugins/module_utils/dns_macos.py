@@ -34,7 +34,9 @@ ORDER = 1
 MANIFEST = 'dns-macos.json'
 BOOT_SCRIPT = '/etc/vpnguard-killswitch/dns.sh'
 BOOT_INTERVAL = 30
-SERVICE_PATTERN = 'State:/Network/Service/[^/]+/DNS'
+# A service's DNS from DHCP (State:) and as set by hand in System Settings (Setup:, which
+# configd prefers when it has servers); Mullvad's talpid-core watches and sets both.
+SERVICE_PATTERNS = ('State:/Network/Service/[^/]+/DNS', 'Setup:/Network/Service/[^/]+/DNS')
 BOOT_LABEL = 'com.vpnguard.killswitch.dns'
 BOOT_PLIST = '/Library/LaunchDaemons/%s.plist' % BOOT_LABEL
 # mDNSResponder keeps answers it got from the old resolvers until told.
@@ -106,12 +108,12 @@ def parse_show(text):
 
 
 def list_script():
-    return 'list %s\nquit\n' % SERVICE_PATTERN
+    return ''.join('list %s\n' % pattern for pattern in SERVICE_PATTERNS) + 'quit\n'
 
 
 def parse_list(text):
     """The keys `scutil` `list` prints (  subKey [0] = State:/...), ours left out."""
-    keys = re.findall(r'=\s*(State:/Network/Service/[^/\s]+/DNS)\s*$', text or '', re.MULTILINE)
+    keys = re.findall(r'=\s*((?:State|Setup):/Network/Service/[^/\s]+/DNS)\s*$', text or '', re.MULTILINE)
     return sorted(k for k in set(keys) if k != KEY)
 
 
@@ -139,12 +141,12 @@ def boot_shell(servers):
     return '''#!/bin/sh
 # vpnguard.killswitch: managed by Ansible; the tunnel's resolvers on every resolver path.
 %(set)s
-for key in $(printf 'list %(pattern)s\\nquit\\n' | %(scutil)s | sed -n 's/.*= *\\(State:.*\\/DNS\\)$/\\1/p'); do
+for key in $(printf '%(lists)squit\\n' | %(scutil)s | sed -n 's/.*= *\\(S[a-z]*:.*\\/DNS\\)$/\\1/p'); do
     [ "$key" = %(own)s ] && continue
     printf 'get %%s\\nd.add ServerAddresses * %(servers)s\\nset %%s\\nquit\\n' "$key" "$key" | %(scutil)s
 done
 ''' % dict(set="printf '%s' | %s" % (set_script(desired(addresses)).replace('%', '%%').replace('\n', '\\n'), SCUTIL),
-           pattern=SERVICE_PATTERN, scutil=SCUTIL, own=KEY, servers=' '.join(addresses).replace('%', '%%'))
+           lists=''.join('list %s\\n' % pattern for pattern in SERVICE_PATTERNS), scutil=SCUTIL, own=KEY, servers=' '.join(addresses).replace('%', '%%'))
 
 
 def boot_plist():

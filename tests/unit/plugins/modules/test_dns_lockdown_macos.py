@@ -151,12 +151,14 @@ def test_bad_servers_fail_with_the_setting_before_scutil_runs(mac):
 
 WIFI = 'State:/Network/Service/0A1B-WIFI/DNS'
 ETHERNET = 'State:/Network/Service/2C3D-ETHERNET/DNS'
+ETHERNET_MANUAL = 'Setup:/Network/Service/2C3D-ETHERNET/DNS'
 
 
 def dhcp_host(mac):
     """Two services with resolvers from DHCP, Wi-Fi the primary one; /etc/resolv.conf as configd writes it."""
     mac.store[WIFI] = {'ServerAddresses': ['198.51.100.53'], 'DomainName': 'example.net'}
     mac.store[ETHERNET] = {'ServerAddresses': ['203.0.113.53']}
+    mac.store[ETHERNET_MANUAL] = {'ServerAddresses': ['203.0.113.99']}  # set by hand in System Settings
     mac.primary = WIFI
     (mac.tmp / 'resolv.conf').write_text('nameserver 198.51.100.53\n')
 
@@ -168,6 +170,7 @@ def test_issue12_point5_the_tunnel_resolvers_become_the_primary_resolver_of_ever
     run(mac, servers=['192.0.2.1'])
     assert mac.store[WIFI] == {'ServerAddresses': ['192.0.2.1'], 'DomainName': 'example.net'}
     assert mac.store[ETHERNET]['ServerAddresses'] == ['192.0.2.1']
+    assert mac.store[ETHERNET_MANUAL]['ServerAddresses'] == ['192.0.2.1'], 'a resolver set by hand wins over DHCP\'s'
     after = run(mac, check=True, servers=['192.0.2.1'])
     assert after['primary_resolvers'] == ['192.0.2.1'] and not after['changed']
 
@@ -209,4 +212,5 @@ def test_issue12_point5_the_boot_script_sets_every_service_under_a_real_shell(ma
     result = json.loads(store.read_text())
     assert result[WIFI] == {'ServerAddresses': ['192.0.2.1'], 'DomainName': 'example.net'}
     assert result[ETHERNET] == {'ServerAddresses': ['192.0.2.1']}
+    assert result[ETHERNET_MANUAL] == {'ServerAddresses': ['192.0.2.1']}
     assert result[dns_macos.KEY] == dns_macos.desired(['192.0.2.1'])
