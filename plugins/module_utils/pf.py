@@ -261,7 +261,6 @@ LAUNCHCTL = '/bin/launchctl'
 # /etc/pf.conf, never these.
 OWN_DIR = '/etc/vpnguard-killswitch'
 RULESET_FILE = OWN_DIR + '/pf.conf'
-FALLBACK_FILE = OWN_DIR + '/fallback.conf'
 WATCHDOG_SCRIPT = OWN_DIR + '/watchdog.sh'
 WATCHDOG_TOKEN = 'watchdog.token'
 
@@ -277,20 +276,21 @@ def fallback_ruleset(policy):
     The kill switch must fail closed; management stays so that the host can still be repaired.
     """
     management = _by_service(policy.management, 'network')
-    lines = ['# vpnguard.killswitch: fallback, loaded only when %s fails to load; everything is blocked.'
-             % RULESET_FILE]
+    lines = ['# vpnguard.killswitch: fallback, loaded only when the ruleset fails to load; everything is blocked.']
     lines += [_table('vpnguard_mgmt_%s_%d' % service, networks) for service, networks in management]
     lines += ['pass quick on %s no state' % LOOPBACK] + management_rules(management)
     lines += ['block drop out quick all', 'block drop in quick all']
     return '\n'.join(lines) + '\n'
 
 
-def watchdog_script(state_dir):
+def watchdog_script(state_dir, fallback):
     """/bin/sh, run by launchd at boot, when /etc/pf.conf changes and every WATCHDOG_INTERVAL seconds.
 
     It re-asserts three things and changes nothing that already holds:
     - the main ruleset references our anchor and the anchor has rules, else it
-      loads the private ruleset, or the fallback when that fails; a ruleset is
+      loads the private ruleset, or the fallback (carried in the script itself,
+      from stdin: `pfctl -f -`, so that no damaged or missing file can leave
+      PF without rules) when that fails; a ruleset is
       loaded before PF is enabled, because `pfctl -E -f` enables PF even when
       the file fails to load (fail open);
     - PF holds our own enable reference: any `pfctl -d` stops PF and drops
@@ -308,7 +308,8 @@ anchor=%(anchor)s
 token_file=%(token)s
 if ! "$pfctl" -s rules 2>/dev/null | grep -q "^anchor \\"$anchor\\"" ||
    [ -z "$("$pfctl" -a "$anchor" -s rules 2>/dev/null)" ]; then
-    "$pfctl" -f %(ruleset)s || "$pfctl" -f %(fallback)s
+    "$pfctl" -f %(ruleset)s || "$pfctl" -f - <<'VPNGUARD_FALLBACK'
+%(fallback)sVPNGUARD_FALLBACK
 fi
 token=$(cat "$token_file" 2>/dev/null)
 if [ -z "$token" ] || ! "$pfctl" -s References 2>/dev/null | grep -qw "$token"; then
@@ -316,7 +317,8 @@ if [ -z "$token" ] || ! "$pfctl" -s References 2>/dev/null | grep -qw "$token"; 
     [ -n "$token" ] || exit 1
     mkdir -p "${token_file%%/*}" && printf '%%s\\n' "$token" > "$token_file.new" && mv "$token_file.new" "$token_file"
 fi
-''' % dict(pfctl=PFCTL, anchor=ANCHOR, token=token, ruleset=RULESET_FILE, fallback=FALLBACK_FILE)
+''' % dict(pfctl=PFCTL, anchor=ANCHOR, token=token, ruleset=RULESET_FILE,
+           fallback=fallback.replace('%', '%%'))
 
 
 def launchd_plist(interval=WATCHDOG_INTERVAL):

@@ -42,7 +42,7 @@ description:
     PF still lists one of them.
   - With O(persist=true), a LaunchDaemon runs a watchdog script at boot, whenever C(/etc/pf.conf) changes
     (launchd C(WatchPaths)) and every O(watchdog_interval) seconds. It loads the collection's ruleset when
-    the loaded main ruleset does not reference the anchor or the anchor is empty, and a fallback (loopback
+    the loaded main ruleset does not reference the anchor or the anchor is empty, and a fallback it carries itself (loopback
     and management only) when that fails to load, always before it enables PF; and it takes its own
     enable reference again when PF lost it (C(pfctl -d) by another tool drops every reference).
   - The result's RV(drift) lists what an audit should report (PF disabled, the token missing, the anchor
@@ -504,8 +504,8 @@ def present(module, policy, ruleset, pfctl, state_path):
         # The load anchor line reads the anchor file, which may not be written yet.
         pfctl.check_text(private.replace(pf.ANCHOR_FILE, '/dev/null'), pf.load_conf_argv)
 
-    files = {pf.ANCHOR_FILE: ruleset, pf.RULESET_FILE: private, pf.FALLBACK_FILE: pf.fallback_ruleset(policy),
-             pf.WATCHDOG_SCRIPT: pf.watchdog_script(state_dir) if params['persist'] else None,
+    files = {pf.ANCHOR_FILE: ruleset, pf.RULESET_FILE: private,
+             pf.WATCHDOG_SCRIPT: pf.watchdog_script(state_dir, pf.fallback_ruleset(policy)) if params['persist'] else None,
              pf.LAUNCHD_PLIST: pf.launchd_plist(params['watchdog_interval']) if params['persist'] else None}
     before = dict((path, file_snapshot.read_text(path)) for path in files)
     changed_files = sorted(path for path in files if not file_snapshot.holds(path, files[path]))
@@ -579,7 +579,7 @@ def absent(module, pfctl, state_path):
     pf_conf = file_snapshot.read_text(pf.PF_CONF)
     wanted_conf = pf.without_hook(pf_conf) if pf_conf is not None else None
     token_path = os.path.join(state_dir, pf.WATCHDOG_TOKEN)
-    paths = [p for p in (pf.ANCHOR_FILE, pf.LAUNCHD_PLIST, pf.WATCHDOG_SCRIPT, pf.RULESET_FILE, pf.FALLBACK_FILE,
+    paths = [p for p in (pf.ANCHOR_FILE, pf.LAUNCHD_PLIST, pf.WATCHDOG_SCRIPT, pf.RULESET_FILE,
                          pf.CONFIRM_PLIST, pf.CONFIRM_SCRIPT, pf.CONFIRM_PREVIOUS, token_path, state_path)
              if os.path.lexists(p)]
     # Every reference we took: the module's and the watchdog's (at boot, after `pfctl -d`).

@@ -139,7 +139,8 @@ class FakePf:
         if '-f' in args:
             error = None
             try:
-                text = open(self.host_path(args[args.index('-f') + 1])).read()
+                path = args[args.index('-f') + 1]
+                text = sys.stdin.read() if path == '-' else open(self.host_path(path)).read()
                 if anchor:
                     if check and anchor == OURS:
                         check_grammar(text, main=False)

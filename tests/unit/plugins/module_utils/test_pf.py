@@ -172,10 +172,10 @@ def test_the_watchdog_job_runs_our_script_at_boot_on_pf_conf_changes_and_every_i
 
 
 def test_the_watchdog_script_loads_before_it_enables_and_falls_back_closed():
-    script = pf.watchdog_script('/var/db/vpnguard-killswitch')
+    script = pf.watchdog_script('/var/db/vpnguard-killswitch', 'block drop out quick all\n')
     assert script.startswith('#!/bin/sh\n')
-    assert '"$pfctl" -f /etc/vpnguard-killswitch/pf.conf || "$pfctl" -f /etc/vpnguard-killswitch/fallback.conf\n' \
-        in script
+    assert ('"$pfctl" -f /etc/vpnguard-killswitch/pf.conf || "$pfctl" -f - <<\'VPNGUARD_FALLBACK\'\n'
+            'block drop out quick all\nVPNGUARD_FALLBACK\n') in script
     assert script.index('-f /etc/vpnguard-killswitch/pf.conf') < script.index('"$pfctl" -E')
     assert 'token_file=/var/db/vpnguard-killswitch/watchdog.token\n' in script
     assert subprocess.run(['sh', '-n'], input=script.encode(), check=False).returncode == 0

@@ -54,7 +54,6 @@ def mac(tmp_path, monkeypatch):
     # raising=False: the same tests run against the module before issue 12, which lacks these names.
     monkeypatch.setattr(pf, 'OWN_DIR', str(own), raising=False)
     monkeypatch.setattr(pf, 'RULESET_FILE', str(own / 'pf.conf'), raising=False)
-    monkeypatch.setattr(pf, 'FALLBACK_FILE', str(own / 'fallback.conf'), raising=False)
     monkeypatch.setattr(pf, 'WATCHDOG_SCRIPT', str(own / 'watchdog.sh'), raising=False)
     monkeypatch.setattr(pf, 'with_hook', lambda text, anchor_file=None, _w=pf.with_hook: _w(text, pf.ANCHOR_FILE))
     monkeypatch.setattr(pf, 'has_hook', lambda text, anchor_file=None, _h=pf.has_hook: _h(text, pf.ANCHOR_FILE))
@@ -72,7 +71,7 @@ def mac(tmp_path, monkeypatch):
     monkeypatch.setattr(pf, 'CONFIRM_PLIST', str(daemons / 'com.vpnguard.killswitch.confirm.plist'), raising=False)
     monkeypatch.setattr(pf, 'CONFIRM_SCRIPT', str(own / 'confirm-rollback.sh'), raising=False)
     monkeypatch.setattr(pf, 'CONFIRM_PREVIOUS', str(own / 'confirm-previous.anchor'), raising=False)
-    for name in ('PF_CONF', 'ANCHOR_FILE', 'LAUNCHD_PLIST', 'OWN_DIR', 'RULESET_FILE', 'FALLBACK_FILE',
+    for name in ('PF_CONF', 'ANCHOR_FILE', 'LAUNCHD_PLIST', 'OWN_DIR', 'RULESET_FILE',
                  'WATCHDOG_SCRIPT', 'CONFIRM_PLIST', 'CONFIRM_SCRIPT', 'CONFIRM_PREVIOUS'):
         # Every host path the module writes must be moved here: these tests run as root.
         assert not hasattr(pf, name) or getattr(pf, name).startswith(str(tmp_path)), name
@@ -260,6 +259,10 @@ def test_issue12_point1_after_a_macos_update_and_reboot_pf_still_evaluates_the_a
 def test_issue12_point1_a_ruleset_that_fails_to_load_at_boot_fails_closed(mac):
     run(mac, persist=True, **POLICY)
     open(pf.ANCHOR_FILE, 'w').write('pass out all with garbage\n')  # a damaged anchor file
+    boot(mac)
+    assert mac.enabled
+    assert not mac.send(OUT_EN0), 'PF was enabled with no rules: the boot failed open'
+    os.remove(pf.RULESET_FILE)  # and the ruleset file gone too
     boot(mac)
     assert mac.enabled
     assert not mac.send(OUT_EN0), 'PF was enabled with no rules: the boot failed open'
