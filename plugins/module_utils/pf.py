@@ -16,12 +16,17 @@ PF binds a rule to a name before any interface has it, so a tunnel that comes
 up later under one of those names is covered without reloading; one beyond
 them is blocked (fails closed), not leaked.
 
-Statelessness: the tunnel, LAN, DHCP and management rules keep no state. PF
-states float across interfaces by default, so a state made on the tunnel
-could carry the same connection out of the physical interface once the
-tunnel's routes vanish; a stateless rule decides each packet by its
-interface. Only the endpoints (whose replies and ICMP errors must come back),
-UDP management and the bypass exceptions keep state.
+States: PF states float across interfaces unless the rule says
+`(if-bound)` (xnu bsd/net/pf.c: a state whose kif is pfi_all matches on every
+interface). The tunnel passes outbound only, with states bound to the tunnel
+interface: replies come back, unsolicited connections from the VPN side do
+not, and a tunnel connection cannot continue out of the physical interface
+once the tunnel's routes vanish. LAN, DHCP, neighbour discovery and TCP
+management keep no state. Every stateful rule that can match TCP says
+`flags any`: pf.conf(5) makes a stateful rule without flags `flags S/SA`,
+which only a SYN matches, so after a state is lost (a flush, a reload, a
+reboot of PF) an established connection such as OpenVPN over TCP would hit
+the final block; with `flags any` its next packet makes a new state.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -45,7 +50,25 @@ LOOPBACK = 'lo0'
 # advertisement in): IPv6 does not work on a link without them, and they never
 # leave it. Numbers, because Apple's pfctl and OpenBSD's name them differently.
 ICMP6_OUT = (133, 135, 136, 143)
-ICMP6_IN = (134, 135, 136)
+# In: MLD queries (130), or multicast (and so neighbour discovery) stops once
+# the router's snooping times the host out; router advertisements (134),
+# neighbour solicitation and advertisement (135, 136) and redirects (137),
+# which routers send on the link only (RFC 4861 8.1: hop limit 255).
+ICMP6_IN = (130, 134, 135, 136, 137)
+# DHCPv4 discovery and rebinding are broadcast (RFC 2131 4.4); a renewal
+# unicast to the server is refused and the client rebinds by broadcast at T2.
+# Port 67 to any host would let any socket bound to port 68 out (Mullvad's
+# talpid-core passes only the broadcast address too).
+DHCP4_BROADCAST = '255.255.255.255'
+# Group IDs that PF's `group` would match for (nearly) every process: xnu
+# bsd/netinet/in_pcb.c hands pf the socket credential's kauth_cred_getgid(),
+# the effective gid only, and every macOS user account has staff (20) as its
+# primary group; everyone (12) is every user.
+GID_EVERYONE = {20: 'staff', 12: 'everyone'}
+STATE_IF_BOUND = 'keep state (if-bound)'
+FLAGS_ANY = 'flags any'
+# Seconds between two runs of the watchdog (launchd StartInterval).
+WATCHDOG_INTERVAL = 60
 
 HEADER = ('# vpnguard.killswitch: managed by Ansible, loaded whole by `pfctl -a %s -f`; edits are reverted.\n'
           % ANCHOR)
@@ -88,14 +111,23 @@ def _by_service(entries, address):
     return sorted(groups.items())
 
 
-def render(policy, units=WILDCARD_UNITS):
-    """The anchor's rules as pfctl(8) input text."""
+def render(policy, units=WILDCARD_UNITS, endpoint_users=(0,)):
+    """The anchor's rules as pfctl(8) input text.
+
+    endpoint_users: the uids whose sockets may reach the endpoints when the
+    policy restricts them (the VPN client's; see endpoint_user_preflight()).
+    """
     tunnels = tunnel_names(policy, units)
     for i, exception in enumerate(policy.exceptions):
         if exception.selector not in ('uid', 'gid'):
             raise PolicyError('exceptions[%d].%s' % (i, exception.selector),
                               '%s exceptions are not available on macOS; PF selects sockets by uid or gid'
                               % exception.selector)
+        if exception.selector == 'gid' and exception.value in GID_EVERYONE:
+            raise PolicyError('exceptions[%d].gid' % i,
+                              'gid %d (%s) would exempt every user: PF matches the socket owner\'s effective '
+                              'group only, and that is %s for every account; name the uid instead'
+                              % (exception.value, GID_EVERYONE[exception.value], GID_EVERYONE[exception.value]))
     endpoints = _by_service(policy.endpoints, 'address')
     management = _by_service(policy.management, 'network')
 
@@ -114,26 +146,29 @@ def render(policy, units=WILDCARD_UNITS):
         '# Loopback never leaves the host.',
         'pass quick on %s no state' % LOOPBACK,
         '# DNS only to the tunnel\'s resolvers and only through it, decided before the tunnel is passed.',
-        'pass out quick on $tunnels %s no state' % dns,
+        'pass out quick on $tunnels %s %s %s' % (dns, FLAGS_ANY, STATE_IF_BOUND),
         'block drop out quick proto { udp tcp } to port %s' % _list(DNS_PORTS),
-        '# The tunnel carries everything else, both ways.',
-        'pass quick on $tunnels no state',
+        '# The tunnel carries everything else out; in, only replies, bound to the tunnel interface.',
+        'pass out quick on $tunnels all %s %s' % (FLAGS_ANY, STATE_IF_BOUND),
     ]
     if policy.doh_servers:
         rules += ['# DNS-over-HTTPS resolvers only through the tunnel, whatever is passed below.',
                   'block drop out quick to <vpnguard_doh>']
     if endpoints:
-        # uid 0: the VPN daemon; no other process may use the endpoint to get round the tunnel.
-        owner = ' user 0' if policy.restrict_endpoints_to_tunnel else ''
+        # The VPN client's sockets only; no other process may use the endpoint to get round the tunnel.
+        users = sorted(set(endpoint_users))
+        owner = ' user %s' % _list(users) if policy.restrict_endpoints_to_tunnel else ''
         rules.append('# The VPN servers, exactly: address, port and protocol%s.'
-                     % (', for root\'s sockets only' if owner else ''))
+                     % ((', for root\'s sockets only' if users == [0] else ', for the VPN client\'s sockets only')
+                        if owner else ''))
         for protocol, port in (service for service, addresses in endpoints):
             table = '<vpnguard_endpoint_%s_%d>' % (protocol, port)
-            rules += ['pass out quick proto %s to %s port %d%s keep state' % (protocol, table, port, owner),
+            flags = ' ' + FLAGS_ANY if protocol == 'tcp' else ''
+            rules += ['pass out quick proto %s to %s port %d%s%s keep state' % (protocol, table, port, owner, flags),
                       'pass in quick proto %s from %s port %d no state' % (protocol, table, port)]
     rules += [
         '# DHCP and neighbour discovery: the link must work for the tunnel to come up.',
-        'pass out quick inet proto udp from port 68 to port 67 no state',
+        'pass out quick inet proto udp from port 68 to %s port 67 no state' % DHCP4_BROADCAST,
         'pass in quick inet proto udp from port 67 to port 68 no state',
         'pass out quick inet6 proto udp from fe80::/10 port 546 to port 547 no state',
         'pass in quick inet6 proto udp from port 547 to fe80::/10 port 546 no state',
@@ -144,8 +179,18 @@ def render(policy, units=WILDCARD_UNITS):
         rules += ['# The LAN, asked for (DNS to it stays blocked above).',
                   'pass out quick to <vpnguard_lan> no state',
                   'pass in quick from <vpnguard_lan> no state']
-    if management:
-        rules.append('# Management: connections in, and only replies out; a bare SYN never leaves.')
+    rules += management_rules(management)
+    bypass = ['%s %d' % ('user' if e.selector == 'uid' else 'group', e.value) for e in policy.exceptions]
+    if bypass:
+        rules.append('# Bypass exceptions: PF knows the owner of TCP and UDP sockets only.')
+        rules += ['pass out quick proto { udp tcp } %s %s keep state' % (b, FLAGS_ANY) for b in bypass]
+    rules += ['# Everything else, both ways.', 'block drop out quick all', 'block drop in quick all']
+    return '\n'.join(lines + [''] + rules) + '\n'
+
+
+def management_rules(management):
+    """Connections in from the management networks, and only replies out; a bare SYN never leaves."""
+    rules = ['# Management: connections in, and only replies out; a bare SYN never leaves.'] if management else []
     for protocol, port in (service for service, networks in management):
         table = '<vpnguard_mgmt_%s_%d>' % (protocol, port)
         if protocol == 'tcp':
@@ -154,12 +199,7 @@ def render(policy, units=WILDCARD_UNITS):
                       'pass out quick proto tcp from port %d to %s flags A/A no state' % (port, table)]
         else:
             rules.append('pass in quick proto udp from %s to port %d keep state' % (table, port))
-    bypass = ['%s %d' % ('user' if e.selector == 'uid' else 'group', e.value) for e in policy.exceptions]
-    if bypass:
-        rules.append('# Bypass exceptions: PF knows the owner of TCP and UDP sockets only.')
-        rules += ['pass out quick proto { udp tcp } %s keep state' % b for b in bypass]
-    rules += ['# Everything else, both ways.', 'block drop out quick all', 'block drop in quick all']
-    return '\n'.join(lines + [''] + rules) + '\n'
+    return rules
 
 
 def digest(text):
@@ -216,28 +256,95 @@ def references_anchor(main_rules):
 
 LAUNCHD_LABEL = ANCHOR
 LAUNCHD_PLIST = '/Library/LaunchDaemons/%s.plist' % LAUNCHD_LABEL
+LAUNCHCTL = '/bin/launchctl'
+# The collection's own files for boot and the watchdog: a macOS update restores
+# /etc/pf.conf, never these.
+OWN_DIR = '/etc/vpnguard-killswitch'
+RULESET_FILE = OWN_DIR + '/pf.conf'
+WATCHDOG_SCRIPT = OWN_DIR + '/watchdog.sh'
+WATCHDOG_TOKEN = 'watchdog.token'
 
 
-def launchd_plist(pf_conf=PF_CONF):
-    """A LaunchDaemon that enables PF and loads pf.conf (and so the anchor) at boot.
+def private_ruleset(pf_conf):
+    """The main ruleset the boot job and the watchdog load: pf.conf as it is (Apple's anchors) plus our hook."""
+    return with_hook(without_hook(pf_conf or ''), ANCHOR_FILE)
 
-    pf.conf is loaded, not the anchor alone, so that the main ruleset
-    references the anchor whatever ran before; macOS's own com.apple.pfctl job
-    loads pf.conf too but never enables PF.
+
+def fallback_ruleset(policy):
+    """What the watchdog loads when the private ruleset does not load: loopback and management, nothing else.
+
+    The kill switch must fail closed; management stays so that the host can still be repaired.
     """
-    arguments = [PFCTL, '-E', '-f', pf_conf]
+    management = _by_service(policy.management, 'network')
+    lines = ['# vpnguard.killswitch: fallback, loaded only when the ruleset fails to load; everything is blocked.']
+    lines += [_table('vpnguard_mgmt_%s_%d' % service, networks) for service, networks in management]
+    lines += ['pass quick on %s no state' % LOOPBACK] + management_rules(management)
+    lines += ['block drop out quick all', 'block drop in quick all']
+    return '\n'.join(lines) + '\n'
+
+
+def watchdog_script(state_dir, fallback):
+    """/bin/sh, run by launchd at boot, when /etc/pf.conf changes and every WATCHDOG_INTERVAL seconds.
+
+    It re-asserts three things and changes nothing that already holds:
+    - the main ruleset references our anchor and the anchor has rules, else it
+      loads the private ruleset, or the fallback (carried in the script itself,
+      from stdin: `pfctl -f -`, so that no damaged or missing file can leave
+      PF without rules) when that fails; a ruleset is
+      loaded before PF is enabled, because `pfctl -E -f` enables PF even when
+      the file fails to load (fail open);
+    - PF holds our own enable reference: any `pfctl -d` stops PF and drops
+      every token (xnu bsd/net/pf_ioctl.c DIOCSTOP: invalidate_all_tokens), and
+      PF stops when the last reference goes (DIOCSTOPREF), so a reference of
+      our own keeps it on whatever another holder releases.
+    The token is written where the module finds it, so that state=absent
+    releases it.
+    """
+    token = '%s/%s' % (state_dir.rstrip('/'), WATCHDOG_TOKEN)
+    return '''#!/bin/sh
+# vpnguard.killswitch watchdog: managed by Ansible; edits are reverted.
+pfctl=%(pfctl)s
+anchor=%(anchor)s
+token_file=%(token)s
+if ! "$pfctl" -s rules 2>/dev/null | grep -q "^anchor \\"$anchor\\"" ||
+   [ -z "$("$pfctl" -a "$anchor" -s rules 2>/dev/null)" ]; then
+    "$pfctl" -f %(ruleset)s || "$pfctl" -f - <<'VPNGUARD_FALLBACK'
+%(fallback)sVPNGUARD_FALLBACK
+fi
+token=$(cat "$token_file" 2>/dev/null)
+if [ -z "$token" ] || ! "$pfctl" -s References 2>/dev/null | grep -qw "$token"; then
+    token=$("$pfctl" -E 2>&1 | sed -n 's/^Token : *\\([0-9][0-9]*\\).*/\\1/p')
+    [ -n "$token" ] || exit 1
+    mkdir -p "${token_file%%/*}" && printf '%%s\\n' "$token" > "$token_file.new" && mv "$token_file.new" "$token_file"
+fi
+''' % dict(pfctl=PFCTL, anchor=ANCHOR, token=token, ruleset=RULESET_FILE,
+           fallback=fallback.replace('%', '%%'))
+
+
+def launchd_plist(interval=WATCHDOG_INTERVAL):
+    """The LaunchDaemon of the watchdog: at boot, when /etc/pf.conf changes, and every interval seconds."""
     return ''.join([
         '<?xml version="1.0" encoding="UTF-8"?>\n',
         '<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">\n',
-        '<!-- vpnguard.killswitch: managed by Ansible; enables PF with the kill switch at boot -->\n',
+        '<!-- vpnguard.killswitch: managed by Ansible; keeps PF enabled with the kill switch -->\n',
         '<plist version="1.0">\n<dict>\n',
         '\t<key>Label</key>\n\t<string>%s</string>\n' % LAUNCHD_LABEL,
         '\t<key>ProgramArguments</key>\n\t<array>\n',
-        ''.join('\t\t<string>%s</string>\n' % a for a in arguments),
+        '\t\t<string>/bin/sh</string>\n\t\t<string>%s</string>\n' % WATCHDOG_SCRIPT,
         '\t</array>\n',
         '\t<key>RunAtLoad</key>\n\t<true/>\n',
+        '\t<key>WatchPaths</key>\n\t<array>\n\t\t<string>%s</string>\n\t</array>\n' % PF_CONF,
+        '\t<key>StartInterval</key>\n\t<integer>%d</integer>\n' % interval,
         '</dict>\n</plist>\n',
     ])
+
+
+def launchd_argvs(load):
+    """Stop the job (whether or not it runs), then start it again from its plist when load."""
+    argvs = [[LAUNCHCTL, 'bootout', 'system/%s' % LAUNCHD_LABEL]]
+    if load:
+        argvs.append([LAUNCHCTL, 'bootstrap', 'system', LAUNCHD_PLIST])
+    return argvs
 
 
 def parse_token(output):
@@ -275,3 +382,151 @@ def table_argv(name):
 
 def flush_anchor_argv():
     return pfctl('-a', ANCHOR, '-F', 'all')
+
+
+def parse_references(output):
+    """The tokens `pfctl -s References` lists: every number of 10 digits or more."""
+    return set(re.findall(r'\b(\d{10,})\b', output or ''))
+
+
+def parse_anchors(output):
+    """Anchor paths `pfctl -s Anchors -v` lists, one a line."""
+    return [line.strip() for line in (output or '').splitlines() if line.strip()]
+
+
+def foreign_anchors(anchors):
+    """Anchors neither Apple's nor ours: another tool's rules, which a reload of the main ruleset unhooks."""
+    return sorted(a for a in anchors if not (a == ANCHOR or a.startswith(ANCHOR + '/') or a.startswith('com.apple')))
+
+
+def nat_pass(nat_rules):
+    """Translation rules with `pass`: their packets skip the filter rules, the kill switch included."""
+    return [line.strip() for line in (nat_rules or '').splitlines()
+            if re.match(r'^(no )?(nat|rdr|binat)\s+pass\b', line.strip())]
+
+
+def kill_states_argvs(before, after):
+    """pfctl calls that end the states the previous policy allowed and the new one does not.
+
+    before and after are state_summary() dicts. None when it cannot be told
+    (no previous summary, or a bypass owner removed: PF cannot kill states by
+    owner): then every state goes (-F states). States the new policy still
+    allows stay, so a TCP tunnel keeps its connection across a change.
+    """
+    if not before or set(before.get('owners', [])) - set(after['owners']) or (after['dns'] and not before['dns']):
+        return None
+    argvs = [pfctl('-i', name, '-F', 'states') for name in sorted(set(before['tunnels']) - set(after['tunnels']))]
+    gone = set(before['endpoints']) - set(after['endpoints'])
+    if before.get('root_only') is False and after['root_only']:
+        gone |= set(after['endpoints'])  # other users' states to them
+    hosts = sorted(set(e.split(' ')[0] for e in gone) | (set(before['dns']) - set(after['dns']))
+                   | set(after['doh']) - set(before['doh']))
+    for host in hosts:
+        argvs.append(pfctl('-k', '::/0' if ':' in host else '0.0.0.0/0', '-k', host))
+    for network in sorted(set(before['udp_management']) - set(after['udp_management'])):
+        argvs.append(pfctl('-k', network))
+    return argvs
+
+
+def state_summary(policy, units=WILDCARD_UNITS):
+    """What in a policy can leave states behind, as JSON-able lists, for kill_states_argvs()."""
+    return dict(
+        tunnels=tunnel_names(policy, units),
+        endpoints=sorted('%s %s %d' % (e.address, e.protocol, e.port) for e in policy.endpoints),
+        root_only=bool(policy.restrict_endpoints_to_tunnel),
+        dns=sorted(str(a) for a in policy.dns_servers) if policy.dns_servers else [],
+        doh=sorted(str(a) for a in policy.doh_servers),
+        udp_management=sorted(str(m.network) for m in policy.management if m.protocol == 'udp'),
+        owners=sorted('%s %d' % (e.selector, e.value) for e in policy.exceptions),
+    )
+
+
+# Commit-confirmed: a launchd job of its own restores the previous anchor unless confirmed in time.
+CONFIRM_LABEL = ANCHOR + '.confirm'
+CONFIRM_PLIST = '/Library/LaunchDaemons/%s.plist' % CONFIRM_LABEL
+CONFIRM_SCRIPT = OWN_DIR + '/confirm-rollback.sh'
+CONFIRM_PREVIOUS = OWN_DIR + '/confirm-previous.anchor'
+
+
+def confirm_plist(timeout):
+    """A LaunchDaemon that runs the rollback script once, which waits timeout seconds first.
+
+    It is in /Library/LaunchDaemons, so a reboot before the confirmation runs it
+    again at boot: an unconfirmed change is never kept.
+    """
+    return ''.join([
+        '<?xml version="1.0" encoding="UTF-8"?>\n',
+        '<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">\n',
+        '<!-- vpnguard.killswitch: managed by Ansible; restores the previous kill switch unless confirmed -->\n',
+        '<plist version="1.0">\n<dict>\n',
+        '\t<key>Label</key>\n\t<string>%s</string>\n' % CONFIRM_LABEL,
+        '\t<key>ProgramArguments</key>\n\t<array>\n',
+        '\t\t<string>/bin/sh</string>\n\t\t<string>%s</string>\n\t\t<string>%d</string>\n' % (CONFIRM_SCRIPT, timeout),
+        '\t</array>\n',
+        '\t<key>RunAtLoad</key>\n\t<true/>\n',
+        '</dict>\n</plist>\n',
+    ])
+
+
+def confirm_script():
+    """/bin/sh: after $1 seconds, the previous anchor back in its file and in PF, then the job removes itself.
+
+    The anchor file is restored too, so that the watchdog and the boot load the
+    previous policy, not the unconfirmed one. With no previous anchor (the
+    first apply), the anchor is emptied: the host had no kill switch.
+    """
+    return '''#!/bin/sh
+# vpnguard.killswitch commit-confirmed rollback: managed by Ansible.
+sleep "${1:-0}"
+if [ -f %(previous)s ]; then
+    cp %(previous)s %(anchor_file)s.new && mv %(anchor_file)s.new %(anchor_file)s
+else
+    : > %(anchor_file)s
+fi
+%(pfctl)s -a %(anchor)s -f %(anchor_file)s
+rm -f %(previous)s %(plist)s %(script)s
+%(launchctl)s bootout system/%(label)s
+''' % dict(previous=CONFIRM_PREVIOUS, anchor_file=ANCHOR_FILE, pfctl=PFCTL, anchor=ANCHOR, plist=CONFIRM_PLIST,
+           script=CONFIRM_SCRIPT, launchctl=LAUNCHCTL, label=CONFIRM_LABEL)
+
+
+# Where Mac VPN clients keep what tells which user their endpoint socket belongs to.
+WIREGUARD_APP = '/Applications/WireGuard.app'
+CONSOLE = '/dev/console'
+OPENVPN_CONFIGS = ('/Library/Application Support/Tunnelblick/Shared/*.tblk/Contents/Resources/config.ovpn',
+                   '/etc/openvpn/*.conf', '/usr/local/etc/openvpn/*.conf', '/opt/homebrew/etc/openvpn/*.conf')
+_OPENVPN_USER_RE = re.compile(r'^\s*user\s+(\S+)', re.MULTILINE)
+
+
+def endpoint_users_needed(read_text, exists, glob, console_uid, uid_of):
+    """(client, uid) pairs the Mac's VPN clients open their endpoint sockets as, besides root.
+
+    - The App Store WireGuard app: its Network Extension runs as the logged-in
+      user, the owner of /dev/console.
+    - OpenVPN (Tunnelblick, Homebrew) with `user NAME`: it drops root after
+      connecting and opens its socket again as NAME on every reconnect.
+    - The built-in IKEv2 client and Tunnelblick/OpenVPN without `user` run as root.
+    The host functions are passed in, so that the preflight runs the same in tests.
+    """
+    needed = []
+    if exists(WIREGUARD_APP):
+        needed.append(('the WireGuard app (its Network Extension runs as the logged-in user)', console_uid()))
+    for pattern in OPENVPN_CONFIGS:
+        for path in sorted(glob(pattern)):
+            for name in _OPENVPN_USER_RE.findall(read_text(path) or ''):
+                uid = uid_of(name)
+                if uid is not None:
+                    needed.append(('OpenVPN (%s: user %s)' % (path, name), uid))
+    return needed
+
+
+def endpoint_user_preflight(policy, users, needed):
+    """Refuse, naming endpoint_users, an endpoint restriction the host's VPN client could not get through."""
+    if not policy.endpoints or not policy.restrict_endpoints_to_tunnel:
+        return
+    for client, uid in needed:
+        if uid not in users:
+            raise PolicyError('endpoint_users', '%s opens its endpoint socket as uid %d, which %s does not include, '
+                              'so the tunnel could not come up; add %d (role: killswitch_pf_endpoint_users), or set '
+                              'restrict_endpoints_to_tunnel to false (any process may then reach the endpoint)'
+                              % (client, uid, sorted(users), uid))

@@ -16,8 +16,10 @@ description:
   - Puts a strict VPN kill switch in macOS's packet filter (PF), as one anchor of its own,
     C(com.vpnguard.killswitch), that blocks every packet (IPv4 and IPv6, both directions) that does
     not go through a tunnel interface or match what the policy names.
-  - The anchor passes loopback, the tunnel interfaces, the VPN endpoints (exact address, port and
-    protocol; by default only for root's sockets), DHCPv4, DHCPv6 and ICMPv6 neighbour discovery,
+  - The anchor passes loopback, what leaves through the tunnel interfaces and its replies (states bound to
+    the tunnel interface, so nothing unsolicited comes in through the VPN), the VPN endpoints (exact
+    address, port and protocol; by default only for root's sockets), DHCPv4 broadcasts, DHCPv6, ICMPv6
+    neighbour discovery and MLD,
     the LAN when O(allow_lan=true), the management plane (connections in and only replies out) and
     the bypass exceptions (O(exceptions[].uid) or O(exceptions[].gid)). DNS (ports 53 and 853, UDP
     and TCP) goes only to O(dns_servers) and only through the tunnel. Every rule is C(quick), so rules
@@ -27,11 +29,26 @@ description:
     flushed. The anchor is referenced from C(/etc/pf.conf) by a marked block (C(anchor) and
     C(load anchor)); the main ruleset is reloaded from C(/etc/pf.conf) only when that block was added
     or the loaded ruleset does not reference the anchor.
-  - When the anchor changes, PF's state table is flushed, so that no connection opened before
-    outlives the new policy. The management rules for TCP keep no state, so management sessions
-    survive this.
-  - PF is enabled with C(pfctl -E) when it is not; the reference token is kept and released on
-    O(state=absent).
+  - When the anchor changes, the states the new policy no longer allows are ended (C(pfctl -k) for
+    removed endpoints and resolvers, C(pfctl -i IF -F states) for removed tunnels; every state when the
+    previous policy is unknown or a bypass owner was removed). Every stateful rule that can match TCP
+    says C(flags any), so an established connection the policy still allows (OpenVPN over TCP, a bypass
+    session) goes on even after its state is lost.
+  - The main ruleset is loaded from a file of the collection's own, C(/etc/vpnguard-killswitch/pf.conf)
+    (C(/etc/pf.conf) plus the anchor), which a macOS update does not restore; C(/etc/pf.conf) gets the
+    same block too.
+  - The module always holds a PF enable reference (C(pfctl -E) token) of its own, so that another
+    holder's C(pfctl -X) cannot stop PF; O(state=absent) releases it, and the watchdog's, and fails when
+    PF still lists one of them.
+  - With O(persist=true), a LaunchDaemon runs a watchdog script at boot, whenever C(/etc/pf.conf) changes
+    (launchd C(WatchPaths)) and every O(watchdog_interval) seconds. It loads the collection's ruleset when
+    the loaded main ruleset does not reference the anchor or the anchor is empty, and a fallback it carries itself (loopback
+    and management only) when that fails to load, always before it enables PF; and it takes its own
+    enable reference again when PF lost it (C(pfctl -d) by another tool drops every reference).
+  - The result's RV(drift) lists what an audit should report (PF disabled, the token missing, the anchor
+    not referenced, C(/etc/pf.conf) without the block (the stock file restored), an anchor that differs,
+    other tools' anchors (a reload of the main ruleset unhooks them) and C(nat pass) rules (Internet
+    Sharing), whose packets skip filtering).
   - A tunnel interface wildcard must follow a driver name (V(utun*)); PF on macOS matches interface
     names exactly, so it stands for the driver's first O(wildcard_units) units. A tunnel that comes up
     beyond them is blocked, not leaked.
@@ -40,9 +57,10 @@ author:
 options:
   state:
     description:
-      - V(present) enforces the kill switch; V(absent) flushes the anchor, takes the block out of
-        C(/etc/pf.conf), removes the anchor file, the boot daemon and the module's saved state, and
-        releases its PF enable reference. Nothing else is touched.
+      - V(present) enforces the kill switch; V(absent) stops the watchdog, flushes the anchor, takes the
+        block out of C(/etc/pf.conf) and reloads it, removes the anchor file, the collection's ruleset
+        files, the watchdog and the module's saved state, and releases the module's and the watchdog's PF
+        enable references. Nothing else is touched.
     type: str
     choices: [present, absent]
     default: present
@@ -50,6 +68,8 @@ options:
     description:
       - Interfaces that traffic may leave through, for example V(utun4). A trailing C(*) after a
         driver name (V(utun*)) covers its first O(wildcard_units) units. Required when O(state=present).
+      - V(utun*) trusts every utun interface, Apple's own (iCloud Private Relay and other system tunnels)
+        and other VPN clients' as well as yours; the module warns. Name the unit where it is fixed.
     type: list
     elements: str
     default: []
@@ -128,19 +148,58 @@ options:
         description: Owner user ID of the socket (PF C(user)).
         type: int
       gid:
-        description: Owner group ID of the socket (PF C(group)).
+        description:
+          - Owner group ID of the socket (PF C(group)). PF compares the socket owner's effective (primary)
+            group only, never supplementary groups, so V(20) (staff, every account's primary group) and
+            V(12) (everyone) would exempt every user and are refused.
         type: int
   restrict_endpoints_to_tunnel:
     description:
-      - Pass traffic to the endpoints only from root's sockets (PF C(user 0)), so that no other process
-        can use the endpoint to send data around the tunnel. Turn off for a VPN client whose tunnel runs
-        as another user, such as a Network Extension of an app.
+      - Pass traffic to the endpoints only from the sockets of O(endpoint_users) (PF C(user)), so that no
+        other process can use the endpoint to send data around the tunnel.
+    type: bool
+    default: true
+  endpoint_users:
+    description:
+      - The users whose sockets may reach the endpoints when O(restrict_endpoints_to_tunnel=true), as uids
+        or V(console) (the logged-in user, the owner of C(/dev/console) when the module runs).
+      - Per client. The built-in IKEv2 client and Tunnelblick or OpenVPN running as root, V([0]). OpenVPN
+        with C(user nobody) opens its socket again as nobody on every reconnect, V([0, 4294967294]).
+        The App Store WireGuard app, whose Network Extension runs as the logged-in user, V([0, console]);
+        on a Mac several people log in to, list their uids.
+    type: list
+    elements: str
+    default: ['0']
+  endpoint_preflight:
+    description:
+      - Before anything is changed, look for the Mac's VPN clients (C(/Applications/WireGuard.app), the
+        C(user) line of Tunnelblick's and OpenVPN's configurations) and refuse, naming O(endpoint_users),
+        a restriction that would keep their tunnel from coming up.
     type: bool
     default: true
   persist:
     description:
-      - Install the LaunchDaemon C(/Library/LaunchDaemons/com.vpnguard.killswitch.plist), which at boot
-        enables PF and loads C(/etc/pf.conf), and so the anchor. V(false) removes it.
+      - Install and start the LaunchDaemon C(/Library/LaunchDaemons/com.vpnguard.killswitch.plist) and its
+        script C(/etc/vpnguard-killswitch/watchdog.sh), which keep PF enabled with the anchor at boot, after
+        a macOS update and after another tool disabled PF. V(false) stops and removes them.
+    type: bool
+    default: false
+  watchdog_interval:
+    description: Seconds between two runs of the watchdog (launchd C(StartInterval)), from 10 to 3600.
+    type: int
+    default: 60
+  confirm_timeout:
+    description:
+      - Commit-confirmed. When the run changes the anchor, first start a launchd job
+        (C(com.vpnguard.killswitch.confirm)) that restores the previous anchor after this many seconds,
+        in PF and in its file, unless a later task confirms with O(confirm=true) over a fresh connection.
+        A reboot before the confirmation runs it too. V(0) turns it off.
+      - While a change is unconfirmed, a further change keeps the rollback to the last confirmed anchor.
+    type: int
+    default: 0
+  confirm:
+    description:
+      - Confirm the pending change (stop the rollback job); every other option is ignored.
     type: bool
     default: false
   state_dir:
@@ -149,15 +208,28 @@ options:
     default: /var/db/vpnguard-killswitch
 requirements:
   - macOS with C(/sbin/pfctl), run as root
+attributes:
+  check_mode:
+    description: Can run in check mode and return the changes it would make, with the drift, without making them.
+    support: full
+    details: The anchor and the main ruleset are still checked by C(pfctl -n) without being loaded.
+  diff_mode:
+    description: Returns the rendered files and the live anchor, before and after.
+    support: full
+  platform:
+    description: Target OS that the module can be run against.
+    support: full
+    platforms: darwin
 notes:
-  - Supports C(check_mode) and C(diff). In check mode the anchor and C(/etc/pf.conf) are still
-    checked by C(pfctl -n) without being loaded.
+  - In check mode the anchor and the main ruleset are still checked by C(pfctl -n) without being loaded.
   - The module compares the live anchor (C(pfctl -a com.vpnguard.killswitch -s rules) and its tables)
     with what it last loaded and with the rendered policy; an anchor edited behind its back is drift
     and is reloaded.
   - Quick rules evaluated before the anchor (earlier in C(/etc/pf.conf)) still decide first.
-  - macOS software updates may restore C(/etc/pf.conf); the next run puts the block back and reports
-    the change.
+  - macOS software updates may restore C(/etc/pf.conf); the watchdog keeps loading the collection's own
+    ruleset, and the next run puts the block back and reports it as drift.
+  - Reloading the main ruleset (the watchdog, or any C(pfctl -f /etc/pf.conf)) unhooks anchors that other
+    VPN clients (Mullvad, IVPN) insert at run time; such anchors are reported in RV(drift) and warned about.
 seealso:
   - name: pf.conf(5)
     description: The PF rule syntax.
@@ -198,6 +270,20 @@ live_rules:
   description: The anchor's rules as PF reported them before this run (C(pfctl -s rules)), empty when none.
   returned: always
   type: str
+confirm_pending:
+  description: Whether a commit-confirmed rollback job is waiting on the host after this run.
+  returned: when O(state=present)
+  type: bool
+confirmed:
+  description: Whether O(confirm=true) stopped a pending rollback.
+  returned: when O(confirm=true)
+  type: bool
+drift:
+  description: How the host differed from the policy before this run, in words an audit can report.
+  returned: when O(state=present)
+  type: list
+  elements: str
+  sample: ['PF is disabled', 'PF enable reference (token) of the kill switch is missing']
 changed_files:
   description: Files written, changed or removed by this run.
   returned: always
@@ -212,8 +298,12 @@ summary:
     anchor: com.vpnguard.killswitch
     anchor_changed: true
     pf_conf_changed: true
-    pf_enabled: true
+    main_ruleset_changed: true
+    pf_enabled: false
+    token_held: false
     persist_changed: false
+    foreign_anchors: []
+    nat_pass: []
     tunnel_interfaces: [utun4]
     endpoints: 1
     dns_servers: 1
@@ -222,14 +312,16 @@ summary:
     exceptions: 0
 '''
 
+import glob
 import os
+import pwd
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import file_snapshot, pf
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
-    POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
+    ID_MAX, POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
 
 STATE_FILE = 'pf_killswitch.json'
 
@@ -274,13 +366,53 @@ class Pfctl:
             os.remove(path)
 
 
+def endpoint_users(module):
+    """The uids of endpoint_users, `console` being the logged-in user's (the owner of /dev/console)."""
+    users = []
+    for i, value in enumerate(module.params['endpoint_users']):
+        value = str(value).strip()
+        if value == 'console':
+            users.append(console_uid())
+        elif value.isdigit() and int(value) <= ID_MAX:
+            users.append(int(value))
+        else:
+            raise PolicyError('endpoint_users[%d]' % i, '%r is neither a uid nor console' % value)
+    if not users:
+        raise PolicyError('endpoint_users', 'name at least one uid (0 for a VPN client running as root)')
+    return users
+
+
+def console_uid():
+    try:
+        return os.stat(pf.CONSOLE).st_uid
+    except OSError:
+        return 0
+
+
+def uid_of(name):
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return int(name) if name.isdigit() else None
+
+
+def preflight(module, policy):
+    """Refuse an endpoint restriction this Mac's VPN client could not use, before anything is touched."""
+    if module.params['endpoint_preflight']:
+        needed = pf.endpoint_users_needed(file_snapshot.read_text, os.path.exists, glob.glob, console_uid, uid_of)
+        pf.endpoint_user_preflight(policy, endpoint_users(module), needed)
+
+
 def validate(module):
     params = module.params
     try:
         policy = parse_policy(dict((k, params.get(k)) for k in POLICY_KEYS if k in params), system='Darwin')
         if not 1 <= params['wildcard_units'] <= 256:
             raise PolicyError('wildcard_units', 'must be between 1 and 256')
-        ruleset = pf.render(policy, params['wildcard_units'])
+        if not 10 <= params['watchdog_interval'] <= 3600:
+            raise PolicyError('watchdog_interval', 'must be between 10 and 3600 seconds')
+        users = endpoint_users(module)
+        ruleset = pf.render(policy, params['wildcard_units'], users)
     except PolicyError as e:
         module.fail_json(msg='Invalid kill switch policy, nothing was changed: %s' % e, setting=e.setting)
     return policy, ruleset
@@ -290,70 +422,149 @@ def file_diff(path, before, after):
     return dict(before_header=path, after_header=path, before=before or '', after=after or '')
 
 
-def sync_file(module, path, content):
-    """Make path hold content (None: be absent); True when it differed."""
-    return bool(file_snapshot.sync({path: content}, module.check_mode))
+def arm_confirm(pfctl, previous, timeout):
+    """Start the rollback job before the change. A pending one keeps its previous anchor: the last confirmed."""
+    if os.path.exists(pf.CONFIRM_PLIST):
+        pfctl.query([pf.LAUNCHCTL, 'bootout', 'system/%s' % pf.CONFIRM_LABEL])
+    else:
+        file_snapshot.sync({pf.CONFIRM_PREVIOUS: previous}, False)
+    file_snapshot.sync({pf.CONFIRM_SCRIPT: pf.confirm_script(), pf.CONFIRM_PLIST: pf.confirm_plist(timeout)}, False)
+    pfctl.run([pf.LAUNCHCTL, 'bootstrap', 'system', pf.CONFIRM_PLIST], 'launchctl failed to start the rollback timer')
+
+
+def disarm_confirm(pfctl):
+    """The controller reached the host again: stop the rollback job and forget the previous anchor."""
+    pending = os.path.exists(pf.CONFIRM_PLIST)
+    pfctl.query([pf.LAUNCHCTL, 'bootout', 'system/%s' % pf.CONFIRM_LABEL])
+    for path in (pf.CONFIRM_PLIST, pf.CONFIRM_SCRIPT, pf.CONFIRM_PREVIOUS):
+        if os.path.lexists(path):
+            os.remove(path)
+    return pending
+
+
+def release_token(pfctl, token):
+    """Drop one enable reference; an error only when PF still lists it (a reboot or `pfctl -d` drops them all)."""
+    rc, out, err = pfctl.module.run_command(pf.pfctl('-X', token))
+    if rc != 0 and token in pf.parse_references(pfctl.query(pf.pfctl('-s', 'References'))):
+        raise PfError('pfctl could not release the enable reference %s, so PF may stay enabled: %s'
+                      % (token, (err or out).strip()))
+
+
+def observe(pfctl, state_dir):
+    """What PF runs now, as the audit reports it."""
+    anchors = pf.parse_anchors(pfctl.query(pf.pfctl('-s', 'Anchors', '-v')))
+    nat = pf.nat_pass(pfctl.query(pf.pfctl('-s', 'nat')))
+    for anchor in anchors:
+        if anchor.startswith('com.apple'):  # Internet Sharing puts its `nat pass` in Apple's anchors
+            nat += pf.nat_pass(pfctl.query(pf.pfctl('-a', anchor, '-s', 'nat')))
+    watchdog_token = (file_snapshot.read_text(os.path.join(state_dir, pf.WATCHDOG_TOKEN)) or '').strip()
+    return dict(
+        enabled=pf.is_enabled(pfctl.query(pf.pfctl('-s', 'info'))),
+        references=pf.parse_references(pfctl.query(pf.pfctl('-s', 'References'))),
+        main_references=pf.references_anchor(pfctl.query(pf.pfctl('-s', 'rules'))),
+        foreign_anchors=pf.foreign_anchors(anchors), nat_pass=nat, watchdog_token=watchdog_token)
+
+
+def drift_of(seen, token_held, pf_conf_hooked, anchor_in_sync):
+    """The audit's words for each way the host differs from the policy."""
+    drift = []
+    if not seen['enabled']:
+        drift.append('PF is disabled')
+    if not token_held:
+        drift.append('PF enable reference (token) of the kill switch is missing')
+    if not seen['main_references']:
+        drift.append('the loaded main ruleset does not reference the anchor %s' % pf.ANCHOR)
+    if not pf_conf_hooked:
+        drift.append('%s lacks the kill switch block (a macOS update restores the stock file)' % pf.PF_CONF)
+    if not anchor_in_sync:
+        drift.append('PF anchor %s differs from the policy' % pf.ANCHOR)
+    drift += ['foreign PF anchor %s (a reload of the main ruleset unhooks it)' % a for a in seen['foreign_anchors']]
+    drift += ['translation rule passes packets around the filter: %s' % r for r in seen['nat_pass']]
+    return drift
 
 
 def present(module, policy, ruleset, pfctl, state_path):
     params = module.params
+    state_dir = os.path.dirname(state_path)
     saved = file_snapshot.load_json(state_path) or {}
     live = pfctl.listing()
+    seen = observe(pfctl, state_dir)
     anchor_file = file_snapshot.read_text(pf.ANCHOR_FILE)
     pf_conf = file_snapshot.read_text(pf.PF_CONF) or ''
     wanted_conf = pf.with_hook(pf_conf)
-    main_references = pf.references_anchor(pfctl.query(pf.pfctl('-s', 'rules')))
-    enabled = pf.is_enabled(pfctl.query(pf.pfctl('-s', 'info')))
+    private = pf.private_ruleset(pf_conf)
+    token_held = seen['enabled'] and saved.get('token') in seen['references']
 
     anchor_in_sync = (bool(live) and anchor_file == ruleset and saved.get('digest') == pf.digest(ruleset)
                       and saved.get('listing') == live)
-    conf_in_sync = wanted_conf == pf_conf and main_references
+    main_in_sync = seen['main_references'] and file_snapshot.read_text(pf.RULESET_FILE) == private
     if not anchor_in_sync:
         pfctl.check_text(ruleset, pf.load_anchor_argv)
-    if wanted_conf != pf_conf:
-        # pf.conf's load anchor reads the anchor file, which may not be written yet.
-        pfctl.check_text(wanted_conf.replace(pf.ANCHOR_FILE, '/dev/null'), pf.load_conf_argv)
+    if not main_in_sync or wanted_conf != pf_conf:
+        # The load anchor line reads the anchor file, which may not be written yet.
+        pfctl.check_text(private.replace(pf.ANCHOR_FILE, '/dev/null'), pf.load_conf_argv)
 
-    changed_files = []
-    diff = []
-    if anchor_file != ruleset:
-        changed_files.append(pf.ANCHOR_FILE)
-        diff.append(file_diff(pf.ANCHOR_FILE, anchor_file, ruleset))
+    files = {pf.ANCHOR_FILE: ruleset, pf.RULESET_FILE: private,
+             pf.WATCHDOG_SCRIPT: pf.watchdog_script(state_dir, pf.fallback_ruleset(policy)) if params['persist'] else None,
+             pf.LAUNCHD_PLIST: pf.launchd_plist(params['watchdog_interval']) if params['persist'] else None}
+    before = dict((path, file_snapshot.read_text(path)) for path in files)
+    changed_files = sorted(path for path in files if not file_snapshot.holds(path, files[path]))
+    diff = [file_diff(path, before[path], files[path]) for path in changed_files]
     if live != saved.get('listing'):
         diff.append(file_diff('pfctl -a %s -s rules (live)' % pf.ANCHOR, live, saved.get('listing') or ruleset))
     if wanted_conf != pf_conf:
         changed_files.append(pf.PF_CONF)
         diff.append(file_diff(pf.PF_CONF, pf_conf, wanted_conf))
+    job_changed = bool(set(changed_files) & {pf.LAUNCHD_PLIST, pf.WATCHDOG_SCRIPT})
+    states = pf.state_summary(policy, params['wildcard_units'])
 
+    confirm = params['confirm_timeout'] > 0 and not anchor_in_sync
+    if confirm and not module.check_mode:
+        arm_confirm(pfctl, anchor_file if live else None, params['confirm_timeout'])
     if not module.check_mode:
-        sync_file(module, pf.ANCHOR_FILE, ruleset)
+        file_snapshot.sync(files, False, own_directory=pf.OWN_DIR)
         if wanted_conf != pf_conf:
             file_snapshot.write_text(pf.PF_CONF, wanted_conf)
-        if not conf_in_sync:
-            # Loads the main ruleset and, through its load anchor lines, ours.
-            pfctl.run(pf.load_conf_argv(pf.PF_CONF), 'pfctl failed to load %s' % pf.PF_CONF)
+        if not main_in_sync:
+            # The main ruleset and, through its load anchor line, ours; loaded before PF is enabled.
+            pfctl.run(pf.load_conf_argv(pf.RULESET_FILE), 'pfctl failed to load %s' % pf.RULESET_FILE)
         if not anchor_in_sync:
             pfctl.run(pf.load_anchor_argv(pf.ANCHOR_FILE),
                       'pfctl failed to load the anchor, the previous one is still in place')
-            pfctl.run(pf.pfctl('-F', 'states'), 'pfctl failed to flush the state table')
-        if not enabled:
+            kills = pf.kill_states_argvs(saved.get('states'), states)
+            for argv in kills if kills is not None else [pf.pfctl('-F', 'states')]:
+                pfctl.run(argv, 'pfctl failed to end the states the new policy does not allow')
+        if not token_held:
+            # A reference of our own, whoever else holds one: without it another holder's -X stops PF.
             saved['token'] = pf.parse_token(pfctl.run(pf.pfctl('-E'), 'pfctl failed to enable PF'))
-        saved.update(digest=pf.digest(ruleset), listing=pfctl.listing())
+        saved.update(digest=pf.digest(ruleset), listing=pfctl.listing(), states=states)
         file_snapshot.save(state_path, saved)
+        if job_changed:
+            for argv in pf.launchd_argvs(params['persist']):
+                if argv[1] == 'bootout':
+                    pfctl.query(argv)  # not loaded yet is fine
+                else:
+                    pfctl.run(argv, 'launchctl failed to start the watchdog')
 
-    plist = pf.launchd_plist() if params['persist'] else None
-    before_plist = file_snapshot.read_text(pf.LAUNCHD_PLIST)
-    persist_changed = sync_file(module, pf.LAUNCHD_PLIST, plist)
-    if persist_changed:
-        changed_files.append(pf.LAUNCHD_PLIST)
-        diff.append(file_diff(pf.LAUNCHD_PLIST, before_plist, plist))
+    drift = drift_of(seen, token_held, pf.has_hook(pf_conf), anchor_in_sync)
+    for line in drift:
+        if line.startswith(('foreign', 'translation')):
+            module.warn(line)
+    if any(name.endswith('*') and name.startswith('utun') for name in policy.tunnel_interfaces):
+        module.warn('utun* trusts every utun interface: Apple\'s own (iCloud Private Relay, Back to My Mac) '
+                    'and other VPN clients\' tunnels as well as yours; name the unit where it is fixed')
+    if any(e.selector == 'gid' for e in policy.exceptions):
+        module.warn('PF matches a gid exception against the socket owner\'s effective (primary) group only, '
+                    'never supplementary groups')
 
-    changed = not anchor_in_sync or not conf_in_sync or not enabled or persist_changed
+    changed = bool(not anchor_in_sync or not main_in_sync or not token_held or changed_files)
     return dict(
-        changed=changed, ruleset=ruleset, live_rules=live, changed_files=changed_files, diff=diff,
+        changed=changed, ruleset=ruleset, confirm_pending=os.path.exists(pf.CONFIRM_PLIST), live_rules=live,
+        changed_files=changed_files, diff=diff, drift=drift,
         summary=dict(
-            anchor=pf.ANCHOR, anchor_changed=not anchor_in_sync, pf_conf_changed=not conf_in_sync,
-            pf_enabled=True, persist_changed=persist_changed,
+            anchor=pf.ANCHOR, anchor_changed=not anchor_in_sync, pf_conf_changed=wanted_conf != pf_conf,
+            main_ruleset_changed=not main_in_sync, pf_enabled=seen['enabled'], token_held=token_held,
+            persist_changed=job_changed, foreign_anchors=seen['foreign_anchors'], nat_pass=seen['nat_pass'],
             tunnel_interfaces=list(policy.tunnel_interfaces), endpoints=len(policy.endpoints),
             dns_servers=len(policy.dns_servers), allow_lan=policy.allow_lan,
             management=len(policy.management), exceptions=len(policy.exceptions)),
@@ -361,33 +572,45 @@ def present(module, policy, ruleset, pfctl, state_path):
 
 
 def absent(module, pfctl, state_path):
+    state_dir = os.path.dirname(state_path)
     saved = file_snapshot.load_json(state_path) or {}
     live = pfctl.listing()
+    seen = observe(pfctl, state_dir)
     pf_conf = file_snapshot.read_text(pf.PF_CONF)
     wanted_conf = pf.without_hook(pf_conf) if pf_conf is not None else None
-    paths = [p for p in (pf.ANCHOR_FILE, pf.LAUNCHD_PLIST, state_path) if os.path.lexists(p)]
+    token_path = os.path.join(state_dir, pf.WATCHDOG_TOKEN)
+    paths = [p for p in (pf.ANCHOR_FILE, pf.LAUNCHD_PLIST, pf.WATCHDOG_SCRIPT, pf.RULESET_FILE,
+                         pf.CONFIRM_PLIST, pf.CONFIRM_SCRIPT, pf.CONFIRM_PREVIOUS, token_path, state_path)
+             if os.path.lexists(p)]
+    # Every reference we took: the module's and the watchdog's (at boot, after `pfctl -d`).
+    tokens = [t for t in (saved.get('token'), seen['watchdog_token']) if t and t in seen['references']]
     changed_files = paths + ([pf.PF_CONF] if wanted_conf != pf_conf else [])
-    diff = [file_diff(p, file_snapshot.read_text(p), '') for p in paths if p != state_path]
+    diff = [file_diff(p, file_snapshot.read_text(p), '') for p in paths if p not in (state_path, token_path)]
     if wanted_conf != pf_conf:
         diff.append(file_diff(pf.PF_CONF, pf_conf, wanted_conf))
     if live:
         diff.append(file_diff('pfctl -a %s -s rules (live)' % pf.ANCHOR, live, ''))
-    changed = bool(live or changed_files)
+    changed = bool(live or changed_files or tokens or seen['main_references'])
     if changed and not module.check_mode:
+        # The watchdog and a pending rollback first, or they put back what is taken away here.
+        pfctl.query(pf.launchd_argvs(False)[0])
+        pfctl.query([pf.LAUNCHCTL, 'bootout', 'system/%s' % pf.CONFIRM_LABEL])
         if wanted_conf != pf_conf:
             pfctl.check_text(wanted_conf, pf.load_conf_argv)
             file_snapshot.write_text(pf.PF_CONF, wanted_conf)
+        if wanted_conf is not None and (wanted_conf != pf_conf or seen['main_references']):
             pfctl.run(pf.load_conf_argv(pf.PF_CONF), 'pfctl failed to load %s' % pf.PF_CONF)
         pfctl.run(pf.flush_anchor_argv(), 'pfctl failed to flush the anchor')
-        if saved.get('token'):
-            # Our reference only; PF stays enabled while others hold theirs.
-            pfctl.query(pf.pfctl('-X', saved['token']))
+        for token in tokens:
+            # Our references only; PF stays enabled while others hold theirs.
+            release_token(pfctl, token)
         for path in paths:
             os.remove(path)
-        file_snapshot.remove_if_empty(os.path.dirname(state_path))
+        file_snapshot.remove_if_empty(pf.OWN_DIR)
+        file_snapshot.remove_if_empty(state_dir)
     return dict(changed=changed, live_rules=live, changed_files=changed_files, diff=diff,
                 summary=dict(anchor=pf.ANCHOR, anchor_changed=bool(live), pf_conf_changed=wanted_conf != pf_conf,
-                             persist_changed=pf.LAUNCHD_PLIST in paths))
+                             persist_changed=pf.LAUNCHD_PLIST in paths, tokens_released=len(tokens)))
 
 
 def main():
@@ -396,15 +619,33 @@ def main():
             wildcard_units=dict(type='int', default=pf.WILDCARD_UNITS),
             restrict_endpoints_to_tunnel=dict(type='bool', default=True),
             persist=dict(type='bool', default=False),
+            watchdog_interval=dict(type='int', default=pf.WATCHDOG_INTERVAL),
+            endpoint_users=dict(type='list', elements='str', default=['0']),
+            endpoint_preflight=dict(type='bool', default=True),
+            confirm_timeout=dict(type='int', default=0),
+            confirm=dict(type='bool', default=False),
             state_dir=dict(type='path', default='/var/db/vpnguard-killswitch'),
             **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int')))
         ),
         supports_check_mode=True,
     )
+    if module.params['confirm']:
+        confirmed = os.path.exists(pf.CONFIRM_PLIST)
+        if confirmed and not module.check_mode:
+            disarm_confirm(Pfctl(module))
+        module.exit_json(changed=confirmed, confirmed=confirmed, confirm_pending=False)
+    if module.params['confirm_timeout'] < 0:
+        module.fail_json(msg='confirm_timeout: must be 0 (off) or a number of seconds', setting='confirm_timeout')
     # Bad input fails before anything on the host is read or run.
     policy, ruleset = validate(module) if module.params['state'] == 'present' else (None, None)
     if not os.path.exists(pf.PFCTL):
         module.fail_json(msg='%s not found: pf_killswitch runs on macOS only' % pf.PFCTL)
+    if policy:
+        try:
+            preflight(module, policy)
+        except PolicyError as e:
+            module.fail_json(msg='The VPN client on this host could not use the policy, nothing was changed: %s' % e,
+                             setting=e.setting)
     pfctl = Pfctl(module)
     state_path = os.path.join(module.params['state_dir'], STATE_FILE)
     try:

@@ -49,8 +49,43 @@ def test_a_previous_dictionary_is_put_back_as_it_was():
                       'set State:/Network/Service/vpnguard-killswitch/DNS\nquit\n')
 
 
-def test_the_boot_daemon_feeds_the_script_to_scutil_without_a_shell():
+def test_the_boot_daemon_runs_the_boot_script_at_boot_and_every_interval():
     plist = dns_macos.boot_plist()
-    assert '<array>\n\t\t<string>/usr/sbin/scutil</string>\n\t</array>' in plist
-    assert '<key>StandardInPath</key>\n\t<string>/etc/vpnguard-killswitch/dns.scutil</string>' in plist
+    assert ('<array>\n\t\t<string>/bin/sh</string>\n\t\t<string>/etc/vpnguard-killswitch/dns.sh</string>\n'
+            '\t</array>') in plist
     assert '<key>RunAtLoad</key>\n\t<true/>' in plist
+    assert '<key>StartInterval</key>\n\t<integer>30</integer>' in plist
+
+
+def test_issue12_point5_every_service_gets_the_tunnel_resolvers_and_keeps_the_rest():
+    keys = dns_macos.parse_list('  subKey [0] = State:/Network/Service/A1/DNS\n'
+                                '  subKey [1] = State:/Network/Service/vpnguard-killswitch/DNS\n'
+                                '  subKey [2] = State:/Network/Service/B2/DNS\n')
+    assert keys == ['State:/Network/Service/A1/DNS', 'State:/Network/Service/B2/DNS']
+    assert dns_macos.override_script(keys[:1], SERVERS) == (
+        'get State:/Network/Service/A1/DNS\n'
+        'd.add ServerAddresses * 192.0.2.1 2001:db8:ff::1\n'
+        'set State:/Network/Service/A1/DNS\n'
+        'quit\n')
+
+
+SCUTIL_DNS = """DNS configuration
+
+resolver #1
+  search domain[0] : example.net
+  nameserver[0] : 198.51.100.53
+  if_index : 6 (en0)
+  flags    : Request A records
+  reach    : 0x00020002 (Reachable,Directly Reachable Address)
+
+resolver #2
+  nameserver[0] : 192.0.2.1
+  order    : 1
+"""
+
+
+def test_issue12_point5_the_audit_reads_which_resolver_macos_orders_first():
+    assert dns_macos.parse_dns(SCUTIL_DNS) == ['198.51.100.53']
+    assert dns_macos.parse_dns('') == []
+    assert dns_macos.parse_resolv_conf('#\n# macOS Notice\nnameserver 198.51.100.53\nnameserver 2001:db8::53\n') == [
+        '198.51.100.53', '2001:db8::53']

@@ -1,6 +1,7 @@
 """The PF renderer: exact text, the pf.conf hook, and the anchor run against a model of PF."""
 
 import ipaddress
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
@@ -35,20 +36,20 @@ table <vpnguard_endpoint_udp_51820> const { 203.0.113.1 }
 # Loopback never leaves the host.
 pass quick on lo0 no state
 # DNS only to the tunnel's resolvers and only through it, decided before the tunnel is passed.
-pass out quick on $tunnels proto { udp tcp } to <vpnguard_dns> port { 53 853 } no state
+pass out quick on $tunnels proto { udp tcp } to <vpnguard_dns> port { 53 853 } flags any keep state (if-bound)
 block drop out quick proto { udp tcp } to port { 53 853 }
-# The tunnel carries everything else, both ways.
-pass quick on $tunnels no state
+# The tunnel carries everything else out; in, only replies, bound to the tunnel interface.
+pass out quick on $tunnels all flags any keep state (if-bound)
 # The VPN servers, exactly: address, port and protocol, for root's sockets only.
 pass out quick proto udp to <vpnguard_endpoint_udp_51820> port 51820 user 0 keep state
 pass in quick proto udp from <vpnguard_endpoint_udp_51820> port 51820 no state
 # DHCP and neighbour discovery: the link must work for the tunnel to come up.
-pass out quick inet proto udp from port 68 to port 67 no state
+pass out quick inet proto udp from port 68 to 255.255.255.255 port 67 no state
 pass in quick inet proto udp from port 67 to port 68 no state
 pass out quick inet6 proto udp from fe80::/10 port 546 to port 547 no state
 pass in quick inet6 proto udp from port 547 to fe80::/10 port 546 no state
 pass out quick inet6 proto icmp6 icmp6-type { 133 135 136 143 } no state
-pass in quick inet6 proto icmp6 icmp6-type { 134 135 136 } no state
+pass in quick inet6 proto icmp6 icmp6-type { 130 134 135 136 137 } no state
 # Everything else, both ways.
 block drop out quick all
 block drop in quick all
@@ -56,7 +57,7 @@ block drop in quick all
 
 
 def test_every_rule_is_quick_so_later_rules_cannot_undo_it():
-    ruleset = Ruleset(rendered(allow_lan=True, doh_servers=['1.1.1.1'], exceptions=[{'uid': 501}, {'gid': 20}],
+    ruleset = Ruleset(rendered(allow_lan=True, doh_servers=['1.1.1.1'], exceptions=[{'uid': 501}, {'gid': 100}],
                                management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'},
                                            {'cidr': '198.18.0.0/24', 'port': 161, 'protocol': 'udp'}]))
     assert all(rule.quick for rule in ruleset.rules)
@@ -90,9 +91,9 @@ def test_exceptions_pf_cannot_select_are_refused_with_their_setting(exception, s
 
 
 def test_uid_and_gid_exceptions_become_user_and_group():
-    text = rendered(exceptions=[{'uid': 501}, {'gid': 20}])
-    assert 'pass out quick proto { udp tcp } user 501 keep state\n' in text
-    assert 'pass out quick proto { udp tcp } group 20 keep state\n' in text
+    text = rendered(exceptions=[{'uid': 501}, {'gid': 100}])
+    assert 'pass out quick proto { udp tcp } user 501 flags any keep state\n' in text
+    assert 'pass out quick proto { udp tcp } group 100 flags any keep state\n' in text
 
 
 def test_endpoints_sharing_a_service_share_a_table_and_stay_exact():
@@ -101,13 +102,13 @@ def test_endpoints_sharing_a_service_share_a_table_and_stay_exact():
                                {'address': '203.0.113.9', 'port': 443, 'protocol': 'tcp'}],
                     restrict_endpoints_to_tunnel=False)
     assert 'table <vpnguard_endpoint_udp_51820> const { 203.0.113.1 2001:db8::1 }' in text
-    assert 'pass out quick proto tcp to <vpnguard_endpoint_tcp_443> port 443 keep state' in text
+    assert 'pass out quick proto tcp to <vpnguard_endpoint_tcp_443> port 443 flags any keep state' in text
     assert 'user 0' not in text
 
 
 def test_without_resolvers_dns_goes_anywhere_but_only_through_the_tunnel():
     text = rendered()
-    assert 'pass out quick on $tunnels proto { udp tcp } to any port { 53 853 } no state' in text
+    assert 'pass out quick on $tunnels proto { udp tcp } to any port { 53 853 } flags any keep state (if-bound)' in text
     assert '<vpnguard_dns>' not in text
 
 
@@ -143,13 +144,50 @@ def test_the_loaded_main_ruleset_is_checked_for_the_anchor():
     assert not pf.references_anchor('anchor "com.apple/*" all\n')
 
 
-def test_boot_daemon_enables_pf_and_loads_pf_conf():
-    plist = pf.launchd_plist()
-    assert '<key>Label</key>\n\t<string>com.vpnguard.killswitch</string>' in plist
-    assert ('\t\t<string>/sbin/pfctl</string>\n\t\t<string>-E</string>\n\t\t<string>-f</string>\n'
-            '\t\t<string>/etc/pf.conf</string>\n') in plist
-    assert '<key>RunAtLoad</key>\n\t<true/>' in plist
+def test_the_watchdog_job_runs_our_script_at_boot_on_pf_conf_changes_and_every_interval():
+    assert pf.launchd_plist(30) == """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<!-- vpnguard.killswitch: managed by Ansible; keeps PF enabled with the kill switch -->
+<plist version="1.0">
+<dict>
+\t<key>Label</key>
+\t<string>com.vpnguard.killswitch</string>
+\t<key>ProgramArguments</key>
+\t<array>
+\t\t<string>/bin/sh</string>
+\t\t<string>/etc/vpnguard-killswitch/watchdog.sh</string>
+\t</array>
+\t<key>RunAtLoad</key>
+\t<true/>
+\t<key>WatchPaths</key>
+\t<array>
+\t\t<string>/etc/pf.conf</string>
+\t</array>
+\t<key>StartInterval</key>
+\t<integer>30</integer>
+</dict>
+</plist>
+"""
     assert pf.LAUNCHD_PLIST == '/Library/LaunchDaemons/com.vpnguard.killswitch.plist'
+
+
+def test_the_watchdog_script_loads_before_it_enables_and_falls_back_closed():
+    script = pf.watchdog_script('/var/db/vpnguard-killswitch', 'block drop out quick all\n')
+    assert script.startswith('#!/bin/sh\n')
+    assert ('"$pfctl" -f /etc/vpnguard-killswitch/pf.conf || "$pfctl" -f - <<\'VPNGUARD_FALLBACK\'\n'
+            'block drop out quick all\nVPNGUARD_FALLBACK\n') in script
+    assert script.index('-f /etc/vpnguard-killswitch/pf.conf') < script.index('"$pfctl" -E')
+    assert 'token_file=/var/db/vpnguard-killswitch/watchdog.token\n' in script
+    assert subprocess.run(['sh', '-n'], input=script.encode(), check=False).returncode == 0
+
+
+def test_the_fallback_keeps_loopback_and_management_and_blocks_the_rest():
+    policy = policy_of(management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'}])
+    fw = Firewall(pf.fallback_ruleset(policy))
+    assert not fw.send(packet('out', iface='utun4', dst='198.51.100.7'))
+    assert not fw.send(packet('out', proto='udp', dst='203.0.113.1', dport=51820, uid=0))
+    assert fw.send(packet('in', src='198.18.0.1', dst='198.18.0.2', sport=50000, dport=22))
+    assert fw.send(packet('out', iface='lo0', dst='127.0.0.1'))
 
 
 def test_pfctl_output_is_read():
@@ -233,7 +271,7 @@ def scenarios(draw):
     """A policy and an outbound packet aimed at what the policy names, or near it."""
     raw = draw(policies)
     policy = parse_policy(raw, system='Darwin')
-    addresses = ([str(e.address) for e in policy.endpoints] + [str(a) for a in policy.dns_servers]
+    addresses = (['255.255.255.255'] + [str(e.address) for e in policy.endpoints] + [str(a) for a in policy.dns_servers]
                  + [str(a) for a in policy.doh_servers]
                  + [str(m.network.network_address + 1) for m in policy.management if m.network.num_addresses > 1]
                  + ['192.168.1.1', 'fe80::1', '10.64.0.1'] + PUBLIC)
@@ -245,7 +283,7 @@ def scenarios(draw):
     if proto == 'icmp' and ipaddress.ip_address(dst).version == 6:
         proto = 'icmp6'
     uids = [e.value for e in policy.exceptions if e.selector == 'uid'] + [0, 501, 65534]
-    gids = [e.value for e in policy.exceptions if e.selector == 'gid'] + [0, 20]
+    gids = [e.value for e in policy.exceptions if e.selector == 'gid'] + [0, 20, 100]
     p = packet('out', iface=draw(st.sampled_from(['en0', 'en5', 'lo0', 'utun4', 'utun7', 'utun40', 'ipsec0', 'ppp0'])),
                proto=proto, dst=dst, sport=draw(st.sampled_from(wanted_ports + [68, 546, 40000]) | ports),
                dport=draw(st.sampled_from(wanted_ports) | ports), uid=draw(st.sampled_from(uids)),
@@ -271,11 +309,11 @@ def intended(policy, tunnels, p):
         return True
     if p.dst in policy.doh_servers:
         return False
-    opens = p.proto == 'udp' or p.flags == 'S'  # what a stateful pass rule takes without a state
     if any((p.dst, p.dport, p.proto) == (e.address, e.port, e.protocol) for e in policy.endpoints) \
-            and opens and (p.uid == 0 or not policy.restrict_endpoints_to_tunnel):
-        return True
-    if p.proto == 'udp' and p.af == 4 and (p.sport, p.dport) == (68, 67):
+            and (p.uid == 0 or not policy.restrict_endpoints_to_tunnel):
+        return True  # flags any: a connection picked up mid-stream goes on
+    if p.proto == 'udp' and p.af == 4 and (p.sport, p.dport) == (68, 67) \
+            and p.dst == ipaddress.ip_address('255.255.255.255'):
         return True
     if p.proto == 'udp' and (p.sport, p.dport) == (546, 547) and p.src in ipaddress.ip_network('fe80::/10'):
         return True
@@ -286,7 +324,7 @@ def intended(policy, tunnels, p):
     if p.proto == 'tcp' and 'A' in p.flags and any(
             m.protocol == 'tcp' and p.sport == m.port and _inside(p.dst, [m.network]) for m in policy.management):
         return True
-    if p.proto in ('tcp', 'udp') and opens and any(
+    if p.proto in ('tcp', 'udp') and any(
             (e.selector, e.value) in (('uid', p.uid), ('gid', p.gid)) for e in policy.exceptions):
         return True
     return False
@@ -349,3 +387,83 @@ def test_outside_the_tunnel_an_endpoint_address_is_reached_only_on_its_exact_ser
     if Firewall(pf.render(policy, units=8)).send(p):
         assert any((p.dst, p.dport, p.proto) == (e.address, e.port, e.protocol) for e in policy.endpoints)
         assert p.uid == 0 or not policy.restrict_endpoints_to_tunnel
+
+
+# Issue 12: what PF does with states, direction and owners -----------------------------------------------
+
+
+def test_issue12_point3_an_established_tcp_endpoint_connection_survives_a_state_flush():
+    fw = firewall(dict(BASE, endpoints=[{'address': '203.0.113.1', 'port': 443, 'protocol': 'tcp'}]))
+    syn = packet('out', dst='203.0.113.1', sport=50123, dport=443, uid=0, flags='S')
+    assert fw.send(syn)
+    fw.flush_states()
+    assert fw.send(syn._replace(flags='A')), 'flags S/SA: a mid-stream packet hits the final block'
+    assert fw.send(packet('out', dst='198.51.100.7', uid=0, flags='S')) is False
+
+
+def test_issue12_point3_bypass_connections_survive_a_state_flush():
+    fw = firewall(dict(BASE, exceptions=[{'uid': 501}]))
+    syn = packet('out', dst='198.51.100.7', uid=501, flags='S')
+    assert fw.send(syn)
+    fw.flush_states()
+    assert fw.send(syn._replace(flags='A'))
+
+
+def test_issue12_point4_the_tunnel_refuses_unsolicited_inbound_connections():
+    fw = firewall(BASE)
+    assert not fw.send(packet('in', iface=TUNNEL, src='10.64.0.1', dst='10.64.0.2', sport=40000, dport=22,
+                              flags='S')), 'anything reachable through the VPN reached a listening port'
+    assert not fw.send(packet('in', iface=TUNNEL, proto='udp', src='10.64.0.1', dst='10.64.0.2', dport=5353))
+
+
+def test_issue12_point4_replies_come_back_on_the_tunnel_only():
+    fw = firewall(BASE)
+    out = packet('out', iface=TUNNEL, src='10.64.0.2', dst='198.51.100.7', sport=40000, dport=443, flags='S')
+    reply = out._replace(direction='in', src=out.dst, dst=out.src, sport=443, dport=40000, flags='SA')
+    assert fw.send(out) and fw.send(reply)
+    # The state is bound to the tunnel: the same connection on en0 (routes gone) matches nothing.
+    assert not fw.send(reply._replace(iface='en0', flags='A'))
+    assert not fw.send(out._replace(iface='en0', flags='A'))
+    assert fw.states[0].kif == TUNNEL
+
+
+def test_issue12_point4_dns_replies_come_back_through_the_tunnel():
+    fw = firewall(dict(BASE, dns_servers=['192.0.2.1']))
+    query = packet('out', iface=TUNNEL, proto='udp', src='10.64.0.2', dst='192.0.2.1', sport=5353, dport=53)
+    assert fw.send(query)
+    assert fw.send(query._replace(direction='in', src=query.dst, dst=query.src, sport=53, dport=5353))
+
+
+def test_issue12_point8_dhcp_goes_only_to_the_broadcast_address():
+    fw = firewall(BASE)
+    dhcp = packet('out', proto='udp', src='0.0.0.0', dst='255.255.255.255', sport=68, dport=67, uid=501)
+    assert fw.send(dhcp)
+    assert not fw.send(dhcp._replace(dst=ipaddress.ip_address('198.51.100.7'))), \
+        'any socket on port 68 reached port 67 of any host'
+
+
+@pytest.mark.parametrize('icmp_type', [130, 137])
+def test_issue12_point8_mld_queries_and_redirects_come_in(icmp_type):
+    fw = firewall(BASE)
+    assert fw.send(packet('in', proto='icmp6', src='fe80::1', dst='ff02::1', icmp_type=icmp_type))
+
+
+@pytest.mark.parametrize('gid', [20, 12])
+def test_issue12_point8_a_group_every_user_has_is_refused(gid):
+    with pytest.raises(PolicyError) as error:
+        rendered(exceptions=[{'uid': 501}, {'gid': gid}])
+    assert error.value.setting == 'exceptions[1].gid'
+
+
+def test_issue12_kill_plan_keeps_what_the_new_policy_still_allows():
+    before = pf.state_summary(policy_of(tunnel_interfaces=['utun4', 'utun5'], dns_servers=['192.0.2.1'],
+                                        exceptions=[{'uid': 501}]))
+    after = pf.state_summary(policy_of(dns_servers=['192.0.2.2'], exceptions=[{'uid': 501}],
+                                       endpoints=[{'address': '2001:db8::9', 'port': 51820, 'protocol': 'udp'}]))
+    assert pf.kill_states_argvs(before, after) == [
+        [pf.PFCTL, '-i', 'utun5', '-F', 'states'],
+        [pf.PFCTL, '-k', '0.0.0.0/0', '-k', '192.0.2.1'],
+        [pf.PFCTL, '-k', '0.0.0.0/0', '-k', '203.0.113.1']]
+    assert pf.kill_states_argvs(after, after) == []
+    assert pf.kill_states_argvs(None, after) is None, 'nothing known of the previous policy: flush all'
+    assert pf.kill_states_argvs(dict(after, owners=['uid 502']), after) is None, 'PF cannot kill by owner'
