@@ -226,8 +226,10 @@ def packets(draw, policy):
     wanted = ([e.port for e in policy.endpoints] + [m.port for m in policy.management]
               + list(DNS_PORTS) + [67, 68, 546, 547, 445, 3389] + list(wfp.LAN_NAME_PORTS))
     port = st.sampled_from(wanted) | ports
+    # The pairs DHCP uses, often enough for a few hundred examples to meet them in both directions.
+    local_port, remote_port = draw(st.sampled_from([(68, 67), (546, 547), (40000, 53)]) | st.tuples(port, port))
     return wm.packet(direction=draw(st.sampled_from([wm.OUT, wm.IN, wm.FORWARD])), iface=draw(st.sampled_from(ADAPTERS)),
-                     proto=proto, remote=remote, local_port=draw(port), remote_port=draw(port),
+                     proto=proto, remote=remote, local_port=local_port, remote_port=remote_port,
                      icmp=draw(st.sampled_from([128, 133, 134, 135, 136, 137, 143])) if proto.startswith('ICMP') else None,
                      program=draw(st.sampled_from(PROGRAMS + [WIREGUARD, 'C:\\Windows\\System32\\svchost.exe'])),
                      loopback=draw(st.booleans()) if draw(st.integers(0, 9)) == 0 else False)
@@ -267,10 +269,8 @@ def intended(policy, programs, p):
         if any((p.remote, p.remote_port, p.proto) == (e.address, e.port, e.protocol.upper()) for e in policy.endpoints) \
                 and (not programs or p.program in programs):
             return True
-        if p.proto == 'UDP' and (p.local_port, p.remote_port) == (68, 67):
-            return str(p.remote) == '255.255.255.255'
-        if p.proto == 'UDP' and (p.local_port, p.remote_port) == (546, 547):
-            if str(p.remote) in ('ff02::1:2', 'ff05::1:3'):
+        if p.proto == 'UDP' and (p.local_port, p.remote_port) in ((68, 67), (546, 547)):
+            if str(p.remote) in ('255.255.255.255', 'ff02::1:2', 'ff05::1:3'):
                 return True
         if p.proto == 'ICMPv6' and p.icmp in (133, 135, 136, 143):
             scope = dict((t, s) for t, s in wfp.NDP_OUT)[p.icmp]
