@@ -521,7 +521,10 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             d["name"] = Marshal.PtrToStringUni(f.Name);
             d["layer"] = layer;
             d["action"] = f.ActionType == Names.ActionBlock ? "BLOCK" : f.ActionType == Names.ActionPermit ? "PERMIT" : "0x" + f.ActionType.ToString("X");
-            d["weight"] = f.Weight.Type == Names.TypeUint8 ? (object)(int)(f.Weight.Value & 0xFF) : null;
+            // An FWP_UINT8 weight is the 4 high-order bits of the 64-bit weight the BFE keeps (FWP_VALUE0 docs).
+            d["weight"] = f.Weight.Type == Names.TypeUint8 ? (object)(int)(f.Weight.Value & 0xFF)
+                : f.Weight.Type == Names.TypeUint64 ? (object)(int)(Marshal.ReadInt64(new IntPtr((long)f.Weight.Value)) >> 60 & 0xF)
+                : null;
             d["flags"] = Names.FlagNames(f.Flags).ToArray();
             List<Hashtable> conditions = new List<Hashtable>();
             Dictionary<string, SortedSet<ulong>> interfaces = new Dictionary<string, SortedSet<ulong>>();

@@ -154,7 +154,7 @@ Function Set-Resolver {
     Add-DnsClientNrptRule -Namespace $Rendered.dns.namespace -NameServers $servers -Comment $Name
     foreach ($adapter in Get-TunnelAdapter -Pattern @($Rendered.tunnel_interfaces)) {
         $guid = [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.DnsRollback]::NormalGuid($adapter.InterfaceGuid)
-        if (-not $State.interface_dns.Contains($guid)) {
+        if (-not $State.interface_dns.ContainsKey($guid)) {
             # The originals, from before our first change only.
             $State.interface_dns[$guid] = @{ alias = $adapter.Name; static = (Get-StaticDns -Guid $guid) }
             Save-State -State $State
@@ -167,7 +167,7 @@ Function Set-BrowserPolicy {
     param($State)
     foreach ($p in $BrowserPolicies) {
         $id = "$($p.Path)\$($p.Name)"
-        if (-not $State.browser.Contains($id)) {
+        if (-not $State.browser.ContainsKey($id)) {
             $State.browser[$id] = (Get-ItemProperty -LiteralPath $p.Path -Name $p.Name -ErrorAction SilentlyContinue).($p.Name)
             Save-State -State $State
         }
