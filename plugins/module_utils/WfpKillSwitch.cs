@@ -165,6 +165,13 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         }
     }
 
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct FwpmDisplayData
+    {
+        public IntPtr Name;
+        public IntPtr Description;
+    }
+
     [StructLayout(LayoutKind.Explicit, Size = 16)]
     internal struct FwpValue
     {
@@ -184,8 +191,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
     internal struct FwpmFilter
     {
         [FieldOffset(0)] public Guid FilterKey;
-        [FieldOffset(16)] public IntPtr Name;
-        [FieldOffset(24)] public IntPtr Description;
+        [FieldOffset(16)] public FwpmDisplayData Display;
         [FieldOffset(32)] public uint Flags;
         [FieldOffset(40)] public IntPtr ProviderKey;
         [FieldOffset(48)] public uint ProviderDataSize;
@@ -207,8 +213,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
     internal struct FwpmSubLayer
     {
         [FieldOffset(0)] public Guid SubLayerKey;
-        [FieldOffset(16)] public IntPtr Name;
-        [FieldOffset(24)] public IntPtr Description;
+        [FieldOffset(16)] public FwpmDisplayData Display;
         [FieldOffset(32)] public uint Flags;
         [FieldOffset(40)] public IntPtr ProviderKey;
         [FieldOffset(48)] public uint ProviderDataSize;
@@ -220,8 +225,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
     internal struct FwpmProvider
     {
         [FieldOffset(0)] public Guid ProviderKey;
-        [FieldOffset(16)] public IntPtr Name;
-        [FieldOffset(24)] public IntPtr Description;
+        [FieldOffset(16)] public FwpmDisplayData Display;
         [FieldOffset(32)] public uint Flags;
         [FieldOffset(40)] public uint ProviderDataSize;
         [FieldOffset(48)] public IntPtr ProviderData;
@@ -407,16 +411,15 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             {
                 foreach (FwpmFilter f in Enumerate(Names.Layers[layer]))
                 {
-                    bool mine = f.ProviderKey != IntPtr.Zero && ((Guid)Marshal.PtrToStructure(f.ProviderKey, typeof(Guid))) == providerKey;
                     if (bootKeys.Contains(f.FilterKey))
                         boot.Add(Describe(f, layer, bindings, programs));
-                    else if (mine || f.SubLayerKey == sublayerKey)
+                    else if (IsOurs(f))
                         ours.Add(Describe(f, layer, bindings, programs));
                     else if (f.ActionType == Names.ActionPermit && (f.Flags & Names.FilterClearActionRight) != 0)
                     {
                         if (!weights.ContainsKey(f.SubLayerKey)) weights[f.SubLayerKey] = SublayerWeight(f.SubLayerKey);
                         Hashtable d = new Hashtable();
-                        d["name"] = Marshal.PtrToStringUni(f.Name);
+                        d["name"] = Marshal.PtrToStringUni(f.Display.Name);
                         d["provider"] = f.ProviderKey == IntPtr.Zero ? "" : Marshal.PtrToStructure(f.ProviderKey, typeof(Guid)).ToString();
                         d["sublayer_weight"] = weights[f.SubLayerKey].HasValue ? weights[f.SubLayerKey].Value : 0;
                         d["action"] = "PERMIT";
@@ -440,6 +443,23 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             Ignore(Native.FwpmProviderDeleteByKey0(handle, ref provider), Native.FwpEProviderNotFound, "FwpmProviderDeleteByKey0");
         }
 
+        /// <summary>Ours: of our provider, or in our sublayer (whoever put it there).</summary>
+        private bool IsOurs(FwpmFilter f)
+        {
+            return f.SubLayerKey == sublayerKey ||
+                (f.ProviderKey != IntPtr.Zero && (Guid)Marshal.PtrToStructure(f.ProviderKey, typeof(Guid)) == providerKey);
+        }
+
+        private static List<FwpmFilterCondition> ConditionsOf(FwpmFilter f)
+        {
+            List<FwpmFilterCondition> conditions = new List<FwpmFilterCondition>();
+            int size = Marshal.SizeOf(typeof(FwpmFilterCondition));
+            for (int i = 0; i < f.NumFilterConditions; i++)
+                conditions.Add((FwpmFilterCondition)Marshal.PtrToStructure(
+                    new IntPtr(f.FilterCondition.ToInt64() + i * size), typeof(FwpmFilterCondition)));
+            return conditions;
+        }
+
         private static void Ignore(uint status, uint expected, string what)
         {
             if (status != expected) Native.Check(status, what);
@@ -451,8 +471,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             {
                 foreach (FwpmFilter f in Enumerate(Names.Layers[layer]))
                 {
-                    bool mine = f.ProviderKey != IntPtr.Zero && ((Guid)Marshal.PtrToStructure(f.ProviderKey, typeof(Guid))) == providerKey;
-                    if (mine || f.SubLayerKey == sublayerKey)
+                    if (IsOurs(f))
                     {
                         Guid key = f.FilterKey;
                         Ignore(Native.FwpmFilterDeleteByKey0(handle, ref key), Native.FwpEFilterNotFound, "FwpmFilterDeleteByKey0");
@@ -518,7 +537,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         {
             Hashtable d = new Hashtable();
             d["key"] = f.FilterKey.ToString();
-            d["name"] = Marshal.PtrToStringUni(f.Name);
+            d["name"] = Marshal.PtrToStringUni(f.Display.Name);
             d["layer"] = layer;
             d["action"] = f.ActionType == Names.ActionBlock ? "BLOCK" : f.ActionType == Names.ActionPermit ? "PERMIT" : "0x" + f.ActionType.ToString("X");
             // An FWP_UINT8 weight is the 4 high-order bits of the 64-bit weight the BFE keeps (FWP_VALUE0 docs).
@@ -528,10 +547,9 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             d["flags"] = Names.FlagNames(f.Flags).ToArray();
             List<Hashtable> conditions = new List<Hashtable>();
             Dictionary<string, SortedSet<ulong>> interfaces = new Dictionary<string, SortedSet<ulong>>();
-            for (int i = 0; i < f.NumFilterConditions; i++)
+            bool icmp = IsIcmp(f);
+            foreach (FwpmFilterCondition c in ConditionsOf(f))
             {
-                FwpmFilterCondition c = (FwpmFilterCondition)Marshal.PtrToStructure(
-                    new IntPtr(f.FilterCondition.ToInt64() + i * Marshal.SizeOf(typeof(FwpmFilterCondition))), typeof(FwpmFilterCondition));
                 string field = Names.NameOf(Names.Fields, c.FieldKey) ?? c.FieldKey.ToString();
                 if (field == "IP_LOCAL_INTERFACE" || field == "IP_FORWARD_INTERFACE")
                 {
@@ -539,7 +557,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
                     interfaces[field].Add((ulong)Marshal.ReadInt64(new IntPtr((long)c.Value.Value)));
                     continue;
                 }
-                if (field == "IP_LOCAL_PORT" && IsIcmp(f)) field = "ICMP_TYPE";
+                if (field == "IP_LOCAL_PORT" && icmp) field = "ICMP_TYPE";
                 conditions.Add(Condition(field, c.MatchType == Names.MatchFlagsAllSet ? "FLAGS_ALL_SET" : "EQUAL", ReadValue(c, field, programs)));
             }
             foreach (KeyValuePair<string, SortedSet<ulong>> pair in interfaces)
@@ -551,10 +569,8 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
 
         private static bool IsIcmp(FwpmFilter f)
         {
-            for (int i = 0; i < f.NumFilterConditions; i++)
+            foreach (FwpmFilterCondition c in ConditionsOf(f))
             {
-                FwpmFilterCondition c = (FwpmFilterCondition)Marshal.PtrToStructure(
-                    new IntPtr(f.FilterCondition.ToInt64() + i * Marshal.SizeOf(typeof(FwpmFilterCondition))), typeof(FwpmFilterCondition));
                 if (c.FieldKey == Names.Fields["IP_PROTOCOL"] && ((c.Value.Value & 0xFF) == 1 || (c.Value.Value & 0xFF) == 58)) return true;
             }
             return false;
@@ -693,8 +709,8 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         {
             FwpmProvider provider = new FwpmProvider();
             provider.ProviderKey = providerKey;
-            provider.Name = Text(name);
-            provider.Description = Text(name + ": VPN kill switch (vpnguard.killswitch.win_wfp_killswitch)");
+            provider.Display.Name = Text(name);
+            provider.Display.Description = Text(name + ": VPN kill switch (vpnguard.killswitch.win_wfp_killswitch)");
             provider.Flags = Names.ObjectPersistent;
             Native.Check(Native.FwpmProviderAdd0(handle, ref provider, IntPtr.Zero), "FwpmProviderAdd0");
         }
@@ -703,8 +719,8 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         {
             FwpmSubLayer sublayer = new FwpmSubLayer();
             sublayer.SubLayerKey = sublayerKey;
-            sublayer.Name = Text(name);
-            sublayer.Description = Text(name + ": the kill switch decides here first");
+            sublayer.Display.Name = Text(name);
+            sublayer.Display.Description = Text(name + ": the kill switch decides here first");
             sublayer.Flags = Names.ObjectPersistent;
             sublayer.ProviderKey = Struct(providerKey);
             sublayer.Weight = weight;
@@ -717,8 +733,8 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             foreach (IDictionary c in (IEnumerable)spec["conditions"]) conditions.AddRange(Build(c, bindings));
             FwpmFilter f = new FwpmFilter();
             f.FilterKey = new Guid((string)spec["key"]);
-            f.Name = Text((string)spec["name"]);
-            f.Description = Text((string)spec["description"]);
+            f.Display.Name = Text((string)spec["name"]);
+            f.Display.Description = Text((string)spec["description"]);
             f.Flags = Names.Flags((IEnumerable)spec["flags"]);
             // Boot-time objects cannot reference persistent ones: no provider, the built-in universal sublayer.
             f.ProviderKey = boottime ? IntPtr.Zero : Struct(providerKey);
