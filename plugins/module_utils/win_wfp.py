@@ -147,6 +147,7 @@ def render(policy, endpoint_programs=()):
         f += _per_family('loopback-' + way, 'loopback never leaves the host', layers, 'PERMIT', w['loopback'],
                          lambda v: loopback)
     # DNS is decided before the tunnel permit, so that the tunnel cannot carry it to another resolver.
+
     def dns_tunnel(version):
         if not resolvers:
             return _tunnel(tunnels) + dns
@@ -335,8 +336,9 @@ $state = Read-Json $StatePath
 $engine = New-Object -TypeName "$Ns.Engine" -ArgumentList '%(provider)s', '%(sublayer)s'
 try {
     if ($Mode -eq 'rebind') {
-        $bound = [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.TunnelBinding]::Bind(
-            @($state.applied.tunnel_interfaces), [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.Engine]::AdapterLuids(), $state.bindings)
+        $engineType = "$Ns.Engine" -as [type]
+        $bindingType = "$Ns.TunnelBinding" -as [type]
+        $bound = $bindingType::Bind(@($state.applied.tunnel_interfaces), $engineType::AdapterLuids(), $state.bindings)
         $bindings = ConvertTo-Plain ($bound | ConvertTo-Json -Depth 5 | ConvertFrom-Json)
         if (($bindings | ConvertTo-Json -Depth 5 -Compress) -ne ($state.bindings | ConvertTo-Json -Depth 5 -Compress)) {
             $engine.Apply($state.applied, $bindings)

@@ -55,6 +55,8 @@ description:
     arbitration the filters are run against (tests/unit/win_model.py), the C# compiled with mono and its host-side
     decisions run under mono, and the PowerShell parsed. The C(windows) Molecule scenario covers boot, the firewall
     service stopped, the tunnel re-created and the rollback on a real host.
+author:
+  - vpnguard maintainers (@vpnguard)
 options:
   state:
     description: V(present) enforces the kill switch; V(absent) removes everything the module put on the host.
@@ -184,6 +186,7 @@ attributes:
   platform:
     support: full
     platforms: windows
+    description: 64-bit Windows 10, Windows Server 2016 and later.
 notes:
   - Needs 64-bit Windows 10, Windows Server 2016 or later with the Base Filtering Engine running, and the PowerShell
     modules NetAdapter, DnsClient and ScheduledTasks.

@@ -197,16 +197,14 @@ def wf_rule_matches(rule, p, adapters):
         return False
     if 'RemoteAddress' in rule and not _wf_address_matches(rule['RemoteAddress'], p.remote):
         return False
-    if 'RemotePort' in rule and (p.proto not in ('TCP', 'UDP') or not _wf_port_matches(rule['RemotePort'],
-                                                                                        p.remote_port)):
+    ports = p.proto in ('TCP', 'UDP')
+    if 'RemotePort' in rule and not (ports and _wf_port_matches(rule['RemotePort'], p.remote_port)):
         return False
-    if 'LocalPort' in rule and (p.proto not in ('TCP', 'UDP') or not _wf_port_matches(rule['LocalPort'],
-                                                                                       p.local_port)):
+    if 'LocalPort' in rule and not (ports and _wf_port_matches(rule['LocalPort'], p.local_port)):
         return False
-    if 'IcmpType' in rule:
-        if not p.proto.startswith('ICMP') or p.icmp is None or not any(t.split(':')[0] == str(p.icmp)
-                                                                        for t in rule['IcmpType']):
-            return False
+    icmp = p.proto.startswith('ICMP') and p.icmp is not None
+    if 'IcmpType' in rule and not (icmp and any(t.split(':')[0] == str(p.icmp) for t in rule['IcmpType'])):
+        return False
     if 'Program' in rule and (p.program or '').lower() != rule['Program'].lower():
         return False
     return True
