@@ -36,6 +36,7 @@ ARGUMENT_SPEC = dict(
     endpoint_programs=dict(type='list', elements='str', default=[]),
     configure_resolver=dict(type='bool', default=True),
     block_browser_doh=dict(type='bool', default=False),
+    block_vm_traffic=dict(type='bool', default=False),
     confirm_timeout=dict(type='int', default=0),
     confirm=dict(type='bool', default=False),
     state_dir=dict(type='str', default='%ProgramData%\\vpnguard-killswitch'),
@@ -61,7 +62,8 @@ def render_args(args):
         return dict(args)
     policy = parse_policy(dict((k, params[k]) for k in POLICY_KEYS if k in params), system='Windows')
     programs = [parse_program('endpoint_programs[%d]' % i, p) for i, p in enumerate(params['endpoint_programs'])]
-    return dict(args, _rendered=win_wfp.render(policy, endpoint_programs=programs))
+    return dict(args, _rendered=win_wfp.render(policy, endpoint_programs=programs,
+                                               block_vm_traffic=params['block_vm_traffic']))
 
 
 def host_task_args():
@@ -99,7 +101,7 @@ class ActionModule(ActionBase):
         # What the module can put right, and what it can only report (it still makes a host non-compliant).
         drift = win_wfp.drift(rendered, read['found']) + list(read.get('dns_drift') or [])
         unfixable = (win_wfp.foreign_overrides(read['found'].get('foreign') or [])
-                     + win_wfp.environment_drift(read.get('environment')))
+                     + win_wfp.environment_drift(read.get('environment'), rendered['vm']['block']))
         result.update(changed=bool(drift), drift=drift + unfixable, environment=read.get('environment'),
                       bindings=read.get('bindings'), rendered=rendered)
         for problem in unfixable:

@@ -33,9 +33,15 @@ Why the filters look the way they do (sources in tests/unit/win_model.py):
   persistent filters take over. They cannot reference persistent objects,
   so they live in the built-in universal sublayer without a provider and
   are found by their keys.
-- Forwarded traffic (WSL2, Hyper-V and Windows Sandbox behind WinNAT) does
-  not pass the host's ALE layers; the IP forward layers see it, where it
-  may only leave through the tunnel.
+- Traffic the host routes for others (Internet Connection Sharing, a host
+  with forwarding on) is not the host's own and never reaches the ALE
+  layers; at the IP forward layers it may only leave through the tunnel.
+- VM traffic (WSL2, Hyper-V, Windows Sandbox) passes none of the host's
+  WFP filters (Mullvad issue 6997 and PR 7120: "the normal firewall (WFP)
+  filters normally do not apply for VMs"). The Hyper-V firewall (Windows 11
+  22H2 and later) can block it: with block_vm_traffic, one outbound Block
+  rule of ours for every VM creator. Windows Sandbox is not covered even
+  then (Mullvad's known issues); the module reports what VMs the host has.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -70,6 +76,11 @@ CLEAR_ACTION_RIGHT = 'CLEAR_ACTION_RIGHT'
 # Filter weights (FWP_UINT8, 0-15) inside our sublayer: the first match decides.
 WEIGHTS = dict(loopback=15, dns_tunnel=14, dns_block=13, tunnel=12, doh_block=11, endpoint=10, link=9,
                lan_names_block=8, lan=7, management=6, exception=5, block_all=0)
+
+# The Hyper-V firewall rule (New-NetFirewallHyperVRule) that blocks what VMs send: the only
+# object of ours outside WFP, and it only blocks.
+VM_BLOCK_RULE = dict(Name=NAME + '-vm-block', DisplayName=NAME + ': VMs send nothing around the kill switch',
+                     Direction='Outbound', Action='Block')
 
 IP_PROTOCOLS = {'tcp': 6, 'udp': 17, 'icmp': 1, 'icmpv6': 58}
 # Names a LAN must not carry: LLMNR, mDNS and NetBIOS name, datagram and session services.
@@ -129,7 +140,7 @@ def _per_family(slug, reason, layers, action, weight, build):
     return out
 
 
-def render(policy, endpoint_programs=()):
+def render(policy, endpoint_programs=(), block_vm_traffic=False):
     """The provider, sublayer, persistent filters and boot-time filters for policy; see the module docstring."""
     for i, exception in enumerate(policy.exceptions):
         if exception.selector != 'program':
@@ -196,7 +207,7 @@ def render(policy, endpoint_programs=()):
     for layers, way in ((CONNECT, 'out'), (RECV_ACCEPT, 'in')):
         f += _per_family('block-all-' + way, 'nothing else leaves or comes in outside the tunnel', layers, 'BLOCK',
                          w['block_all'], lambda v: [])
-    f += _per_family('forward-tunnel', 'forwarded traffic (WSL2, Hyper-V, Sandbox) may leave through the tunnel',
+    f += _per_family('forward-tunnel', 'traffic the host routes for others may leave through the tunnel',
                      FORWARD, 'PERMIT', w['tunnel'], lambda v: [condition('IP_FORWARD_INTERFACE', p) for p in tunnels])
     f += _per_family('forward-block', 'forwarded traffic may leave through nothing else', FORWARD, 'BLOCK',
                      w['block_all'], lambda v: [])
@@ -207,6 +218,7 @@ def render(policy, endpoint_programs=()):
         boottime=boottime_filters(),
         tunnel_interfaces=tunnels,
         dns=dict(servers=resolvers, namespace='.', comment=NAME),
+        vm=dict(block=bool(block_vm_traffic), rule=VM_BLOCK_RULE),
     )
 
 
@@ -281,10 +293,18 @@ def drift(rendered, found):
     return problems
 
 
-def environment_drift(environment):
-    """What the host runs beside the filters that they cannot hold: VMs bridged onto a physical adapter."""
-    return ['VMs on the external Hyper-V switch of %s reach the network without passing this host\'s filters' % a
-            for a in (environment or {}).get('external_switch_adapters') or []]
+def environment_drift(environment, vm_blocked=False):
+    """What the host runs beside the filters that they cannot hold: VMs, which pass no filter of the host."""
+    environment = environment or {}
+    problems = ['VMs on the external Hyper-V switch of %s reach the network without passing this host\'s filters' % a
+                for a in environment.get('external_switch_adapters') or []]
+    creators = environment.get('vm_creators') or []
+    if creators and not vm_blocked:
+        problems.append('VMs of %s send around the kill switch (WFP does not filter them); set block_vm_traffic'
+                        % ', '.join(creators))
+    if environment.get('sandbox'):
+        problems.append('Windows Sandbox sends around the kill switch; neither WFP nor the Hyper-V firewall filters it')
+    return problems
 
 
 def foreign_overrides(foreign):

@@ -30,6 +30,7 @@ $spec = @{
         exceptions = @{ type = 'list'; elements = 'dict'; default = @() }
         configure_resolver = @{ type = 'bool'; default = $true }
         block_browser_doh = @{ type = 'bool'; default = $false }
+        block_vm_traffic = @{ type = 'bool'; default = $false }
         confirm_timeout = @{ type = 'int'; default = 0 }
         confirm = @{ type = 'bool'; default = $false }
         state_dir = @{ type = 'path'; default = '%ProgramData%\vpnguard-killswitch' }
@@ -112,8 +113,9 @@ Function Get-DnsDrift {
             $problems += "the NRPT rule for every name does not send it to $($servers -join ', ')"
         }
         foreach ($adapter in Get-TunnelAdapter -Pattern @($Rendered.tunnel_interfaces)) {
-            $now = @(Get-DnsClientServerAddress -InterfaceIndex $adapter.ifIndex | ForEach-Object { $_.ServerAddresses })
-            if (($now -join ',') -ne ($servers -join ',')) { $problems += "the DNS servers of $($adapter.Name) differ" }
+            # Listed per address family, IPv4 first: compared as sets.
+            $now = @(Get-DnsClientServerAddress -InterfaceIndex $adapter.ifIndex | ForEach-Object { $_.ServerAddresses } | Sort-Object)
+            if (($now -join ',') -ne (@($servers | Sort-Object) -join ',')) { $problems += "the DNS servers of $($adapter.Name) differ" }
         }
     }
     if ($module.Params.block_browser_doh) {
@@ -140,6 +142,45 @@ Function Get-Environment {
         # reach the wire without passing this host's IP stack, so no filter of the host sees them.
         external_switch_adapters = @(Get-NetAdapterBinding -ComponentID vms_pp -ErrorAction SilentlyContinue |
                 Where-Object { $_.Enabled } | ForEach-Object { $_.Name })
+        # WSL, Hyper-V and the like, as the Hyper-V firewall knows them (Windows 11 22H2 and later).
+        vm_creators = @(Get-VmCreator | ForEach-Object { $_.FriendlyName })
+        sandbox = Test-Path -LiteralPath (Join-Path $env:SystemRoot 'System32\WindowsSandbox.exe')
+    }
+}
+
+Function Get-VmCreator {
+    if (Get-Command -Name Get-NetFirewallHyperVVMCreator -ErrorAction SilentlyContinue) {
+        @(Get-NetFirewallHyperVVMCreator)
+    }
+}
+
+Function Get-VmBlockRule {
+    param($Rendered)
+    if (Get-Command -Name Get-NetFirewallHyperVRule -ErrorAction SilentlyContinue) {
+        @(Get-NetFirewallHyperVRule -Name $Rendered.vm.rule.Name -ErrorAction SilentlyContinue)
+    }
+}
+
+Function Get-VmDrift {
+    param($Rendered)
+    $rule = @(Get-VmBlockRule -Rendered $Rendered)
+    if ($Rendered.vm.block -and -not $rule.Count) { "the Hyper-V firewall rule $($Rendered.vm.rule.Name) is missing" }
+    if (-not $Rendered.vm.block -and $rule.Count) { "the Hyper-V firewall rule $($Rendered.vm.rule.Name) is not in the policy" }
+}
+
+Function Set-VmBlock {
+    # Our one object outside WFP: a Hyper-V firewall rule that blocks what VMs send (it only blocks).
+    param($Rendered)
+    $rule = @(Get-VmBlockRule -Rendered $Rendered)
+    if ($Rendered.vm.block -and -not $rule.Count) {
+        if (-not (Get-Command -Name New-NetFirewallHyperVRule -ErrorAction SilentlyContinue)) {
+            $module.FailJson('block_vm_traffic needs the Hyper-V firewall (Windows 11 22H2 or later); the WFP filters are in place')
+        }
+        $spec = $Rendered.vm.rule
+        New-NetFirewallHyperVRule -Name $spec.Name -DisplayName $spec.DisplayName -Direction $spec.Direction -Action $spec.Action | Out-Null
+    }
+    elseif (-not $Rendered.vm.block -and $rule.Count) {
+        Remove-NetFirewallHyperVRule -Name $Rendered.vm.rule.Name
     }
 }
 
@@ -235,7 +276,7 @@ try {
         $bootKeys = @($rendered.boottime | ForEach-Object { $_.key })
         if ($module.Params._phase -eq 'read') {
             $module.Result.found = $engine.Read($bindings, $programs, $bootKeys)
-            $module.Result.dns_drift = @(Get-DnsDrift -Rendered $rendered)
+            $module.Result.dns_drift = @(Get-DnsDrift -Rendered $rendered) + @(Get-VmDrift -Rendered $rendered)
             $module.Result.environment = Get-Environment
             $module.Result.bindings = $bindings
         }
@@ -250,6 +291,7 @@ try {
             Save-State -State $state
             Register-HostTask -RollbackAfter $module.Params.confirm_timeout
             $engine.Apply($rendered, $bindings)
+            Set-VmBlock -Rendered $rendered
             Set-Resolver -Rendered $rendered -State $state
             if ($module.Params.block_browser_doh) { Set-BrowserPolicy -State $state }
             Clear-DnsClientCache
@@ -262,11 +304,13 @@ try {
         $found = $engine.Read(@{}, @{}, $bootKeys)
         $nrpt = @(Get-DnsClientNrptRule | Where-Object { $_.Comment -eq $Name })
         $tasks = @(Get-ScheduledTask -TaskName "$Name-*" -ErrorAction SilentlyContinue)
+        $vmRule = @(Get-VmBlockRule -Rendered @{ vm = @{ rule = @{ Name = "$Name-vm-block" } } })
         $module.Result.changed = $found.provider -or $null -ne $found.sublayer -or $found.filters.Count -or $found.boottime.Count -or
-        $nrpt.Count -or $tasks.Count -or (Test-Path -LiteralPath $StatePath)
+        $nrpt.Count -or $tasks.Count -or $vmRule.Count -or (Test-Path -LiteralPath $StatePath)
         if ($module.Result.changed -and -not $module.CheckMode) {
             foreach ($task in $tasks) { Unregister-ScheduledTask -TaskName $task.TaskName -Confirm:$false }
             $engine.RemoveAll($bootKeys)
+            if ($vmRule.Count) { Remove-NetFirewallHyperVRule -Name "$Name-vm-block" }
             foreach ($rule in $nrpt) { Remove-DnsClientNrptRule -Name $rule.Name -Force }
             $present = @(Get-NetAdapter -IncludeHidden -ErrorAction SilentlyContinue | ForEach-Object { [string]$_.InterfaceGuid })
             $plan = [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.DnsRollback]::Plan($state.interface_dns, $present)

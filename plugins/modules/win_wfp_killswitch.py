@@ -28,9 +28,11 @@ description:
   - Inbound, at the ALE receive/accept layers, everything outside the tunnel is blocked but loopback, DHCP and
     neighbour discovery replies, O(management) and, with O(allow_lan), the LAN; inbound through the tunnel and from
     the LAN stays what the admin's firewall policy says (a soft permit opens nothing).
-  - Traffic the host forwards (WSL2, Hyper-V's default switch, Windows Sandbox, which do not pass the host's ALE
-    layers) may only leave through the tunnel (IP forward layers). VMs on an external Hyper-V switch never pass the
-    host's IP stack; the module reports them in RV(drift).
+  - Traffic the host routes for others (Internet Connection Sharing, forwarding) may only leave through the tunnel
+    (IP forward layers). VM traffic (WSL2, Hyper-V, Windows Sandbox) passes none of the host's WFP filters; with
+    O(block_vm_traffic) a Hyper-V firewall rule of the module's own blocks everything VMs send (Windows 11 22H2 and
+    later). VMs the host has without it, VMs on an external Hyper-V switch and Windows Sandbox (which even the
+    Hyper-V firewall does not filter) are reported in RV(drift).
   - The sublayer has the highest weight (0xFFFF) and every block clears the action right (hard block), so no lower
     sublayer, Windows Firewall's included, can override it. Only a hard permit of another provider in a sublayer of
     the same or higher weight could; the module reads every filter of the layers back and reports such a filter in
@@ -160,6 +162,13 @@ options:
     description:
       - Turn DNS over HTTPS off in Chrome, Edge and Firefox by their enterprise policies (HKLM), so that browsers
         resolve through the system resolver. The values from before are put back on O(state=absent).
+    type: bool
+    default: false
+  block_vm_traffic:
+    description:
+      - Block everything VMs send (WSL2, Hyper-V) with one outbound Block rule of the Hyper-V firewall, named
+        C(vpnguard-killswitch-vm-block), since WFP does not filter VM traffic. Their network then stops, tunnel or
+        not. Needs Windows 11 22H2 or later.
     type: bool
     default: false
   confirm_timeout:

@@ -35,10 +35,15 @@ hold under each.
   - ALE_AUTH_CONNECT authorizes outbound connections and the first
     datagram to a remote; ALE_AUTH_RECV_ACCEPT inbound ones; the packets of
     an authorized flow are not classified there again.
-  - Traffic the host forwards (WinNAT for WSL2, Hyper-V's default switch,
-    Windows Sandbox) is not the host's own and only reaches the IP forward
-    layers (FWPM_LAYER_IPFORWARD_V4/V6); Mullvad issue 6997 saw WSL2
-    traffic pass their ALE filters.
+  - Traffic the host routes for others (ICS, forwarding on) is not the
+    host's own: it only reaches the IP forward layers
+    (FWPM_LAYER_IPFORWARD_V4/V6, "Filtering Layer Identifiers").
+[VM] VM traffic (WSL2, Hyper-V, Windows Sandbox) passes none of the host's
+  WFP filters: Mullvad issue 6997 (WSL2 reached the internet through
+  their lockdown) and PR 7120 ("the normal firewall (WFP) filters normally
+  do not apply for VMs"), which blocks it with a Hyper-V firewall rule
+  (https://learn.microsoft.com/windows/security/operating-system-security/network-security/windows-firewall/hyper-v-firewall);
+  Windows Sandbox is not filtered even by that (Mullvad PR 7589).
 [WF] Windows Firewall, https://learn.microsoft.com/windows/security/operating-system-security/network-security/windows-firewall/rules
   and "Windows Firewall boot-time filtering" (MS-FASP, WFAS documentation):
   - Windows Firewall (MpsSvc) puts its policy in WFP as filters of its own
@@ -58,7 +63,7 @@ import fnmatch
 import ipaddress
 from collections import namedtuple
 
-OUT, IN, FORWARD = 'out', 'in', 'forward'
+OUT, IN, FORWARD, VM = 'out', 'in', 'forward', 'vm'
 PROTOCOL_NUMBERS = {'TCP': 6, 'UDP': 17, 'ICMPv4': 1, 'ICMPv6': 58}
 LAYER_OF = {(OUT, 4): 'ALE_AUTH_CONNECT_V4', (OUT, 6): 'ALE_AUTH_CONNECT_V6',
             (IN, 4): 'ALE_AUTH_RECV_ACCEPT_V4', (IN, 6): 'ALE_AUTH_RECV_ACCEPT_V6',
@@ -292,6 +297,9 @@ class Host:
         return sorted(layers, key=lambda item: -item[0] + (0.5 if item[1] is self.rendered.get('filters') else 0))
 
     def allows(self, p):
+        if p.direction == VM:
+            # [VM]: no WFP filter sees it; only the Hyper-V firewall rule of ours, when there is one.
+            return not self.rendered.get('vm', {}).get('block')
         decisions = []
         for _weight, content in self._sublayers():
             if callable(content):

@@ -44,3 +44,8 @@ def test_point8_commit_confirmed_reconnects_then_confirms():
 def test_the_audit_sees_the_modules_drift():
     fact = next(t for t in load('windows.yml') if 'ansible.builtin.set_fact' in t)
     assert fact['ansible.builtin.set_fact']['killswitch_drift'] == '{{ killswitch_wfp_result.drift | default([]) }}'
+
+
+def test_point7_the_role_can_block_vm_traffic():
+    args = module_task()['vpnguard.killswitch.win_wfp_killswitch']
+    assert args['block_vm_traffic'] == '{{ killswitch_windows_block_vm_traffic }}'

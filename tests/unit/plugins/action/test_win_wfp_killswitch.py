@@ -87,6 +87,7 @@ def test_there_are_powershell_scripts_to_parse():
 def test_the_scheduled_tasks_script_parses():
     assert broken_nodes(win_wfp.TASK_SCRIPT.encode()) == []
     assert win_wfp.PROVIDER_KEY in win_wfp.TASK_SCRIPT and win_wfp.SUBLAYER_KEY in win_wfp.TASK_SCRIPT
+    assert broken_nodes(b'$t::Bind(') and not broken_nodes(b'$t::Bind(1)')
 
 
 def commands(source):
@@ -105,7 +106,10 @@ def test_point2_the_module_never_touches_windows_firewall_policy():
     with open(os.path.join(REPO, 'plugins', 'modules', 'win_wfp_killswitch.ps1'), 'rb') as f:
         called = commands(f.read())
     assert 'Set-DnsClientServerAddress' in called and 'Register-ScheduledTask' in called, 'the parse sees commands'
-    assert not [c for c in called if 'NetFirewall' in c], 'no profile, rule or store of Windows Firewall'
+    touched = [c for c in called if 'NetFirewall' in c]
+    assert set(touched) <= {
+        'Get-NetFirewallHyperVRule', 'Get-NetFirewallHyperVVMCreator', 'New-NetFirewallHyperVRule',
+        'Remove-NetFirewallHyperVRule'}, 'no profile, rule or store of the admin, only our Hyper-V block rule'
 
 
 def test_the_module_keys_match_the_action_spec():

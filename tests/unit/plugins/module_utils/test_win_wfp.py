@@ -10,7 +10,7 @@ import ipaddress
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import win_wfp as wfp
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
@@ -99,6 +99,9 @@ def test_the_filter_set_for_a_tunnel_an_endpoint_and_a_resolver():
     assert rendered['sublayer'] == {'key': wfp.SUBLAYER_KEY, 'name': 'vpnguard-killswitch', 'weight': 0xFFFF,
                                     'flags': ['PERSISTENT']}
     assert rendered['dns'] == {'servers': ['192.0.2.1'], 'namespace': '.', 'comment': 'vpnguard-killswitch'}
+    assert rendered['vm'] == {'block': False, 'rule': {
+        'Name': 'vpnguard-killswitch-vm-block', 'DisplayName': 'vpnguard-killswitch: VMs send nothing around the kill switch',
+        'Direction': 'Outbound', 'Action': 'Block'}}
 
 
 def test_the_lan_exceptions_endpoint_programs_doh_and_management_filters():
@@ -228,7 +231,7 @@ def packets(draw, policy):
     port = st.sampled_from(wanted) | ports
     # The pairs DHCP uses, often enough for a few hundred examples to meet them in both directions.
     local_port, remote_port = draw(st.sampled_from([(68, 67), (546, 547), (40000, 53)]) | st.tuples(port, port))
-    return wm.packet(direction=draw(st.sampled_from([wm.OUT, wm.IN, wm.FORWARD])), iface=draw(st.sampled_from(ADAPTERS)),
+    return wm.packet(direction=draw(st.sampled_from([wm.OUT, wm.IN, wm.FORWARD, wm.VM])), iface=draw(st.sampled_from(ADAPTERS)),
                      proto=proto, remote=remote, local_port=local_port, remote_port=remote_port,
                      icmp=draw(st.sampled_from([128, 133, 134, 135, 136, 137, 143])) if proto.startswith('ICMP') else None,
                      program=draw(st.sampled_from(PROGRAMS + [WIREGUARD, 'C:\\Windows\\System32\\svchost.exe'])),
@@ -239,7 +242,7 @@ def packets(draw, policy):
 def scenarios(draw):
     policy = parse_policy(draw(policies), system='Windows')
     programs = draw(st.sampled_from([[], [WIREGUARD]]))
-    return policy, programs, draw(packets(policy))
+    return policy, dict(endpoint_programs=programs, block_vm_traffic=draw(st.booleans())), draw(packets(policy))
 
 
 def in_tunnel(policy, iface):
@@ -251,8 +254,11 @@ def _in(address, networks_):
                for n in networks_)
 
 
-def intended(policy, programs, p):
+def intended(policy, options, p):
     """What the policy means, in plain terms (the README's list), for one packet; the admin's policy aside."""
+    programs = options['endpoint_programs']
+    if p.direction == wm.VM:
+        return not options['block_vm_traffic']
     tunnel = in_tunnel(policy, p.iface)
     tcp_udp = p.proto in ('TCP', 'UDP')
     if p.direction == wm.FORWARD:
@@ -303,12 +309,12 @@ PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 @given(scenarios(), st.sampled_from(ADMIN_POLICIES), st.sampled_from([wm.RUNNING, wm.MPSSVC_STOPPED]), st.booleans())
 def test_every_packet_is_decided_as_the_policy_and_the_admins_firewall_say(scenario, admin, state, reading):
     """Running: ours AND the admin's policy (ours takes nothing away, opens nothing). MpsSvc stopped: ours alone."""
-    policy, programs, p = scenario
-    host = wm.Host(wfp.render(policy, endpoint_programs=programs), ADAPTERS, firewall=admin, state=state,
+    policy, options, p = scenario
+    host = wm.Host(wfp.render(policy, **options), ADAPTERS, firewall=admin, state=state,
                    soft_block_overridable=reading)
-    admin_says = (state != wm.RUNNING or p.direction == wm.FORWARD
+    admin_says = (state != wm.RUNNING or p.direction in (wm.FORWARD, wm.VM)
                   or admin.decision(p, ADAPTERS).action == 'PERMIT')
-    assert host.allows(p) == (intended(policy, programs, p) and admin_says), p
+    assert host.allows(p) == (intended(policy, options, p) and admin_says), p
 
 
 @st.composite
@@ -333,29 +339,30 @@ def foreign_filters(draw, can_override):
 @PROPERTY
 @given(scenarios(), foreign_filters(False), st.booleans())
 def test_no_other_provider_short_of_a_hard_permit_above_us_lets_anything_out_we_block(scenario, foreign, reading):
-    policy, programs, p = scenario
-    host = wm.Host(wfp.render(policy, endpoint_programs=programs), ADAPTERS, firewall=wm.ALLOW_EVERYTHING,
+    policy, options, p = scenario
+    host = wm.Host(wfp.render(policy, **options), ADAPTERS, firewall=wm.ALLOW_EVERYTHING,
                    foreign=foreign, soft_block_overridable=reading)
     if host.allows(p):
-        assert intended(policy, programs, p), p
+        assert intended(policy, options, p), p
     assert wfp.foreign_overrides(foreign) == []
 
 
 @PROPERTY
 @given(scenarios(), foreign_filters(True))
 def test_a_hard_permit_at_or_above_our_sublayer_is_reported_as_drift(scenario, foreign):
-    policy, programs, p = scenario
-    host = wm.Host(wfp.render(policy, endpoint_programs=programs), ADAPTERS, foreign=foreign)
+    policy, options, p = scenario
+    host = wm.Host(wfp.render(policy, **options), ADAPTERS, foreign=foreign)
     assert wfp.foreign_overrides(foreign), 'always reported, whether or not this packet shows it'
-    if host.allows(p) and not intended(policy, programs, p):
+    if host.allows(p) and not intended(policy, options, p):
         assert any(f['sublayer_weight'] >= wfp.SUBLAYER_WEIGHT for f in foreign)
 
 
 @PROPERTY
 @given(scenarios(), st.sampled_from(ADMIN_POLICIES))
 def test_at_boot_only_loopback_goes_out_until_the_bfe_loads_the_kill_switch(scenario, admin):
-    policy, programs, p = scenario
-    host = wm.Host(wfp.render(policy, endpoint_programs=programs), ADAPTERS, firewall=admin, state=wm.BOOT)
+    policy, options, p = scenario
+    assume(p.direction != wm.VM)  # no VM runs before the BFE does
+    host = wm.Host(wfp.render(policy, **options), ADAPTERS, firewall=admin, state=wm.BOOT)
     assert host.allows(p) == (p.direction == wm.OUT and p.loopback), p
 
 
@@ -393,8 +400,9 @@ def test_point1_nothing_leaves_at_boot_or_with_the_firewall_service_stopped(stat
 
 def test_point2_the_admins_policy_is_untouched_and_a_gpo_that_allows_everything_changes_nothing():
     rendered = wfp.render(policy_of(dns_servers=['192.0.2.1']))
-    assert set(rendered) == {'provider', 'sublayer', 'filters', 'boottime', 'tunnel_interfaces', 'dns'}, \
+    assert set(rendered) == {'provider', 'sublayer', 'filters', 'boottime', 'tunnel_interfaces', 'dns', 'vm'}, \
         'no profiles, no firewall rules, no store'
+    assert rendered['vm']['rule']['Action'] == 'Block', 'the one object outside WFP only blocks'
     assert not wm.Host(rendered, ADAPTERS, firewall=wm.ALLOW_EVERYTHING).allows(WEB)
     assert not wm.Host(rendered, ADAPTERS, firewall=wm.ALLOW_EVERYTHING).allows(
         WEB._replace(proto='UDP', remote_port=53))
@@ -473,12 +481,24 @@ def test_point6_lan_names_dhcp_and_neighbour_discovery_stay_on_the_link():
     assert legacy_host().allows(rs_global), 'control: neighbour discovery went anywhere'
 
 
-def test_point7_vm_traffic_forwarded_by_the_host_leaves_only_through_the_tunnel():
+def test_point7_vm_traffic_is_blocked_when_asked_and_reported_otherwise():
+    vm = wm.packet(wm.VM, iface='vEthernet (WSL)', remote='198.51.100.7', remote_port=443)
+    assert not wm.Host(wfp.render(policy_of(), block_vm_traffic=True), ADAPTERS).allows(vm)
+    assert wm.Host(wfp.render(policy_of()), ADAPTERS).allows(vm), '[VM]: no WFP filter sees it'
+    assert legacy_host().allows(vm), 'control: nor did the Windows Firewall rules'
+    wsl = {'vm_creators': ['WSL'], 'external_switch_adapters': ['Ethernet'], 'sandbox': True}
+    assert wfp.environment_drift(wsl) == [
+        "VMs on the external Hyper-V switch of Ethernet reach the network without passing this host's filters",
+        'VMs of WSL send around the kill switch (WFP does not filter them); set block_vm_traffic',
+        'Windows Sandbox sends around the kill switch; neither WFP nor the Hyper-V firewall filters it']
+    assert wfp.environment_drift(wsl, vm_blocked=True)[1:] == [
+        'Windows Sandbox sends around the kill switch; neither WFP nor the Hyper-V firewall filters it']
+    assert wfp.environment_drift({'vm_creators': [], 'external_switch_adapters': []}) == []
+
+
+def test_traffic_the_host_routes_for_others_leaves_only_through_the_tunnel():
     host = wm.Host(wfp.render(policy_of()), ADAPTERS, firewall=wm.ALLOW_EVERYTHING)
-    wsl = wm.packet(wm.FORWARD, iface='Ethernet', remote='198.51.100.7', remote_port=443)
-    assert not host.allows(wsl)
-    assert host.allows(wsl._replace(iface='wg0'))
-    assert legacy_host().allows(wsl), 'control: Windows Firewall rules never see forwarded traffic'
-    assert wfp.environment_drift({'external_switch_adapters': ['Ethernet']}) == [
-        "VMs on the external Hyper-V switch of Ethernet reach the network without passing this host's filters"]
-    assert wfp.environment_drift({'external_switch_adapters': []}) == []
+    routed = wm.packet(wm.FORWARD, iface='Ethernet', remote='198.51.100.7', remote_port=443)
+    assert not host.allows(routed)
+    assert host.allows(routed._replace(iface='wg0'))
+    assert legacy_host().allows(routed), 'control: Windows Firewall rules never see routed traffic'
