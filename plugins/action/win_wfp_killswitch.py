@@ -27,7 +27,7 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import 
 
 MODULE = 'vpnguard.killswitch.win_wfp_killswitch'
 CSHARP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'module_utils', 'WfpKillSwitch.cs')
-INTERNAL = ('_rendered', '_phase', '_task_script', '_csharp_source')
+INTERNAL = ('_rendered', '_phase', '_task_script', '_csharp_source', '_boottime_keys')
 
 # The module's own spec (win_wfp_killswitch.ps1), checked here too so that the
 # policy model sees typed values and defaults, as the other modules' do.
@@ -58,8 +58,11 @@ def render_args(args):
     params = checked.validated_parameters
     if params['confirm_timeout'] < 0:
         raise PolicyError('confirm_timeout', 'must be 0 (off) or a number of seconds, got %d' % params['confirm_timeout'])
-    if params['state'] == 'absent' or params['confirm']:
+    if params['confirm']:
         return dict(args)
+    if params['state'] == 'absent':
+        # Boot-time filters have no provider to be found by; their keys are fixed, so absent needs no saved state.
+        return dict(args, _boottime_keys=[f['key'] for f in win_wfp.boottime_filters()])
     policy = parse_policy(dict((k, params[k]) for k in POLICY_KEYS if k in params), system='Windows')
     programs = [parse_program('endpoint_programs[%d]' % i, p) for i, p in enumerate(params['endpoint_programs'])]
     return dict(args, _rendered=win_wfp.render(policy, endpoint_programs=programs,

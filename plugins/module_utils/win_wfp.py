@@ -353,6 +353,7 @@ Function Read-Json {
 
 Add-Type -TypeDefinition (Get-Content -LiteralPath (Join-Path $Here 'WfpKillSwitch.cs') -Raw)
 $state = Read-Json $StatePath
+if ($Mode -eq 'rebind' -and -not $state.applied) { exit 0 }  # nothing of ours to bind
 $engine = New-Object -TypeName "$Ns.Engine" -ArgumentList '%(provider)s', '%(sublayer)s'
 try {
     if ($Mode -eq 'rebind') {
@@ -377,6 +378,7 @@ try {
         else {
             $engine.RemoveAll(@($state.applied.boottime | ForEach-Object { $_.key }))
             $state.applied = $null
+            Unregister-ScheduledTask -TaskName "$Name-rebind" -Confirm:$false -ErrorAction SilentlyContinue
         }
         Unregister-ScheduledTask -TaskName "$Name-rollback" -Confirm:$false
     }

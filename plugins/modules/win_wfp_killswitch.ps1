@@ -38,6 +38,7 @@ $spec = @{
         _phase = @{ type = 'str'; choices = 'read', 'apply'; default = 'read' }
         _task_script = @{ type = 'str' }
         _csharp_source = @{ type = 'str' }
+        _boottime_keys = @{ type = 'list'; elements = 'str'; default = @() }
     }
     supports_check_mode = $true
 }
@@ -299,8 +300,7 @@ try {
         }
     }
     else {
-        $bootKeys = @()
-        if ($state.applied) { $bootKeys = @($state.applied.boottime | ForEach-Object { $_.key }) }
+        $bootKeys = @($module.Params._boottime_keys)
         $found = $engine.Read(@{}, @{}, $bootKeys)
         $nrpt = @(Get-DnsClientNrptRule | Where-Object { $_.Comment -eq $Name })
         $tasks = @(Get-ScheduledTask -TaskName "$Name-*" -ErrorAction SilentlyContinue)

@@ -52,7 +52,13 @@ hold under each.
     with "override block rules" (authenticated bypass) are hard permits.
   - MpsSvc adds its filters as dynamic ones: with the service stopped its
     policy is gone. At boot, until it has loaded, Windows Firewall's
-    boot-time filters block unsolicited inbound traffic only.
+    boot-time filters block unsolicited inbound traffic only. (Both as
+    issue 11 read them in "Windows Firewall boot-time filtering"; the model
+    takes that worst case: nothing of Windows Firewall holds then.)
+  - The weight of Windows Firewall's sublayer (FWPM_SUBLAYER_MPSSVC_WF) is
+    not documented; the model puts it below ours. Were it equal, its hard
+    permits would be what win_wfp.foreign_overrides reports: another
+    provider's hard permit at weight 0xFFFF, read back by the module.
   - When nothing at a layer decides, WFP permits.
 
 Keys the model does not know make it raise: an unknown condition is never

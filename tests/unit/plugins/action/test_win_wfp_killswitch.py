@@ -28,7 +28,9 @@ def test_the_module_gets_the_policy_rendered_as_the_renderer_renders_it():
 
 
 def test_absent_and_confirm_need_no_policy():
-    assert action.render_args({'state': 'absent'}) == {'state': 'absent'}
+    keys = [f['key'] for f in win_wfp.render(parse_policy({'tunnel_interfaces': ['wg0']}, system='Windows'))['boottime']]
+    assert action.render_args({'state': 'absent'}) == {'state': 'absent', '_boottime_keys': keys}, \
+        'the boot-time filters are found without saved state'
     assert action.render_args({'confirm': True}) == {'confirm': True}
 
 
