@@ -61,7 +61,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             uint flags = 0;
             foreach (object name in names)
             {
-                switch ((string)name)
+                switch (Values.Str(name))
                 {
                     case "PERSISTENT": flags |= FilterPersistent; break;
                     case "BOOTTIME": flags |= FilterBoottime; break;
@@ -89,6 +89,23 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         }
     }
 
+    /// <summary>
+    /// Values as they arrive from PowerShell or a JSON parser (boxed numbers of any width, strings, or
+    /// either wrapped): read through their text, so that no cast depends on how they were boxed.
+    /// </summary>
+    public static class Values
+    {
+        public static string Str(object value)
+        {
+            return value == null ? null : value.ToString();
+        }
+
+        public static ulong U64(object value)
+        {
+            return ulong.Parse(value.ToString(), NumberStyles.Integer, CultureInfo.InvariantCulture);
+        }
+    }
+
     /// <summary>Binds the tunnel's alias patterns to interface LUIDs, the only way WFP names an interface.</summary>
     public static class TunnelBinding
     {
@@ -112,12 +129,12 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             Dictionary<string, List<ulong>> bound = new Dictionary<string, List<ulong>>();
             foreach (object p in patterns)
             {
-                string pattern = (string)p;
+                string pattern = Values.Str(p);
                 SortedSet<ulong> luids = new SortedSet<ulong>();
                 foreach (DictionaryEntry adapter in present)
-                    if (AliasMatches(pattern, (string)adapter.Key)) luids.Add(Convert.ToUInt64(adapter.Value));
+                    if (AliasMatches(pattern, Values.Str(adapter.Key))) luids.Add(Values.U64(adapter.Value));
                 if (previous != null && previous.Contains(pattern))
-                    foreach (object luid in (IEnumerable)previous[pattern]) luids.Add(Convert.ToUInt64(luid));
+                    foreach (object luid in (IEnumerable)previous[pattern]) luids.Add(Values.U64(luid));
                 luids.Remove(0);
                 if (luids.Count == 0) luids.Add(0);
                 bound[pattern] = new List<ulong>(luids);
@@ -138,9 +155,9 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         public static List<Hashtable> Plan(IDictionary saved, ICollection present)
         {
             HashSet<string> here = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
-            foreach (object guid in present) here.Add(NormalGuid((string)guid));
+            foreach (object guid in present) here.Add(NormalGuid(Values.Str(guid)));
             List<string> keys = new List<string>();
-            foreach (object key in saved.Keys) keys.Add((string)key);
+            foreach (object key in saved.Keys) keys.Add(Values.Str(key));
             keys.Sort(StringComparer.Ordinal);
             List<Hashtable> plan = new List<Hashtable>();
             foreach (string key in keys)
@@ -148,7 +165,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
                 IDictionary entry = (IDictionary)saved[key];
                 List<string> servers = new List<string>();
                 if (entry.Contains("static") && entry["static"] != null)
-                    foreach (object s in (IEnumerable)entry["static"]) servers.Add((string)s);
+                    foreach (object s in (IEnumerable)entry["static"]) servers.Add(Values.Str(s));
                 Hashtable action = new Hashtable();
                 action["guid"] = NormalGuid(key);
                 action["alias"] = entry.Contains("alias") ? entry["alias"] : null;
@@ -335,8 +352,8 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
                 IDictionary provider = (IDictionary)rendered["provider"];
                 IDictionary sublayer = (IDictionary)rendered["sublayer"];
                 DeleteSublayerAndProvider();
-                AddProvider((string)provider["name"]);
-                AddSublayer((string)sublayer["name"], Convert.ToUInt16(sublayer["weight"]));
+                AddProvider(Values.Str(provider["name"]));
+                AddSublayer(Values.Str(sublayer["name"]), (ushort)Values.U64(sublayer["weight"]));
                 foreach (IDictionary f in (IEnumerable)rendered["filters"]) AddFilter(f, bindings, false);
                 foreach (IDictionary f in (IEnumerable)rendered["boottime"]) AddFilter(f, bindings, true);
                 Native.Check(Native.FwpmTransactionCommit0(handle), "FwpmTransactionCommit0");
@@ -404,7 +421,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
                 found["sublayer"] = null;
             }
             HashSet<Guid> bootKeys = new HashSet<Guid>();
-            foreach (object k in boottimeKeys) bootKeys.Add(new Guid((string)k));
+            foreach (object k in boottimeKeys) bootKeys.Add(new Guid(Values.Str(k)));
             List<Hashtable> ours = new List<Hashtable>(), boot = new List<Hashtable>(), foreign = new List<Hashtable>();
             Dictionary<Guid, int?> weights = new Dictionary<Guid, int?>();
             foreach (string layer in Names.Layers.Keys)
@@ -480,7 +497,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             }
             foreach (IDictionary f in boottime)
             {
-                Guid key = new Guid((string)f["key"]);
+                Guid key = new Guid(Values.Str(f["key"]));
                 Ignore(Native.FwpmFilterDeleteByKey0(handle, ref key), Native.FwpEFilterNotFound, "FwpmFilterDeleteByKey0");
             }
         }
@@ -584,10 +601,10 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             foreach (DictionaryEntry binding in bindings)
             {
                 bool all = true;
-                foreach (object luid in (IEnumerable)binding.Value) all &= luids.Contains(Convert.ToUInt64(luid));
+                foreach (object luid in (IEnumerable)binding.Value) all &= luids.Contains(Values.U64(luid));
                 if (!all) continue;
-                patterns.Add((string)binding.Key);
-                foreach (object luid in (IEnumerable)binding.Value) explained.Add(Convert.ToUInt64(luid));
+                patterns.Add(Values.Str(binding.Key));
+                foreach (object luid in (IEnumerable)binding.Value) explained.Add(Values.U64(luid));
             }
             foreach (ulong luid in luids)
                 if (!explained.Contains(luid)) patterns.Add("luid:" + luid.ToString(CultureInfo.InvariantCulture));
@@ -654,14 +671,14 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             Hashtable ids = new Hashtable(StringComparer.OrdinalIgnoreCase);
             foreach (object p in programs)
             {
-                string path = Environment.ExpandEnvironmentVariables((string)p);
+                string path = Environment.ExpandEnvironmentVariables(Values.Str(p));
                 IntPtr blob;
                 Native.Check(Native.FwpmGetAppIdFromFileName0(path, out blob), "FwpmGetAppIdFromFileName0(" + path + ")");
                 try
                 {
                     byte[] bytes = new byte[Marshal.ReadInt32(blob)];
                     Marshal.Copy(Marshal.ReadIntPtr(blob, 8), bytes, 0, bytes.Length);
-                    ids[(string)p] = bytes;
+                    ids[Values.Str(p)] = bytes;
                 }
                 finally
                 {
@@ -683,6 +700,13 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         {
             IntPtr p = Marshal.StringToHGlobalUni(s);
             allocated.Add(p);
+            return p;
+        }
+
+        private IntPtr Luid(ulong luid)
+        {
+            IntPtr p = Alloc(8);
+            Marshal.WriteInt64(p, unchecked((long)luid));
             return p;
         }
 
@@ -732,17 +756,17 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             List<FwpmFilterCondition> conditions = new List<FwpmFilterCondition>();
             foreach (IDictionary c in (IEnumerable)spec["conditions"]) conditions.AddRange(Build(c, bindings));
             FwpmFilter f = new FwpmFilter();
-            f.FilterKey = new Guid((string)spec["key"]);
-            f.Display.Name = Text((string)spec["name"]);
-            f.Display.Description = Text((string)spec["description"]);
+            f.FilterKey = new Guid(Values.Str(spec["key"]));
+            f.Display.Name = Text(Values.Str(spec["name"]));
+            f.Display.Description = Text(Values.Str(spec["description"]));
             f.Flags = Names.Flags((IEnumerable)spec["flags"]);
             // Boot-time objects cannot reference persistent ones: no provider, the built-in universal sublayer.
             f.ProviderKey = boottime ? IntPtr.Zero : Struct(providerKey);
-            f.LayerKey = Names.Layers[(string)spec["layer"]];
+            f.LayerKey = Names.Layers[Values.Str(spec["layer"])];
             f.SubLayerKey = boottime ? Names.UniversalSublayer : sublayerKey;
             f.Weight.Type = Names.TypeUint8;
-            f.Weight.Value = Convert.ToByte(spec["weight"]);
-            f.ActionType = (string)spec["action"] == "BLOCK" ? Names.ActionBlock : Names.ActionPermit;
+            f.Weight.Value = (byte)Values.U64(spec["weight"]);
+            f.ActionType = Values.Str(spec["action"]) == "BLOCK" ? Names.ActionBlock : Names.ActionPermit;
             f.NumFilterConditions = (uint)conditions.Count;
             if (conditions.Count > 0)
             {
@@ -757,33 +781,33 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
 
         private IEnumerable<FwpmFilterCondition> Build(IDictionary c, IDictionary bindings)
         {
-            string field = (string)c["field"];
+            string field = Values.Str(c["field"]);
             object value = c["value"];
             List<FwpmFilterCondition> built = new List<FwpmFilterCondition>();
             FwpmFilterCondition condition = new FwpmFilterCondition();
             condition.FieldKey = Names.Fields[field];
-            condition.MatchType = (string)c["match"] == "FLAGS_ALL_SET" ? Names.MatchFlagsAllSet : Names.MatchEqual;
+            condition.MatchType = Values.Str(c["match"]) == "FLAGS_ALL_SET" ? Names.MatchFlagsAllSet : Names.MatchEqual;
             switch (field)
             {
                 case "IP_LOCAL_INTERFACE":
                 case "IP_FORWARD_INTERFACE":
-                    foreach (object luid in (IEnumerable)bindings[(string)value])
+                    foreach (object luid in (IEnumerable)bindings[Values.Str(value)])
                     {
                         FwpmFilterCondition one = condition;
                         one.Value.Type = Names.TypeUint64;
-                        one.Value.Value = (ulong)Struct(Convert.ToUInt64(luid)).ToInt64();
+                        one.Value.Value = (ulong)Luid(Values.U64(luid)).ToInt64();
                         built.Add(one);
                     }
                     return built;
                 case "IP_PROTOCOL":
                     condition.Value.Type = Names.TypeUint8;
-                    condition.Value.Value = Convert.ToByte(value);
+                    condition.Value.Value = (byte)Values.U64(value);
                     break;
                 case "IP_REMOTE_PORT":
                 case "IP_LOCAL_PORT":
                 case "ICMP_TYPE":
                     condition.Value.Type = Names.TypeUint16;
-                    condition.Value.Value = Convert.ToUInt16(value);
+                    condition.Value.Value = (ushort)Values.U64(value);
                     break;
                 case "FLAGS":
                     condition.Value.Type = Names.TypeUint32;
@@ -791,7 +815,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
                     break;
                 case "ALE_APP_ID":
                     {
-                        byte[] id = (byte[])AppIds(new object[] { value })[(string)value];
+                        byte[] id = (byte[])AppIds(new object[] { value })[Values.Str(value)];
                         IntPtr data = Alloc(id.Length);
                         Marshal.Copy(id, 0, data, id.Length);
                         IntPtr blob = Alloc(16);
@@ -803,7 +827,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
                     }
                 case "IP_REMOTE_ADDRESS":
                     {
-                        string[] parts = ((string)value).Split('/');
+                        string[] parts = Values.Str(value).Split('/');
                         IPAddress address = IPAddress.Parse(parts[0]);
                         int prefix = int.Parse(parts[1], CultureInfo.InvariantCulture);
                         byte[] bytes = address.GetAddressBytes();

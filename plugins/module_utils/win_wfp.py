@@ -334,55 +334,55 @@ $Here = Split-Path -Parent $MyInvocation.MyCommand.Path
 $StatePath = Join-Path $Here 'state.json'
 $Ns = 'ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch'
 
-Function ConvertTo-Plain {
-    # ConvertFrom-Json gives objects; the C# wants dictionaries and lists.
-    param($Value)
-    if ($Value -is [System.Management.Automation.PSCustomObject]) {
-        $table = @{}
-        foreach ($p in $Value.PSObject.Properties) { $table[$p.Name] = ConvertTo-Plain $p.Value }
-        return $table
-    }
-    if ($Value -is [System.Array]) { return , @($Value | ForEach-Object { ConvertTo-Plain $_ }) }
-    $Value
-}
+# The .NET serializer gives plain dictionaries, arrays and numbers, as the C# takes them
+# (ConvertFrom-Json's objects would need converting, and could arrive wrapped).
+Add-Type -AssemblyName System.Web.Extensions
+$Json = New-Object -TypeName System.Web.Script.Serialization.JavaScriptSerializer
+$Json.MaxJsonLength = [int]::MaxValue
 
 Function Read-Json {
     param([string]$Path)
-    ConvertTo-Plain (Get-Content -LiteralPath $Path -Raw | ConvertFrom-Json)
+    , $Json.DeserializeObject((Get-Content -LiteralPath $Path -Raw))
 }
 
 Add-Type -TypeDefinition (Get-Content -LiteralPath (Join-Path $Here 'WfpKillSwitch.cs') -Raw)
 $state = Read-Json $StatePath
-if ($Mode -eq 'rebind' -and -not $state.applied) { exit 0 }  # nothing of ours to bind
+if ($Mode -eq 'rebind' -and -not $state['applied']) { exit 0 }  # nothing of ours to bind
 $engine = New-Object -TypeName "$Ns.Engine" -ArgumentList '%(provider)s', '%(sublayer)s'
 try {
     if ($Mode -eq 'rebind') {
         $engineType = "$Ns.Engine" -as [type]
         $bindingType = "$Ns.TunnelBinding" -as [type]
-        $bound = $bindingType::Bind(@($state.applied.tunnel_interfaces), $engineType::AdapterLuids(), $state.bindings)
-        $bindings = ConvertTo-Plain ($bound | ConvertTo-Json -Depth 5 | ConvertFrom-Json)
-        if (($bindings | ConvertTo-Json -Depth 5 -Compress) -ne ($state.bindings | ConvertTo-Json -Depth 5 -Compress)) {
-            $engine.Apply($state.applied, $bindings)
-            $state.bindings = $bindings
+        $bound = $bindingType::Bind($state['applied']['tunnel_interfaces'], $engineType::AdapterLuids(), $state['bindings'])
+        $bindings = $Json.DeserializeObject($Json.Serialize($bound))
+        # Compared pattern by pattern, LUIDs sorted by Bind: the order of the keys means nothing.
+        $same = $bindings.Count -eq $state['bindings'].Count
+        foreach ($pattern in $bindings.Keys) {
+            $same = $same -and $state['bindings'].ContainsKey($pattern) -and
+            (@($bindings[$pattern]) -join ',') -eq (@($state['bindings'][$pattern]) -join ',')
+        }
+        if (-not $same) {
+            $engine.Apply($state['applied'], $bindings)
+            $state['bindings'] = $bindings
         }
     }
     else {
         $previous = Join-Path $Here 'previous.json'
         if (Test-Path -LiteralPath $previous) {
             $before = Read-Json $previous
-            $engine.Apply($before.rendered, $before.bindings)
-            $state.applied = $before.rendered
-            $state.bindings = $before.bindings
+            $engine.Apply($before['rendered'], $before['bindings'])
+            $state['applied'] = $before['rendered']
+            $state['bindings'] = $before['bindings']
             Remove-Item -LiteralPath $previous
         }
         else {
-            $engine.RemoveAll(@($state.applied.boottime | ForEach-Object { $_.key }))
-            $state.applied = $null
+            $engine.RemoveAll(@($state['applied']['boottime'] | ForEach-Object { $_['key'] }))
+            $state['applied'] = $null
             Unregister-ScheduledTask -TaskName "$Name-rebind" -Confirm:$false -ErrorAction SilentlyContinue
         }
         Unregister-ScheduledTask -TaskName "$Name-rollback" -Confirm:$false
     }
-    $state | ConvertTo-Json -Depth 10 | Set-Content -LiteralPath "$StatePath.tmp" -Encoding UTF8
+    Set-Content -LiteralPath "$StatePath.tmp" -Value $Json.Serialize($state) -Encoding UTF8
     Move-Item -LiteralPath "$StatePath.tmp" -Destination $StatePath -Force
 }
 finally {
