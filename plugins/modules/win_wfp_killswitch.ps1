@@ -232,6 +232,48 @@ Function Restore-BrowserPolicy {
     }
 }
 
+Function Get-LegacyPolicy {
+    # What 0.x left in Windows Firewall's local policy store: its rules, its profile settings (saved
+    # originals in its state file) and the tunnel adapters' DNS servers. The only reason this module
+    # reads or writes Windows Firewall's policy at all is to take that back out.
+    $path = Join-Path -Path $StateDir -ChildPath 'win_wfp_killswitch.json'
+    @{
+        path = $path
+        saved = Test-Path -LiteralPath $path
+        rules = @(Get-NetFirewallRule -PolicyStore localhost -Group $Name -ErrorAction SilentlyContinue | ForEach-Object { $_.Name })
+    }
+}
+
+Function Remove-LegacyPolicy {
+    $legacy = Get-LegacyPolicy
+    foreach ($rule in $legacy.rules) { Remove-NetFirewallRule -PolicyStore localhost -Name $rule }
+    if ($legacy.saved) {
+        $old = [Ansible.Basic.AnsibleModule]::FromJson((Get-Content -LiteralPath $legacy.path -Raw))
+        if ($old.profiles) {
+            foreach ($profileName in @($old.profiles.Keys)) {
+                $p = $old.profiles[$profileName]
+                Set-NetFirewallProfile -PolicyStore localhost -Name $profileName -Enabled $p.Enabled `
+                    -DefaultOutboundAction $p.DefaultOutboundAction -AllowLocalFirewallRules $p.AllowLocalFirewallRules
+            }
+        }
+        if ($old.interface_dns) {
+            foreach ($alias in @($old.interface_dns.Keys)) {
+                $adapter = Get-NetAdapter -Name $alias -IncludeHidden -ErrorAction SilentlyContinue
+                if (-not $adapter) { continue }
+                $servers = @($old.interface_dns[$alias].IPv4) + @($old.interface_dns[$alias].IPv6) | Where-Object { $_ }
+                if ($servers) { Set-DnsClientServerAddress -InterfaceIndex $adapter.ifIndex -ServerAddresses $servers }
+                else { Set-DnsClientServerAddress -InterfaceIndex $adapter.ifIndex -ResetServerAddresses }
+            }
+        }
+        Remove-Item -LiteralPath $legacy.path -Force
+    }
+    elseif ($legacy.rules.Count) {
+        # Without the saved originals: what an untouched local group policy has.
+        Set-NetFirewallProfile -PolicyStore localhost -Name @('Domain', 'Private', 'Public') -DefaultOutboundAction NotConfigured `
+            -AllowLocalFirewallRules NotConfigured
+    }
+}
+
 Function Register-HostTask {
     # The task script (rendered on the controller) and the C# it loads live in the state directory, so that
     # the rollback and the rebind run without Ansible. Both run as SYSTEM; both fail closed (see the script).
@@ -277,7 +319,9 @@ try {
         $bootKeys = @($rendered.boottime | ForEach-Object { $_.key })
         if ($module.Params._phase -eq 'read') {
             $module.Result.found = $engine.Read($bindings, $programs, $bootKeys)
-            $module.Result.dns_drift = @(Get-DnsDrift -Rendered $rendered) + @(Get-VmDrift -Rendered $rendered)
+            $legacy = Get-LegacyPolicy
+            $module.Result.dns_drift = @(Get-DnsDrift -Rendered $rendered) + @(Get-VmDrift -Rendered $rendered) +
+            @(if ($legacy.saved -or $legacy.rules.Count) { 'the Windows Firewall rules and profile settings of 0.x are still in the local policy store' })
             $module.Result.environment = Get-Environment
             $module.Result.bindings = $bindings
         }
@@ -287,6 +331,7 @@ try {
                 Set-Content -LiteralPath (Join-Path $StateDir 'previous.json') -Encoding UTF8 `
                     -Value ([Ansible.Basic.AnsibleModule]::ToJson(@{ rendered = $state.applied; bindings = $state.bindings }))
             }
+            Remove-LegacyPolicy
             $state.applied = $rendered
             $state.bindings = $bindings
             Save-State -State $state
@@ -305,10 +350,12 @@ try {
         $nrpt = @(Get-DnsClientNrptRule | Where-Object { $_.Comment -eq $Name })
         $tasks = @(Get-ScheduledTask -TaskName "$Name-*" -ErrorAction SilentlyContinue)
         $vmRule = @(Get-VmBlockRule -Rendered @{ vm = @{ rule = @{ Name = "$Name-vm-block" } } })
+        $legacy = Get-LegacyPolicy
         $module.Result.changed = $found.provider -or $null -ne $found.sublayer -or $found.filters.Count -or $found.boottime.Count -or
-        $nrpt.Count -or $tasks.Count -or $vmRule.Count -or (Test-Path -LiteralPath $StatePath)
+        $nrpt.Count -or $tasks.Count -or $vmRule.Count -or $legacy.saved -or $legacy.rules.Count -or (Test-Path -LiteralPath $StatePath)
         if ($module.Result.changed -and -not $module.CheckMode) {
             foreach ($task in $tasks) { Unregister-ScheduledTask -TaskName $task.TaskName -Confirm:$false }
+            Remove-LegacyPolicy
             $engine.RemoveAll($bootKeys)
             if ($vmRule.Count) { Remove-NetFirewallHyperVRule -Name "$Name-vm-block" }
             foreach ($rule in $nrpt) { Remove-DnsClientNrptRule -Name $rule.Name -Force }

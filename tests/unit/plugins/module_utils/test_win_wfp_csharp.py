@@ -72,6 +72,10 @@ def test_aliases_bind_to_luids_and_a_pattern_without_adapter_binds_to_none(probe
     assert probe['bind_star_is_prefix_only'] == 'False,True'
 
 
+def test_luids_are_read_however_they_were_boxed(probe):
+    assert probe['bind_boxed'] == 'tap0:9;tun0:8;wg0:7;wg1:10'
+
+
 def test_point4_a_tunnel_down_during_the_run_keeps_its_luid(probe):
     assert probe['bind_down'] == 'wg0:7'
 

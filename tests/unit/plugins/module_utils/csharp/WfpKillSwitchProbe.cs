@@ -49,6 +49,9 @@ public static class Probe
         foreach (Hashtable a in DnsRollback.Plan(saved, new[] { "{6b29fc40-ca47-1067-b31d-00dd010662da}", "{7C9E6679-7425-40DE-944B-E07FC1F90AE7}" }))
             plan.Add(a["alias"] + ":" + a["action"] + ":" + string.Join(" ", (string[])a["servers"]));
         Console.WriteLine("rollback=" + string.Join(";", plan.ToArray()));
+        // LUIDs as JSON parsers and PowerShell box them: int, long, decimal, text.
+        Console.WriteLine("bind_boxed=" + Luids(TunnelBinding.Bind(new object[] { "wg0", "tun0", "tap0", "wg1" },
+            Map("wg0", 7, "tun0", 8L, "tap0", 9m, "wg1", "10"), null)));
         Console.WriteLine("ipv6_text=" + Engine.Ipv6Text(new byte[] { 0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0 }));
     }
 }
