@@ -16,7 +16,9 @@ description:
     from the moment it starts, whether or not the Windows Firewall service (MpsSvc) runs, and boot-time filters that
     block everything but loopback from the start of the TCP/IP stack until the BFE has loaded them.
   - Windows Firewall's policy (profiles, default actions and rules, from whichever store, local, domain group
-    policy or Intune) is not touched and keeps deciding as before. The kill switch only adds blocks; its permits keep the
+    policy or Intune) is not touched and keeps deciding as before; the one exception is the first run after an
+    upgrade from 0.x, which takes the rules, profile settings and DNS servers 0.x put in the local policy store
+    back out (reported as drift until then). The kill switch only adds blocks; its permits keep the
     action right (soft permits), so they never override a block of the admin's policy and open no port.
   - "Outbound, at the ALE connect layers (IPv4 and IPv6), the first matching filter of the sublayer decides, in this
     order: loopback; DNS (TCP and UDP 53 and 853) only to O(dns_servers) and only through the tunnel, every other DNS
