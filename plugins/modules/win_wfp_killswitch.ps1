@@ -4,369 +4,378 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 #AnsibleRequires -CSharpUtil Ansible.Basic
+#AnsibleRequires -CSharpUtil ..module_utils.WfpKillSwitch
 
-# The policy is validated and rendered on the controller by the action plugin
-# of the same name (plugins/action/win_wfp_killswitch.py, with
-# module_utils/win_firewall.py); this module applies the rendered rule specs,
-# profile settings and resolver, and removes all of its own on absent.
+# The policy is validated and rendered on the controller by the action plugin of
+# the same name (module_utils/win_wfp.py), which also compares what this module
+# reads back with what it rendered. This module only:
+#   _phase=read   binds the tunnel aliases to LUIDs and reads back our WFP objects,
+#                 the resolver settings and what the host runs beside them;
+#   _phase=apply  replaces our WFP objects in one BFE transaction (with the
+#                 commit-confirmed task first), then sets the resolver;
+#   confirm       removes the commit-confirmed task;
+#   state=absent  removes everything of ours and restores DNS.
+# Windows Firewall's own policy (profiles, rules, stores) is never touched.
 
-$entry = @{ type = 'list'; elements = 'dict'; default = @() }
 $spec = @{
     options = @{
         state = @{ type = 'str'; choices = 'present', 'absent'; default = 'present' }
         tunnel_interfaces = @{ type = 'list'; elements = 'str'; default = @() }
-        endpoints = $entry + @{
-            options = @{
-                address = @{ type = 'str'; required = $true }
-                port = @{ type = 'int'; required = $true }
-                protocol = @{ type = 'str'; choices = 'udp', 'tcp'; default = 'udp' }
-            }
-        }
+        endpoints = @{ type = 'list'; elements = 'dict'; default = @() }
+        endpoint_programs = @{ type = 'list'; elements = 'str'; default = @() }
         dns_servers = @{ type = 'list'; elements = 'str'; default = @() }
         doh_servers = @{ type = 'list'; elements = 'str'; default = @() }
         allow_lan = @{ type = 'bool'; default = $false }
-        management = $entry + @{
-            options = @{
-                cidr = @{ type = 'str'; required = $true }
-                port = @{ type = 'int'; required = $true }
-                protocol = @{ type = 'str'; choices = 'udp', 'tcp'; default = 'tcp' }
-            }
-        }
-        exceptions = $entry + @{
-            options = @{
-                program = @{ type = 'str'; required = $true }
-            }
-        }
-        endpoint_programs = @{ type = 'list'; elements = 'str'; default = @() }
-        merge_local_rules = @{ type = 'bool'; default = $false }
+        management = @{ type = 'list'; elements = 'dict'; default = @() }
+        exceptions = @{ type = 'list'; elements = 'dict'; default = @() }
         configure_resolver = @{ type = 'bool'; default = $true }
+        block_browser_doh = @{ type = 'bool'; default = $false }
+        block_vm_traffic = @{ type = 'bool'; default = $false }
+        confirm_timeout = @{ type = 'int'; default = 0 }
+        confirm = @{ type = 'bool'; default = $false }
         state_dir = @{ type = 'path'; default = '%ProgramData%\vpnguard-killswitch' }
         _rendered = @{ type = 'dict' }
+        _phase = @{ type = 'str'; choices = 'read', 'apply'; default = 'read' }
+        _task_script = @{ type = 'str' }
+        _csharp_source = @{ type = 'str' }
+        _boottime_keys = @{ type = 'list'; elements = 'str'; default = @() }
     }
     supports_check_mode = $true
 }
 $module = [Ansible.Basic.AnsibleModule]::Create($args, $spec)
-
 $ErrorActionPreference = 'Stop'
-$Group = 'vpnguard-killswitch'
-$Store = 'localhost'
-$Profiles = 'Domain', 'Private', 'Public'
-$StatePath = Join-Path -Path ([Environment]::ExpandEnvironmentVariables($module.Params.state_dir)) -ChildPath 'win_wfp_killswitch.json'
-$check = $module.CheckMode
 
-Function Get-Fingerprint {
-    # A rule is never edited in place: its name carries a digest of what it
-    # says, so that a changed rule is a new rule and the old one is removed.
-    param([System.Collections.IDictionary]$Rule)
-    $text = ($Rule.Keys | Where-Object { $_ -ne 'Name' } | Sort-Object | ForEach-Object {
-            '{0}={1}' -f $_, (@($Rule[$_]) -join ',')
-        }) -join ';'
-    $sha = [System.Security.Cryptography.SHA256]::Create()
-    try {
-        $bytes = $sha.ComputeHash([System.Text.Encoding]::UTF8.GetBytes($text))
-    }
-    finally {
-        $sha.Dispose()
-    }
-    ([System.BitConverter]::ToString($bytes) -replace '-', '').Substring(0, 12).ToLowerInvariant()
-}
+$Name = 'vpnguard-killswitch'
+$Wfp = 'ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch'
+$ProviderKey = '5b0c7a2e-8f3d-4c61-9a47-2d1e6f0b9c31'
+$SublayerKey = '9e4a6d10-3b7c-4f25-8e19-c6a2b5d7f048'
+$StateDir = [Environment]::ExpandEnvironmentVariables($module.Params.state_dir)
+$StatePath = Join-Path -Path $StateDir -ChildPath 'state.json'
+$RollbackTask = "$Name-rollback"
+$RebindTask = "$Name-rebind"
+# Chrome and Edge take DnsOverHttpsMode, Firefox its DNSOverHTTPS policy (enterprise policies in HKLM).
+$BrowserPolicies = @(
+    @{ Path = 'HKLM:\SOFTWARE\Policies\Google\Chrome'; Name = 'DnsOverHttpsMode'; Type = 'String'; Value = 'off' }
+    @{ Path = 'HKLM:\SOFTWARE\Policies\Microsoft\Edge'; Name = 'DnsOverHttpsMode'; Type = 'String'; Value = 'off' }
+    @{ Path = 'HKLM:\SOFTWARE\Policies\Mozilla\Firefox\DNSOverHTTPS'; Name = 'Enabled'; Type = 'DWord'; Value = 0 }
+    @{ Path = 'HKLM:\SOFTWARE\Policies\Mozilla\Firefox\DNSOverHTTPS'; Name = 'Locked'; Type = 'DWord'; Value = 1 }
+)
 
-Function Resolve-Alias {
-    # InterfaceAlias is bound to the adapters present when a rule is made, so
-    # patterns are matched here, against the adapters the host has now.
-    param([string[]]$Pattern)
-    $names = @(Get-NetAdapter -IncludeHidden -ErrorAction SilentlyContinue | Select-Object -ExpandProperty Name)
-    @($names | Where-Object { $name = $_; @($Pattern | Where-Object { $name -like $_ }).Count -gt 0 } | Sort-Object -Unique)
-}
-
-Function Get-DesiredRule {
-    param([object[]]$Spec)
-    $aliases = @{}
-    foreach ($item in $Spec) {
-        $rule = [ordered]@{}
-        foreach ($key in ($item.Keys | Sort-Object)) {
-            $rule[$key] = $item[$key]
-        }
-        if ($rule.Contains('InterfaceAlias')) {
-            $pattern = @($rule['InterfaceAlias'])
-            $key = $pattern -join '|'
-            if (-not $aliases.ContainsKey($key)) {
-                $aliases[$key] = @(Resolve-Alias -Pattern $pattern)
-            }
-            if ($aliases[$key].Count -eq 0) {
-                # Blocked, not leaked: nothing allows traffic on an adapter that does not exist.
-                $module.Warn(('no adapter matches {0}; {1} is left out until one exists and this runs again' -f
-                        ($pattern -join ', '), $rule['Name']))
-                continue
-            }
-            $rule['InterfaceAlias'] = $aliases[$key]
-        }
-        $rule['Name'] = '{0}-{1}' -f $rule['Name'], (Get-Fingerprint -Rule $rule)
-        $rule
-    }
-}
-
-Function Get-OwnRule {
-    @(Get-NetFirewallRule -PolicyStore $Store -Group $Group -ErrorAction SilentlyContinue |
-            ForEach-Object {
-                [ordered]@{
-                    Name = $_.Name
-                    DisplayName = $_.DisplayName
-                    Action = [string]$_.Action
-                    Direction = [string]$_.Direction
-                    Enabled = [string]$_.Enabled
-                }
-            })
-}
-
-Function Set-Rule {
-    param([object[]]$Desired, [object[]]$Existing)
-    $existingByName = @{}
-    foreach ($rule in $Existing) { $existingByName[$rule.Name] = $rule }
-    $desiredByName = @{}
-    foreach ($rule in $Desired) { $desiredByName[$rule['Name']] = $rule }
-    $wantedNames = @($desiredByName.Keys)
-    # A rule switched off or turned around behind our back is drift too.
-    $stale = @($Existing | Where-Object {
-            -not $desiredByName.ContainsKey($_.Name) -or $_.Enabled -ne 'True' -or
-            $_.Action -ne $desiredByName[$_.Name]['Action']
-        })
-    $staleNames = @($stale | ForEach-Object { $_.Name })
-    $missing = @($Desired | Where-Object { -not $existingByName.ContainsKey($_['Name']) -or $staleNames -contains $_['Name'] })
-    if (-not $check) {
-        # Never less strict than both the old and the new policy at any moment:
-        # new blocks first, stale allows out before new allows in, stale blocks last.
-        $order = @(
-            @{ Add = $true; Action = 'Block' }, @{ Add = $false; Action = 'Allow' },
-            @{ Add = $true; Action = 'Allow' }, @{ Add = $false; Action = 'Block' }
-        )
-        foreach ($step in $order) {
-            if ($step.Add) {
-                foreach ($rule in @($missing | Where-Object { $_['Action'] -eq $step.Action })) {
-                    if ($staleNames -contains $rule['Name']) {
-                        Remove-NetFirewallRule -PolicyStore $Store -Name $rule['Name']
-                    }
-                    $params = @{}
-                    foreach ($key in $rule.Keys) { $params[$key] = $rule[$key] }
-                    New-NetFirewallRule -PolicyStore $Store @params | Out-Null
-                }
-            }
-            else {
-                foreach ($rule in @($stale | Where-Object { $_.Action -eq $step.Action -and $wantedNames -notcontains $_.Name })) {
-                    Remove-NetFirewallRule -PolicyStore $Store -Name $rule.Name
-                }
-            }
-        }
-    }
-    @{ added = @($missing | ForEach-Object { $_['Name'] }); removed = $staleNames }
-}
-
-Function Get-ProfileSetting {
-    $result = [ordered]@{}
-    foreach ($p in (Get-NetFirewallProfile -PolicyStore $Store -Name $Profiles)) {
-        $result[$p.Name] = [ordered]@{
-            Enabled = [string]$p.Enabled
-            DefaultOutboundAction = [string]$p.DefaultOutboundAction
-            AllowLocalFirewallRules = [string]$p.AllowLocalFirewallRules
-        }
-    }
-    $result
-}
-
-Function Set-ProfileSetting {
-    param([System.Collections.IDictionary]$Setting)
-    foreach ($name in $Setting.Keys) {
-        $wanted = $Setting[$name]
-        Set-NetFirewallProfile -PolicyStore $Store -Name $name -Enabled $wanted.Enabled `
-            -DefaultOutboundAction $wanted.DefaultOutboundAction -AllowLocalFirewallRules $wanted.AllowLocalFirewallRules
-    }
-}
-
-Function Get-OwnNrptRule {
-    @(Get-DnsClientNrptRule -ErrorAction SilentlyContinue | Where-Object { $_.Comment -eq $Group })
-}
-
-Function Get-InterfaceDns {
-    param([string]$Alias)
-    [ordered]@{
-        IPv4 = @(Get-DnsClientServerAddress -InterfaceAlias $Alias -AddressFamily IPv4 -ErrorAction SilentlyContinue |
-                Select-Object -ExpandProperty ServerAddresses)
-        IPv6 = @(Get-DnsClientServerAddress -InterfaceAlias $Alias -AddressFamily IPv6 -ErrorAction SilentlyContinue |
-                Select-Object -ExpandProperty ServerAddresses)
-    }
-}
-
-Function Set-InterfaceDns {
-    param([string]$Alias, [string[]]$Servers)
-    if ($Servers.Count -eq 0) {
-        Set-DnsClientServerAddress -InterfaceAlias $Alias -ResetServerAddresses
-    }
-    else {
-        Set-DnsClientServerAddress -InterfaceAlias $Alias -ServerAddresses $Servers
-    }
-}
-
-Function Read-SavedState {
+Function Read-State {
     if (Test-Path -LiteralPath $StatePath) {
-        try {
-            return (Get-Content -LiteralPath $StatePath -Raw | ConvertFrom-Json)
-        }
-        catch {
-            $module.Warn("the saved originals in $StatePath are unreadable")
-        }
+        return [Ansible.Basic.AnsibleModule]::FromJson((Get-Content -LiteralPath $StatePath -Raw))
     }
-    $null
+    @{ bindings = @{}; interface_dns = @{}; browser = @{}; applied = $null }
 }
 
 Function Save-State {
     param($State)
-    $directory = Split-Path -Path $StatePath -Parent
-    if (-not (Test-Path -LiteralPath $directory)) {
-        New-Item -Path $directory -ItemType Directory | Out-Null
+    if (-not (Test-Path -LiteralPath $StateDir)) { New-Item -Path $StateDir -ItemType Directory | Out-Null }
+    # Written beside and moved over: a crash cannot leave half a file.
+    Set-Content -LiteralPath "$StatePath.tmp" -Value ([Ansible.Basic.AnsibleModule]::ToJson($State)) -Encoding UTF8
+    Move-Item -LiteralPath "$StatePath.tmp" -Destination $StatePath -Force
+}
+
+Function Get-Program {
+    param($Rendered)
+    @($Rendered.filters | ForEach-Object { $_.conditions } | Where-Object { $_.field -eq 'ALE_APP_ID' } |
+            ForEach-Object { $_.value } | Sort-Object -Unique)
+}
+
+Function Get-TunnelAdapter {
+    # Tunnel adapters by GUID, the key DNS state is kept under (aliases can be renamed).
+    param([string[]]$Pattern)
+    @(Get-NetAdapter -IncludeHidden -ErrorAction SilentlyContinue | Where-Object {
+            $alias = $_.Name
+            @($Pattern | Where-Object { [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.TunnelBinding]::AliasMatches($_, $alias) }).Count
+        })
+}
+
+Function Get-StaticDns {
+    # The servers set by hand: NameServer in the interface's TCP/IP parameters. Servers that came from
+    # DHCP or router advertisements are not static, and are restored by resetting to automatic.
+    param([string]$Guid)
+    $servers = @()
+    foreach ($stack in 'Tcpip', 'Tcpip6') {
+        $key = "HKLM:\SYSTEM\CurrentControlSet\Services\$stack\Parameters\Interfaces\$Guid"
+        $value = (Get-ItemProperty -LiteralPath $key -Name NameServer -ErrorAction SilentlyContinue).NameServer
+        if ($value) { $servers += @($value -split '[ ,]+' | Where-Object { $_ }) }
     }
-    # Written beside and moved over, so that a crash cannot leave half a file.
-    $temporary = "$StatePath.tmp"
-    $State | ConvertTo-Json -Depth 5 | Set-Content -LiteralPath $temporary -Encoding UTF8
-    Move-Item -LiteralPath $temporary -Destination $StatePath -Force
+    , $servers
 }
 
-Function ConvertTo-Hashtable {
-    param($Object)
-    $table = [ordered]@{}
-    if ($null -ne $Object) {
-        foreach ($property in $Object.PSObject.Properties) { $table[$property.Name] = $property.Value }
-    }
-    $table
-}
-
-$saved = Read-SavedState
-$state = [ordered]@{
-    profiles = if ($saved) { ConvertTo-Hashtable $saved.profiles } else { $null }
-    interface_dns = if ($saved) { ConvertTo-Hashtable $saved.interface_dns } else { [ordered]@{} }
-}
-$beforeProfiles = Get-ProfileSetting
-$beforeRules = Get-OwnRule
-$beforeNrpt = @(Get-OwnNrptRule | ForEach-Object { '{0} -> {1}' -f $_.Namespace, (@($_.NameServers) -join ', ') })
-$module.Diff.before = @{
-    rules = @($beforeRules | ForEach-Object { '{0} ({1})' -f $_.Name, $_.DisplayName } | Sort-Object)
-    profiles = $beforeProfiles
-    nrpt = $beforeNrpt
-}
-$changed = $false
-
-if ($module.Params.state -eq 'present') {
-    $rendered = $module.Params._rendered
-    if ($null -eq $rendered) {
-        $module.FailJson('run this module through its action plugin, vpnguard.killswitch.win_wfp_killswitch, ' +
-            'which validates and renders the policy on the controller')
-    }
-    $desired = @(Get-DesiredRule -Spec $rendered.rules)
-    # Allows are in place before outbound turns to Block, so that the management plane stays reachable.
-    $ruleChange = Set-Rule -Desired $desired -Existing $beforeRules
-    $changed = $changed -or $ruleChange.added.Count -gt 0 -or $ruleChange.removed.Count -gt 0
-
-    $wantedProfiles = [ordered]@{}
-    foreach ($name in $Profiles) {
-        $wantedProfiles[$name] = [ordered]@{
-            Enabled = $rendered.profiles.Enabled
-            DefaultOutboundAction = $rendered.profiles.DefaultOutboundAction
-            AllowLocalFirewallRules = $rendered.profiles.AllowLocalFirewallRules
+Function Get-DnsDrift {
+    param($Rendered)
+    $problems = @()
+    $servers = @($Rendered.dns.servers)
+    if ($module.Params.configure_resolver -and $servers.Count) {
+        $own = @(Get-DnsClientNrptRule | Where-Object { $_.Comment -eq $Name })
+        if ($own.Count -ne 1 -or (@($own[0].NameServers) -join ',') -ne ($servers -join ',')) {
+            $problems += "the NRPT rule for every name does not send it to $($servers -join ', ')"
+        }
+        foreach ($adapter in Get-TunnelAdapter -Pattern @($Rendered.tunnel_interfaces)) {
+            # Listed per address family, IPv4 first: compared as sets.
+            $now = @(Get-DnsClientServerAddress -InterfaceIndex $adapter.ifIndex | ForEach-Object { $_.ServerAddresses } | Sort-Object)
+            if (($now -join ',') -ne (@($servers | Sort-Object) -join ',')) { $problems += "the DNS servers of $($adapter.Name) differ" }
         }
     }
-    $profilesDiffer = ($beforeProfiles | ConvertTo-Json -Compress) -ne ($wantedProfiles | ConvertTo-Json -Compress)
-    if ($profilesDiffer) {
-        $changed = $true
-        if ($null -eq $state.profiles) {
-            $state.profiles = $beforeProfiles  # the originals, from before the first change only
+    if ($module.Params.block_browser_doh) {
+        foreach ($p in $BrowserPolicies) {
+            if ((Get-ItemProperty -LiteralPath $p.Path -Name $p.Name -ErrorAction SilentlyContinue).($p.Name) -ne $p.Value) {
+                $problems += "the browser policy $($p.Path)\$($p.Name) is not $($p.Value)"
+            }
         }
-        if (-not $check) {
+    }
+    $problems
+}
+
+Function Get-Environment {
+    # What decides beside us, reported so that an audit can say what the kill switch stands next to.
+    $service = { param($n) $s = Get-Service -Name $n -ErrorAction SilentlyContinue; if ($s) { [string]$s.Status } else { 'missing' } }
+    $vm = @(Get-NetAdapter -IncludeHidden -ErrorAction SilentlyContinue | Where-Object {
+            $_.InterfaceDescription -like 'Hyper-V Virtual Ethernet*' -or $_.Name -like 'vEthernet*' } | ForEach-Object { $_.Name })
+    @{
+        bfe = & $service 'BFE'
+        mpssvc = & $service 'MpsSvc'
+        vm_switches = $vm
+        nat = @(Get-NetNat -ErrorAction SilentlyContinue | ForEach-Object { $_.Name })
+        # A physical adapter bound to the Hyper-V switch protocol carries an external switch: its VMs
+        # reach the wire without passing this host's IP stack, so no filter of the host sees them.
+        external_switch_adapters = @(Get-NetAdapterBinding -ComponentID vms_pp -ErrorAction SilentlyContinue |
+                Where-Object { $_.Enabled } | ForEach-Object { $_.Name })
+        # WSL, Hyper-V and the like, as the Hyper-V firewall knows them (Windows 11 22H2 and later).
+        vm_creators = @(Get-VmCreator | ForEach-Object { $_.FriendlyName })
+        sandbox = Test-Path -LiteralPath (Join-Path $env:SystemRoot 'System32\WindowsSandbox.exe')
+    }
+}
+
+Function Get-VmCreator {
+    if (Get-Command -Name Get-NetFirewallHyperVVMCreator -ErrorAction SilentlyContinue) {
+        @(Get-NetFirewallHyperVVMCreator)
+    }
+}
+
+Function Get-VmBlockRule {
+    param($Rendered)
+    if (Get-Command -Name Get-NetFirewallHyperVRule -ErrorAction SilentlyContinue) {
+        @(Get-NetFirewallHyperVRule -Name $Rendered.vm.rule.Name -ErrorAction SilentlyContinue)
+    }
+}
+
+Function Get-VmDrift {
+    param($Rendered)
+    $rule = @(Get-VmBlockRule -Rendered $Rendered)
+    if ($Rendered.vm.block -and -not $rule.Count) { "the Hyper-V firewall rule $($Rendered.vm.rule.Name) is missing" }
+    if (-not $Rendered.vm.block -and $rule.Count) { "the Hyper-V firewall rule $($Rendered.vm.rule.Name) is not in the policy" }
+}
+
+Function Set-VmBlock {
+    # Our one object outside WFP: a Hyper-V firewall rule that blocks what VMs send (it only blocks).
+    param($Rendered)
+    $rule = @(Get-VmBlockRule -Rendered $Rendered)
+    if ($Rendered.vm.block -and -not $rule.Count) {
+        if (-not (Get-Command -Name New-NetFirewallHyperVRule -ErrorAction SilentlyContinue)) {
+            $module.FailJson('block_vm_traffic needs the Hyper-V firewall (Windows 11 22H2 or later); the WFP filters are in place')
+        }
+        $spec = $Rendered.vm.rule
+        New-NetFirewallHyperVRule -Name $spec.Name -DisplayName $spec.DisplayName -Direction $spec.Direction -Action $spec.Action | Out-Null
+    }
+    elseif (-not $Rendered.vm.block -and $rule.Count) {
+        Remove-NetFirewallHyperVRule -Name $Rendered.vm.rule.Name
+    }
+}
+
+Function Set-Resolver {
+    param($Rendered, $State)
+    $servers = @($Rendered.dns.servers)
+    if (-not ($module.Params.configure_resolver -and $servers.Count)) {
+        foreach ($rule in @(Get-DnsClientNrptRule | Where-Object { $_.Comment -eq $Name })) { Remove-DnsClientNrptRule -Name $rule.Name -Force }
+        return
+    }
+    foreach ($rule in @(Get-DnsClientNrptRule | Where-Object { $_.Comment -eq $Name })) { Remove-DnsClientNrptRule -Name $rule.Name -Force }
+    Add-DnsClientNrptRule -Namespace $Rendered.dns.namespace -NameServers $servers -Comment $Name
+    foreach ($adapter in Get-TunnelAdapter -Pattern @($Rendered.tunnel_interfaces)) {
+        $guid = [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.DnsRollback]::NormalGuid($adapter.InterfaceGuid)
+        if (-not $State.interface_dns.ContainsKey($guid)) {
+            # The originals, from before our first change only.
+            $State.interface_dns[$guid] = @{ alias = $adapter.Name; static = (Get-StaticDns -Guid $guid) }
+            Save-State -State $State
+        }
+        Set-DnsClientServerAddress -InterfaceIndex $adapter.ifIndex -ServerAddresses $servers
+    }
+}
+
+Function Set-BrowserPolicy {
+    param($State)
+    foreach ($p in $BrowserPolicies) {
+        $id = "$($p.Path)\$($p.Name)"
+        if (-not $State.browser.ContainsKey($id)) {
+            $State.browser[$id] = (Get-ItemProperty -LiteralPath $p.Path -Name $p.Name -ErrorAction SilentlyContinue).($p.Name)
+            Save-State -State $State
+        }
+        if (-not (Test-Path -LiteralPath $p.Path)) { New-Item -Path $p.Path -Force | Out-Null }
+        New-ItemProperty -LiteralPath $p.Path -Name $p.Name -PropertyType $p.Type -Value $p.Value -Force | Out-Null
+    }
+}
+
+Function Restore-BrowserPolicy {
+    param($State)
+    foreach ($id in @($State.browser.Keys)) {
+        $path = Split-Path -Path $id -Parent
+        $valueName = Split-Path -Path $id -Leaf
+        if ($null -eq $State.browser[$id]) {
+            Remove-ItemProperty -LiteralPath $path -Name $valueName -ErrorAction SilentlyContinue
+        }
+        else {
+            Set-ItemProperty -LiteralPath $path -Name $valueName -Value $State.browser[$id]
+        }
+    }
+}
+
+Function Get-LegacyPolicy {
+    # What 0.x left in Windows Firewall's local policy store: its rules, its profile settings (saved
+    # originals in its state file) and the tunnel adapters' DNS servers. The only reason this module
+    # reads or writes Windows Firewall's policy at all is to take that back out.
+    $path = Join-Path -Path $StateDir -ChildPath 'win_wfp_killswitch.json'
+    @{
+        path = $path
+        saved = Test-Path -LiteralPath $path
+        rules = @(Get-NetFirewallRule -PolicyStore localhost -Group $Name -ErrorAction SilentlyContinue | ForEach-Object { $_.Name })
+    }
+}
+
+Function Remove-LegacyPolicy {
+    $legacy = Get-LegacyPolicy
+    foreach ($rule in $legacy.rules) { Remove-NetFirewallRule -PolicyStore localhost -Name $rule }
+    if ($legacy.saved) {
+        $old = [Ansible.Basic.AnsibleModule]::FromJson((Get-Content -LiteralPath $legacy.path -Raw))
+        if ($old.profiles) {
+            foreach ($profileName in @($old.profiles.Keys)) {
+                $p = $old.profiles[$profileName]
+                Set-NetFirewallProfile -PolicyStore localhost -Name $profileName -Enabled $p.Enabled `
+                    -DefaultOutboundAction $p.DefaultOutboundAction -AllowLocalFirewallRules $p.AllowLocalFirewallRules
+            }
+        }
+        if ($old.interface_dns) {
+            foreach ($alias in @($old.interface_dns.Keys)) {
+                $adapter = Get-NetAdapter -Name $alias -IncludeHidden -ErrorAction SilentlyContinue
+                if (-not $adapter) { continue }
+                $servers = @($old.interface_dns[$alias].IPv4) + @($old.interface_dns[$alias].IPv6) | Where-Object { $_ }
+                if ($servers) { Set-DnsClientServerAddress -InterfaceIndex $adapter.ifIndex -ServerAddresses $servers }
+                else { Set-DnsClientServerAddress -InterfaceIndex $adapter.ifIndex -ResetServerAddresses }
+            }
+        }
+        Remove-Item -LiteralPath $legacy.path -Force
+    }
+    elseif ($legacy.rules.Count) {
+        # Without the saved originals: what an untouched local group policy has.
+        Set-NetFirewallProfile -PolicyStore localhost -Name @('Domain', 'Private', 'Public') -DefaultOutboundAction NotConfigured `
+            -AllowLocalFirewallRules NotConfigured
+    }
+}
+
+Function Register-HostTask {
+    # The task script (rendered on the controller) and the C# it loads live in the state directory, so that
+    # the rollback and the rebind run without Ansible. Both run as SYSTEM; both fail closed (see the script).
+    param([int]$RollbackAfter)
+    Set-Content -LiteralPath (Join-Path $StateDir 'WfpKillSwitch.cs') -Value $module.Params._csharp_source -Encoding UTF8
+    $script = Join-Path $StateDir 'task.ps1'
+    Set-Content -LiteralPath $script -Value $module.Params._task_script -Encoding UTF8
+    $principal = New-ScheduledTaskPrincipal -UserId 'SYSTEM' -LogonType ServiceAccount -RunLevel Highest
+    $run = { param($mode) New-ScheduledTaskAction -Execute 'powershell.exe' -Argument "-NoProfile -NonInteractive -ExecutionPolicy Bypass -File `"$script`" -Mode $mode" }
+    # Re-bind on every boot and whenever a network connects (an adapter arrived: NetworkProfile event 10000).
+    $class = Get-CimClass -ClassName MSFT_TaskEventTrigger -Namespace Root/Microsoft/Windows/TaskScheduler
+    $arrival = New-CimInstance -CimClass $class -ClientOnly
+    $arrival.Enabled = $true
+    $arrival.Subscription = '<QueryList><Query Id="0" Path="Microsoft-Windows-NetworkProfile/Operational"><Select Path="Microsoft-Windows-NetworkProfile/Operational">*[System[EventID=10000]]</Select></Query></QueryList>'
+    Register-ScheduledTask -TaskName $RebindTask -Action (& $run 'rebind') -Principal $principal -Force `
+        -Trigger @((New-ScheduledTaskTrigger -AtStartup), $arrival) | Out-Null
+    if ($RollbackAfter -gt 0) {
+        Register-ScheduledTask -TaskName $RollbackTask -Action (& $run 'rollback') -Principal $principal -Force `
+            -Trigger (New-ScheduledTaskTrigger -Once -At (Get-Date).AddSeconds($RollbackAfter)) | Out-Null
+    }
+}
+
+$state = Read-State
+$engine = New-Object -TypeName "$Wfp.Engine" -ArgumentList $ProviderKey, $SublayerKey
+try {
+    if ($module.Params.confirm) {
+        # The controller reached the host over a fresh connection: the change stays.
+        $task = Get-ScheduledTask -TaskName $RollbackTask -ErrorAction SilentlyContinue
+        if ($task -and -not $module.CheckMode) { Unregister-ScheduledTask -TaskName $RollbackTask -Confirm:$false }
+        Remove-Item -LiteralPath (Join-Path $StateDir 'previous.json') -ErrorAction SilentlyContinue -WhatIf:$module.CheckMode
+        $module.Result.changed = [bool]$task
+    }
+    elseif ($module.Params.state -eq 'present') {
+        $rendered = $module.Params._rendered
+        if ($null -eq $rendered) {
+            $module.FailJson('run this module through its action plugin, vpnguard.killswitch.win_wfp_killswitch, ' +
+                'which validates and renders the policy on the controller')
+        }
+        $bindings = [Ansible.Basic.AnsibleModule]::FromJson([Ansible.Basic.AnsibleModule]::ToJson(
+                [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.TunnelBinding]::Bind(
+                    @($rendered.tunnel_interfaces), [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.Engine]::AdapterLuids(), $state.bindings)))
+        $programs = [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.Engine]::AppIds(@(Get-Program -Rendered $rendered))
+        $bootKeys = @($rendered.boottime | ForEach-Object { $_.key })
+        if ($module.Params._phase -eq 'read') {
+            $module.Result.found = $engine.Read($bindings, $programs, $bootKeys)
+            $legacy = Get-LegacyPolicy
+            $module.Result.dns_drift = @(Get-DnsDrift -Rendered $rendered) + @(Get-VmDrift -Rendered $rendered) +
+            @(if ($legacy.saved -or $legacy.rules.Count) { 'the Windows Firewall rules and profile settings of 0.x are still in the local policy store' })
+            $module.Result.environment = Get-Environment
+            $module.Result.bindings = $bindings
+        }
+        elseif (-not $module.CheckMode) {
+            if ($module.Params.confirm_timeout -gt 0 -and $state.applied) {
+                # What the rollback puts back if the controller does not confirm in time.
+                Set-Content -LiteralPath (Join-Path $StateDir 'previous.json') -Encoding UTF8 `
+                    -Value ([Ansible.Basic.AnsibleModule]::ToJson(@{ rendered = $state.applied; bindings = $state.bindings }))
+            }
+            Remove-LegacyPolicy
+            $state.applied = $rendered
+            $state.bindings = $bindings
             Save-State -State $state
-            Set-ProfileSetting -Setting $wantedProfiles
+            Register-HostTask -RollbackAfter $module.Params.confirm_timeout
+            $engine.Apply($rendered, $bindings)
+            Set-VmBlock -Rendered $rendered
+            Set-Resolver -Rendered $rendered -State $state
+            if ($module.Params.block_browser_doh) { Set-BrowserPolicy -State $state }
+            Clear-DnsClientCache
+            $module.Result.changed = $true
         }
     }
-
-    $servers = @($rendered.dns.servers)
-    $afterNrpt = @()
-    if ($module.Params.configure_resolver -and $servers.Count -gt 0) {
-        $afterNrpt = @('{0} -> {1}' -f $rendered.dns.namespace, ($servers -join ', '))
-        $own = Get-OwnNrptRule
-        $inSync = $own.Count -eq 1 -and $own[0].Namespace -eq $rendered.dns.namespace -and
-        (@($own[0].NameServers) -join ',') -eq ($servers -join ',')
-        if (-not $inSync) {
-            $changed = $true
-            if (-not $check) {
-                foreach ($rule in $own) { Remove-DnsClientNrptRule -Name $rule.Name -Force }
-                Add-DnsClientNrptRule -Namespace $rendered.dns.namespace -NameServers $servers -Comment $Group
-            }
-        }
-        $v4 = @($servers | Where-Object { $_ -notmatch ':' })
-        $v6 = @($servers | Where-Object { $_ -match ':' })
-        foreach ($alias in @(Resolve-Alias -Pattern @($rendered.tunnel_interfaces))) {
-            $current = Get-InterfaceDns -Alias $alias
-            if ((@($current.IPv4) -join ',') -ne ($v4 -join ',') -or (@($current.IPv6) -join ',') -ne ($v6 -join ',')) {
-                $changed = $true
-                if (-not $state.interface_dns.Contains($alias)) {
-                    $state.interface_dns[$alias] = $current
+    else {
+        $bootKeys = @($module.Params._boottime_keys)
+        $found = $engine.Read(@{}, @{}, $bootKeys)
+        $nrpt = @(Get-DnsClientNrptRule | Where-Object { $_.Comment -eq $Name })
+        $tasks = @(Get-ScheduledTask -TaskName "$Name-*" -ErrorAction SilentlyContinue)
+        $vmRule = @(Get-VmBlockRule -Rendered @{ vm = @{ rule = @{ Name = "$Name-vm-block" } } })
+        $legacy = Get-LegacyPolicy
+        $module.Result.changed = $found.provider -or $null -ne $found.sublayer -or $found.filters.Count -or $found.boottime.Count -or
+        $nrpt.Count -or $tasks.Count -or $vmRule.Count -or $legacy.saved -or $legacy.rules.Count -or (Test-Path -LiteralPath $StatePath)
+        if ($module.Result.changed -and -not $module.CheckMode) {
+            foreach ($task in $tasks) { Unregister-ScheduledTask -TaskName $task.TaskName -Confirm:$false }
+            Remove-LegacyPolicy
+            $engine.RemoveAll($bootKeys)
+            if ($vmRule.Count) { Remove-NetFirewallHyperVRule -Name "$Name-vm-block" }
+            foreach ($rule in $nrpt) { Remove-DnsClientNrptRule -Name $rule.Name -Force }
+            $present = @(Get-NetAdapter -IncludeHidden -ErrorAction SilentlyContinue | ForEach-Object { [string]$_.InterfaceGuid })
+            $plan = [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.DnsRollback]::Plan($state.interface_dns, $present)
+            foreach ($step in $plan) {
+                $adapter = Get-NetAdapter -IncludeHidden | Where-Object { [string]$_.InterfaceGuid -eq $step.guid }
+                switch ($step.action) {
+                    'reset' { Set-DnsClientServerAddress -InterfaceIndex $adapter.ifIndex -ResetServerAddresses }
+                    'set' { Set-DnsClientServerAddress -InterfaceIndex $adapter.ifIndex -ServerAddresses $step.servers }
+                    'skip' { $module.Warn("adapter $($step.alias) ($($step.guid)) is gone; its DNS servers are not restored") }
                 }
-                if (-not $check) {
-                    Save-State -State $state
-                    Set-DnsClientServerAddress -InterfaceAlias $alias -ServerAddresses $servers
-                }
             }
+            Restore-BrowserPolicy -State $state
+            Clear-DnsClientCache
+            Remove-Item -LiteralPath $StateDir -Recurse -Force -ErrorAction SilentlyContinue
         }
-    }
-    elseif ((Get-OwnNrptRule).Count -gt 0) {
-        $changed = $true
-        if (-not $check) {
-            foreach ($rule in Get-OwnNrptRule) { Remove-DnsClientNrptRule -Name $rule.Name -Force }
-        }
-    }
-    if ($changed -and -not $check) {
-        Clear-DnsClientCache
-    }
-    $module.Result.rules = @($desired | ForEach-Object { $_['Name'] })
-    $module.Result.added_rules = $ruleChange.added
-    $module.Result.removed_rules = $ruleChange.removed
-    $module.Diff.after = @{
-        rules = @($desired | ForEach-Object { '{0} ({1})' -f $_['Name'], $_['DisplayName'] } | Sort-Object)
-        profiles = $wantedProfiles
-        nrpt = $afterNrpt
     }
 }
-else {
-    $afterProfiles = [ordered]@{}
-    foreach ($name in $Profiles) {
-        $original = if ($state.profiles) { ConvertTo-Hashtable $state.profiles[$name] } else { $null }
-        # Without the originals, NotConfigured: what an untouched local group policy has.
-        $afterProfiles[$name] = if ($original -and $original.Count) { $original } else {
-            [ordered]@{ Enabled = 'NotConfigured'; DefaultOutboundAction = 'NotConfigured'; AllowLocalFirewallRules = 'NotConfigured' }
-        }
-    }
-    $ownsProfiles = $null -ne $state.profiles -or @($beforeProfiles.Values | Where-Object {
-            $_.DefaultOutboundAction -eq 'Block' -and $_.AllowLocalFirewallRules -eq 'False' }).Count -gt 0
-    $nrpt = Get-OwnNrptRule
-    $changed = $beforeRules.Count -gt 0 -or $nrpt.Count -gt 0 -or $state.interface_dns.Count -gt 0 -or
-    ($ownsProfiles -and ($beforeProfiles | ConvertTo-Json -Compress) -ne ($afterProfiles | ConvertTo-Json -Compress)) -or
-    (Test-Path -LiteralPath $StatePath)
-    if ($changed -and -not $check) {
-        # Outbound back to what it was first, then our allows go.
-        if ($ownsProfiles) {
-            Set-ProfileSetting -Setting $afterProfiles
-        }
-        foreach ($rule in $beforeRules) { Remove-NetFirewallRule -PolicyStore $Store -Name $rule.Name }
-        foreach ($rule in $nrpt) { Remove-DnsClientNrptRule -Name $rule.Name -Force }
-        foreach ($alias in $state.interface_dns.Keys) {
-            $original = ConvertTo-Hashtable $state.interface_dns[$alias]
-            Set-InterfaceDns -Alias $alias -Servers (@($original.IPv4) + @($original.IPv6) | Where-Object { $_ })
-        }
-        Clear-DnsClientCache
-        Remove-Item -LiteralPath $StatePath -Force -ErrorAction SilentlyContinue
-    }
-    $module.Result.rules = @()
-    $module.Result.added_rules = @()
-    $module.Result.removed_rules = @($beforeRules | ForEach-Object { $_.Name })
-    $module.Diff.after = @{ rules = @(); profiles = $afterProfiles; nrpt = @() }
+finally {
+    $engine.Dispose()
 }
-
-$module.Result.changed = $changed
 $module.ExitJson()

@@ -8,42 +8,57 @@
 DOCUMENTATION = r'''
 ---
 module: win_wfp_killswitch
-short_description: Enforce a VPN kill switch on Windows with Windows Firewall rules of its own
+short_description: Enforce a VPN kill switch on Windows in the Windows Filtering Platform, beside the firewall policy
 version_added: "0.1.0"
 description:
-  - Puts a strict VPN kill switch in Windows Defender Firewall (the Windows Filtering Platform
-    underneath). Every profile's default outbound action becomes Block, and allow rules in the group
-    C(vpnguard-killswitch) let through the tunnel interfaces, the VPN endpoints (exact address, port and
-    protocol), DHCPv4, DHCPv6, ICMPv6 neighbour discovery, the LAN when O(allow_lan=true), the management
-    plane (inbound; Windows passes the replies) and the bypass exceptions (by program).
-  - In Windows Firewall a matching block rule beats every allow rule, so blocking "everything" with a
-    rule would also block the tunnel; default Block plus allow rules is the only sound shape. The only
-    block rules keep DNS (ports 53 and 853, TCP and UDP) from any resolver but O(dns_servers), on every
-    interface, the tunnel included.
-  - DNS outside the tunnel is held by the default Block, not by a block rule. Windows Firewall has no
-    "every interface but this one" condition and binds an interface condition to the adapters present
-    when the rule is made, so a block rule naming the physical adapters would miss one plugged in later.
-    None of the module's allow rules that work outside the tunnel (LAN, exceptions) lets ports 53 or 853
-    through.
-  - Windows and installed applications bring outbound allow rules of their own (Core Networking - DNS lets
-    svchost reach port 53 anywhere). The rules and profile settings therefore live in the local group policy
-    store (C(-PolicyStore localhost)) with AllowLocalFirewallRules set to False, so that rules of the local
-    store, inbound ones included, no longer apply; only this module's and domain group policy's do.
-    O(merge_local_rules=true) keeps them, and with them every hole they open.
-  - The policy is validated and rendered on the controller by the action plugin of the same name, so that
-    bad input fails before the host is touched. The PowerShell module then adds and removes only the
-    difference. A rule's name carries a digest of its conditions, new block rules go in first, stale allow
-    rules go before new ones come, stale block rules last; at no moment is the host less strict than both
-    the old and the new policy.
+  - Puts a strict VPN kill switch in the Windows Filtering Platform (WFP) itself, in a provider and a sublayer of the
+    collection's own (C(vpnguard-killswitch)), with persistent filters that the Base Filtering Engine (BFE) enforces
+    from the moment it starts, whether or not the Windows Firewall service (MpsSvc) runs, and boot-time filters that
+    block everything but loopback from the start of the TCP/IP stack until the BFE has loaded them.
+  - Windows Firewall's policy (profiles, default actions and rules, from whichever store, local, domain group
+    policy or Intune) is not touched and keeps deciding as before; the one exception is the first run after an
+    upgrade from 0.x, which takes the rules, profile settings and DNS servers 0.x put in the local policy store
+    back out (reported as drift until then). The kill switch only adds blocks; its permits keep the
+    action right (soft permits), so they never override a block of the admin's policy and open no port.
+  - "Outbound, at the ALE connect layers (IPv4 and IPv6), the first matching filter of the sublayer decides, in this
+    order: loopback; DNS (TCP and UDP 53 and 853) only to O(dns_servers) and only through the tunnel, every other DNS
+    blocked, before the tunnel permit; the tunnel interfaces; DNS-over-HTTPS resolvers (O(doh_servers)) blocked; the
+    endpoints (address, port and protocol, only for O(endpoint_programs) when given); DHCP to 255.255.255.255,
+    DHCPv6 to ff02::1:2 and ff05::1:3, neighbour discovery to ff02::2, solicited-node multicast and fe80::/10, MLDv2
+    reports to ff02::16; with O(allow_lan), LLMNR, mDNS and NetBIOS blocked, then the LAN; the O(exceptions)
+    programs; everything else blocked."
+  - Inbound, at the ALE receive/accept layers, everything outside the tunnel is blocked but loopback, DHCP and
+    neighbour discovery replies, O(management) and, with O(allow_lan), the LAN; inbound through the tunnel and from
+    the LAN stays what the admin's firewall policy says (a soft permit opens nothing).
+  - Traffic the host routes for others (Internet Connection Sharing, forwarding) may only leave through the tunnel
+    (IP forward layers). VM traffic (WSL2, Hyper-V, Windows Sandbox) passes none of the host's WFP filters; with
+    O(block_vm_traffic) a Hyper-V firewall rule of the module's own blocks everything VMs send (Windows 11 22H2 and
+    later). VMs the host has without it, VMs on an external Hyper-V switch and Windows Sandbox (which even the
+    Hyper-V firewall does not filter) are reported in RV(drift).
+  - The sublayer has the highest weight (0xFFFF) and every block clears the action right (hard block), so no lower
+    sublayer, Windows Firewall's included, can override it. Only a hard permit of another provider in a sublayer of
+    the same or higher weight could; the module reads every filter of the layers back and reports such a filter in
+    RV(drift), as it does our provider or sublayer missing and any filter of ours missing, added or changed in any
+    condition.
+  - The tunnel interfaces are bound to interface LUIDs on the host. A tunnel that is down when the module runs keeps
+    the LUIDs it was bound to (WireGuard and Wintun re-create an adapter with the same GUID, hence the same LUID); a
+    scheduled task (C(vpnguard-killswitch-rebind)) binds new adapters matching a pattern at boot and whenever a
+    network connects. An alias that never matched binds to nothing, so its traffic is blocked.
+  - The policy is validated and rendered on the controller by the action plugin of the same name, which reads the
+    host back first and applies only on drift. The apply replaces our WFP objects in one BFE transaction, so the host
+    has the old filter set until the commit and the new one after it.
+  - With O(confirm_timeout), a scheduled task (C(vpnguard-killswitch-rollback)) puts the previous filter set back (or
+    removes ours if there was none) unless a later run with O(confirm=true), over a fresh connection, removes it.
   - With O(configure_resolver=true) and O(dns_servers), names resolve through the tunnel's resolvers, by an NRPT
-    rule for the namespace C(.) (every name) with the comment C(vpnguard-killswitch), and the servers on the
-    tunnel adapters. The DNS client cache is cleared after a change.
-  - Firewall rules and profile settings are stored in the registry and enforced from boot. Until the firewall
-    service (MpsSvc) has loaded them, the Base Filtering Engine applies Windows Firewall's boot-time filters,
-    which block traffic that is not needed to start; so there is no window at boot where the kill switch is
-    off.
-  - The previous profile settings and the tunnel adapters' DNS servers are saved before the first change and
-    put back on O(state=absent), which removes the group's rules and the NRPT rule, and nothing else.
+    rule for the namespace C(.) with the comment C(vpnguard-killswitch), and the servers on the tunnel adapters. The
+    servers set by hand before the first change are saved by adapter GUID; O(state=absent) sets them back, resets
+    adapters whose servers came from DHCP to automatic, and skips adapters that are gone.
+  - O(state=absent) removes the provider, the sublayer, their filters, the boot-time filters, the tasks and the NRPT
+    rule, restores DNS and the browser policies; run twice, it changes nothing the second time.
+  - Proven on the controller only (no Windows host in CI) by the exact filter set per policy, a model of WFP
+    arbitration the filters are run against (tests/unit/win_model.py), the C# compiled with mono and its host-side
+    decisions run under mono, and the PowerShell parsed. The C(windows) Molecule scenario covers boot, the firewall
+    service stopped, the tunnel re-created and the rollback on a real host.
 author:
   - vpnguard maintainers (@vpnguard)
 options:
@@ -55,8 +70,9 @@ options:
   tunnel_interfaces:
     description:
       - Adapter aliases traffic may leave through (as C(Get-NetAdapter) names them), for example V(wg0) or
-        V(OpenVPN TAP-Windows6). A trailing C(*) is a wildcard, matched against the adapters present when the
-        module runs; an adapter that appears later is blocked until the module runs again.
+        V(OpenVPN TAP-Windows6). A trailing C(*) is a prefix wildcard. Each is bound to the LUIDs of the matching
+        adapters when the module runs, when a network connects and at boot; LUIDs bound before are kept, so a
+        tunnel that is down during a run works again when it comes back.
       - Required when O(state=present).
     type: list
     elements: str
@@ -101,14 +117,16 @@ options:
     default: []
   allow_lan:
     description:
-      - Allow RFC 1918, 169.254.0.0/16, fc00::/7, fe80::/10 and multicast outside the tunnel (TCP and UDP on every
-        port but DNS's, and ICMP), and inbound from them.
+      - Allow RFC 1918, 169.254.0.0/16, fc00::/7, fe80::/10 and multicast outside the tunnel, but not DNS, LLMNR
+        (5355), mDNS (5353) or NetBIOS (137-139), which would carry names to the LAN. Inbound from the LAN is then
+        left to the admin's firewall policy; the kill switch opens no port.
     type: bool
     default: false
   management:
     description:
       - Management plane (WinRM, SSH...) kept reachable from outside the tunnel, that is connections from
-        O(management[].cidr) to the local O(management[].port). The host cannot open connections to them.
+        O(management[].cidr) to the local O(management[].port), whose replies pass with the connection. The host
+        cannot open connections to them. The admin's firewall policy must allow them too.
     type: list
     elements: dict
     default: []
@@ -127,7 +145,7 @@ options:
         choices: [udp, tcp]
         default: tcp
   exceptions:
-    description: Programs allowed out whatever the tunnel does (TCP and UDP on every port but DNS's, and ICMP).
+    description: Programs allowed out whatever the tunnel does, but never DNS nor a DoH resolver (nor LLMNR, mDNS and NetBIOS with O(allow_lan)).
     type: list
     elements: dict
     default: []
@@ -138,31 +156,61 @@ options:
             V(%ProgramFiles%\\Backup\\backup.exe).
         type: str
         required: true
-  merge_local_rules:
-    description:
-      - Keep applying the rules of the local store (Windows' own and those applications add), inbound and
-        outbound. Their outbound allow rules then carry traffic around the tunnel.
-    type: bool
-    default: false
   configure_resolver:
     description: Set the NRPT rule and the tunnel adapters' DNS servers to O(dns_servers).
     type: bool
     default: true
+  block_browser_doh:
+    description:
+      - Turn DNS over HTTPS off in Chrome, Edge and Firefox by their enterprise policies (HKLM), so that browsers
+        resolve through the system resolver. The values from before are put back on O(state=absent).
+    type: bool
+    default: false
+  block_vm_traffic:
+    description:
+      - Block everything VMs send (WSL2, Hyper-V) with one outbound Block rule of the Hyper-V firewall, named
+        C(vpnguard-killswitch-vm-block), since WFP does not filter VM traffic. Their network then stops, tunnel or
+        not. Needs Windows 11 22H2 or later.
+    type: bool
+    default: false
+  confirm_timeout:
+    description:
+      - Seconds the host waits for O(confirm=true) after a change before its scheduled task puts the previous filter
+        set back by itself. V(0) turns commit-confirmed off.
+    type: int
+    default: 0
+  confirm:
+    description: Confirm the last change (remove the rollback task); every other option is ignored.
+    type: bool
+    default: false
   state_dir:
-    description: Where the previous profile settings and DNS servers are saved.
+    description: Where the bindings, the DNS servers from before, and the scheduled tasks' script are kept.
     type: path
     default: '%ProgramData%\vpnguard-killswitch'
+attributes:
+  check_mode:
+    support: full
+    description: Reads the host back and reports what would change, changing nothing.
+  diff_mode:
+    support: partial
+    description: The diff lists the drift found, not the filter set.
+  platform:
+    support: full
+    platforms: windows
+    description: 64-bit Windows 10, Windows Server 2016 and later.
 notes:
-  - Supports C(check_mode) and C(diff); the diff shows the group's rules, the profile settings and the NRPT rule.
+  - Needs 64-bit Windows 10, Windows Server 2016 or later with the Base Filtering Engine running, and the PowerShell
+    modules NetAdapter, DnsClient and ScheduledTasks.
   - Runs through its action plugin; calling the PowerShell module without it fails.
-  - A rule changed behind the module's back in its name, action or enabled state is drift and is replaced; the
-    rule's other conditions are identified by the digest in its name.
+  - Programs in O(exceptions) and O(endpoint_programs) must exist on the host (WFP matches the file's app id).
+  - The admin's firewall policy still applies on top, so a block rule of theirs blocks tunnel traffic too, and inbound
+    management connections need an allow of theirs as well as O(management).
 seealso:
   - module: vpnguard.killswitch.nft_killswitch
   - module: vpnguard.killswitch.pf_killswitch
-  - name: Windows Firewall rule precedence
-    description: Block rules beat allow rules; allow rules beat the default action.
-    link: https://learn.microsoft.com/windows/security/operating-system-security/network-security/windows-firewall/rules
+  - name: WFP filter arbitration
+    description: Sublayer and filter weights, soft and hard permits and blocks.
+    link: https://learn.microsoft.com/windows/win32/fwp/filter-arbitration
 '''
 
 EXAMPLES = r'''
@@ -182,24 +230,31 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
-rules:
-  description: The names of the group's rules after this run (each ends with a digest of its conditions).
-  returned: always
+drift:
+  description:
+    - What differed from the policy before this run (empty when compliant), and what the module cannot put right
+      but a compliant host must not have (another provider's hard permit above our sublayer, VMs on an external
+      switch).
+  returned: when O(state=present)
   type: list
   elements: str
-  sample: [vpnguard-killswitch-tunnel-out-1f0c9a2b3d4e]
-added_rules:
-  description: Rules this run added.
-  returned: always
-  type: list
-  elements: str
-removed_rules:
-  description: Rules this run removed.
-  returned: always
-  type: list
-  elements: str
+  sample: [vpnguard-killswitch-dns-block-v4 was changed on the host]
+environment:
+  description: What runs beside the kill switch, for audits.
+  returned: when O(state=present)
+  type: dict
+  sample: {bfe: Running, mpssvc: Stopped, vm_switches: [vEthernet (WSL)], nat: [], external_switch_adapters: []}
+bindings:
+  description: Interface LUIDs each tunnel pattern is bound to (0 is no adapter).
+  returned: when O(state=present)
+  type: dict
+  sample: {wg0: [1689399632855040]}
+confirm_pending:
+  description: A rollback task waits for O(confirm=true).
+  returned: when a change was applied
+  type: bool
 rendered:
-  description: The rule specs, profile settings and resolver rendered from the policy on the controller.
+  description: The provider, sublayer, filters and boot-time filters rendered from the policy on the controller.
   returned: when O(state=present)
   type: dict
 '''

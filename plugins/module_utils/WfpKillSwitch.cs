@@ -1,0 +1,862 @@
+// Copyright: (c) 2026, vpnguard maintainers
+// GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+// The native half of win_wfp_killswitch: turns the filter set rendered on the
+// controller (module_utils/win_wfp.py) into WFP objects in one BFE
+// transaction, reads them back, and holds the pure decisions the module makes
+// on the host (tunnel binding, DNS rollback), which the unit tests run under
+// mono. Written for C# 5 (Windows PowerShell's compiler); x64 and arm64
+// layouts only (every structure offset below is the 64-bit one).
+
+using System;
+using System.Collections;
+using System.Collections.Generic;
+using System.ComponentModel;
+using System.Globalization;
+using System.Net;
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch
+{
+    /// <summary>The names the renderer uses, and the WFP identifiers behind them (fwpmu.h, fwptypes.h).</summary>
+    public static class Names
+    {
+        public static readonly Dictionary<string, Guid> Layers = new Dictionary<string, Guid>
+        {
+            { "ALE_AUTH_CONNECT_V4", new Guid("c38d57d1-05a7-4c33-904f-7fbceee60e82") },
+            { "ALE_AUTH_CONNECT_V6", new Guid("4a72393b-319f-44bc-84c3-ba54dcb3b6b4") },
+            { "ALE_AUTH_RECV_ACCEPT_V4", new Guid("e1cd9fe7-f4b5-4273-96c0-592e487b8650") },
+            { "ALE_AUTH_RECV_ACCEPT_V6", new Guid("a3b42c97-9f04-4672-b87e-cee9c483257f") },
+            { "IPFORWARD_V4", new Guid("a82acc24-4ee1-4ee1-b465-fd1d25cb10a4") },
+            { "IPFORWARD_V6", new Guid("7b964818-19c7-493a-b71f-832c3684d28c") },
+        };
+
+        public static readonly Dictionary<string, Guid> Fields = new Dictionary<string, Guid>
+        {
+            { "IP_REMOTE_ADDRESS", new Guid("b235ae9a-1d64-49b8-a44c-5ff3d9095045") },
+            { "IP_REMOTE_PORT", new Guid("c35a604d-d22b-4e1a-91b4-68f674ee674b") },
+            // FWPM_CONDITION_ICMP_TYPE is FWPM_CONDITION_IP_LOCAL_PORT (fwpmu.h).
+            { "IP_LOCAL_PORT", new Guid("0c1ba1af-5765-453f-af22-a8f791ac775b") },
+            { "ICMP_TYPE", new Guid("0c1ba1af-5765-453f-af22-a8f791ac775b") },
+            { "IP_PROTOCOL", new Guid("3971ef2b-623e-4f9a-8cb1-6e79b806b9a7") },
+            { "IP_LOCAL_INTERFACE", new Guid("4cd62a49-59c3-4969-b7f3-bda5d32890a4") },
+            { "IP_FORWARD_INTERFACE", new Guid("1076b8a5-6323-4c5e-9810-e8d3fc9e6136") },
+            { "ALE_APP_ID", new Guid("d78e1e87-8644-4ea5-9437-d809ecefc971") },
+            { "FLAGS", new Guid("632ce23b-5167-435c-86d7-e903684aa80c") },
+        };
+
+        public static readonly Guid UniversalSublayer = new Guid("eebecc03-ced4-4380-819a-2734397b2b74");
+
+        public const uint FilterPersistent = 0x1, FilterBoottime = 0x2, FilterClearActionRight = 0x8;
+        public const uint ObjectPersistent = 0x1;  // FWPM_PROVIDER_FLAG_PERSISTENT, FWPM_SUBLAYER_FLAG_PERSISTENT
+        public const uint ActionBlock = 0x1001, ActionPermit = 0x1002;
+        public const uint MatchEqual = 0, MatchFlagsAllSet = 6;
+        public const uint ConditionFlagIsLoopback = 0x1;
+        public const int TypeEmpty = 0, TypeUint8 = 1, TypeUint16 = 2, TypeUint32 = 3, TypeUint64 = 4,
+            TypeByteBlob = 12, TypeV4AddrMask = 0x100, TypeV6AddrMask = 0x101;
+
+        public static uint Flags(IEnumerable names)
+        {
+            uint flags = 0;
+            foreach (object name in names)
+            {
+                switch (Values.Str(name))
+                {
+                    case "PERSISTENT": flags |= FilterPersistent; break;
+                    case "BOOTTIME": flags |= FilterBoottime; break;
+                    case "CLEAR_ACTION_RIGHT": flags |= FilterClearActionRight; break;
+                    default: throw new ArgumentException("unknown filter flag " + name);
+                }
+            }
+            return flags;
+        }
+
+        public static List<string> FlagNames(uint flags)
+        {
+            List<string> names = new List<string>();
+            if ((flags & FilterBoottime) != 0) names.Add("BOOTTIME");
+            if ((flags & FilterClearActionRight) != 0) names.Add("CLEAR_ACTION_RIGHT");
+            if ((flags & FilterPersistent) != 0) names.Add("PERSISTENT");
+            return names;
+        }
+
+        public static string NameOf(Dictionary<string, Guid> map, Guid key)
+        {
+            foreach (KeyValuePair<string, Guid> pair in map)
+                if (pair.Value == key && pair.Key != "ICMP_TYPE") return pair.Key;
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// Values as they arrive from PowerShell or a JSON parser (boxed numbers of any width, strings, or
+    /// either wrapped): read through their text, so that no cast depends on how they were boxed.
+    /// </summary>
+    public static class Values
+    {
+        public static string Str(object value)
+        {
+            return value == null ? null : value.ToString();
+        }
+
+        public static ulong U64(object value)
+        {
+            return ulong.Parse(value.ToString(), NumberStyles.Integer, CultureInfo.InvariantCulture);
+        }
+    }
+
+    /// <summary>Binds the tunnel's alias patterns to interface LUIDs, the only way WFP names an interface.</summary>
+    public static class TunnelBinding
+    {
+        /// <summary>A trailing "*" is a prefix wildcard; Windows compares aliases without regard to case.</summary>
+        public static bool AliasMatches(string pattern, string alias)
+        {
+            if (pattern.EndsWith("*"))
+                return alias.StartsWith(pattern.Substring(0, pattern.Length - 1), StringComparison.OrdinalIgnoreCase);
+            return string.Equals(pattern, alias, StringComparison.OrdinalIgnoreCase);
+        }
+
+        /// <summary>
+        /// pattern -> LUIDs: the adapters present now that match, plus every LUID the pattern was bound to
+        /// before. A tunnel that is down when the module runs keeps its permits: WireGuard and Wintun
+        /// re-create an adapter with the same GUID, hence the same LUID, and until it is back the LUID
+        /// matches nothing. A pattern that never matched binds to LUID 0, which no interface has: an
+        /// interface condition without values would match every interface.
+        /// </summary>
+        public static Dictionary<string, List<ulong>> Bind(IEnumerable patterns, IDictionary present, IDictionary previous)
+        {
+            Dictionary<string, List<ulong>> bound = new Dictionary<string, List<ulong>>();
+            foreach (object p in patterns)
+            {
+                string pattern = Values.Str(p);
+                SortedSet<ulong> luids = new SortedSet<ulong>();
+                foreach (DictionaryEntry adapter in present)
+                    if (AliasMatches(pattern, Values.Str(adapter.Key))) luids.Add(Values.U64(adapter.Value));
+                if (previous != null && previous.Contains(pattern))
+                    foreach (object luid in (IEnumerable)previous[pattern]) luids.Add(Values.U64(luid));
+                luids.Remove(0);
+                if (luids.Count == 0) luids.Add(0);
+                bound[pattern] = new List<ulong>(luids);
+            }
+            return bound;
+        }
+    }
+
+    /// <summary>What state: absent does to each tunnel adapter's DNS servers, keyed by adapter GUID.</summary>
+    public static class DnsRollback
+    {
+        /// <summary>
+        /// saved: GUID -> {alias, static (the servers set by hand before us; empty when they came from
+        /// DHCP or router advertisements)}. present: GUIDs of the adapters there now.
+        /// Returns one action per saved adapter: "reset" (back to automatic, as DHCP had it), "set"
+        /// (the static servers) or "skip" (the adapter is gone; nothing to restore, and nothing to fail on).
+        /// </summary>
+        public static List<Hashtable> Plan(IDictionary saved, ICollection present)
+        {
+            HashSet<string> here = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
+            foreach (object guid in present) here.Add(NormalGuid(Values.Str(guid)));
+            List<string> keys = new List<string>();
+            foreach (object key in saved.Keys) keys.Add(Values.Str(key));
+            keys.Sort(StringComparer.Ordinal);
+            List<Hashtable> plan = new List<Hashtable>();
+            foreach (string key in keys)
+            {
+                IDictionary entry = (IDictionary)saved[key];
+                List<string> servers = new List<string>();
+                if (entry.Contains("static") && entry["static"] != null)
+                    foreach (object s in (IEnumerable)entry["static"]) servers.Add(Values.Str(s));
+                Hashtable action = new Hashtable();
+                action["guid"] = NormalGuid(key);
+                action["alias"] = entry.Contains("alias") ? entry["alias"] : null;
+                action["servers"] = servers.ToArray();
+                action["action"] = !here.Contains(NormalGuid(key)) ? "skip" : servers.Count == 0 ? "reset" : "set";
+                plan.Add(action);
+            }
+            return plan;
+        }
+
+        public static string NormalGuid(string guid)
+        {
+            return new Guid(guid).ToString("B").ToUpperInvariant();
+        }
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct FwpmDisplayData
+    {
+        public IntPtr Name;
+        public IntPtr Description;
+    }
+
+    [StructLayout(LayoutKind.Explicit, Size = 16)]
+    internal struct FwpValue
+    {
+        [FieldOffset(0)] public int Type;
+        [FieldOffset(8)] public ulong Value;  // the scalar, or a pointer to it
+    }
+
+    [StructLayout(LayoutKind.Explicit, Size = 40)]
+    internal struct FwpmFilterCondition
+    {
+        [FieldOffset(0)] public Guid FieldKey;
+        [FieldOffset(16)] public uint MatchType;
+        [FieldOffset(24)] public FwpValue Value;
+    }
+
+    [StructLayout(LayoutKind.Explicit, Size = 200)]
+    internal struct FwpmFilter
+    {
+        [FieldOffset(0)] public Guid FilterKey;
+        [FieldOffset(16)] public FwpmDisplayData Display;
+        [FieldOffset(32)] public uint Flags;
+        [FieldOffset(40)] public IntPtr ProviderKey;
+        [FieldOffset(48)] public uint ProviderDataSize;
+        [FieldOffset(56)] public IntPtr ProviderData;
+        [FieldOffset(64)] public Guid LayerKey;
+        [FieldOffset(80)] public Guid SubLayerKey;
+        [FieldOffset(96)] public FwpValue Weight;
+        [FieldOffset(112)] public uint NumFilterConditions;
+        [FieldOffset(120)] public IntPtr FilterCondition;
+        [FieldOffset(128)] public uint ActionType;
+        [FieldOffset(132)] public Guid ActionFilterType;
+        [FieldOffset(152)] public ulong RawContext;
+        [FieldOffset(168)] public IntPtr Reserved;
+        [FieldOffset(176)] public ulong FilterId;
+        [FieldOffset(184)] public FwpValue EffectiveWeight;
+    }
+
+    [StructLayout(LayoutKind.Explicit, Size = 72)]
+    internal struct FwpmSubLayer
+    {
+        [FieldOffset(0)] public Guid SubLayerKey;
+        [FieldOffset(16)] public FwpmDisplayData Display;
+        [FieldOffset(32)] public uint Flags;
+        [FieldOffset(40)] public IntPtr ProviderKey;
+        [FieldOffset(48)] public uint ProviderDataSize;
+        [FieldOffset(56)] public IntPtr ProviderData;
+        [FieldOffset(64)] public ushort Weight;
+    }
+
+    [StructLayout(LayoutKind.Explicit, Size = 64)]
+    internal struct FwpmProvider
+    {
+        [FieldOffset(0)] public Guid ProviderKey;
+        [FieldOffset(16)] public FwpmDisplayData Display;
+        [FieldOffset(32)] public uint Flags;
+        [FieldOffset(40)] public uint ProviderDataSize;
+        [FieldOffset(48)] public IntPtr ProviderData;
+        [FieldOffset(56)] public IntPtr ServiceName;
+    }
+
+    [StructLayout(LayoutKind.Explicit, Size = 72)]
+    internal struct FwpmFilterEnumTemplate
+    {
+        [FieldOffset(0)] public IntPtr ProviderKey;
+        [FieldOffset(8)] public Guid LayerKey;
+        [FieldOffset(24)] public uint EnumType;
+        [FieldOffset(28)] public uint Flags;
+        [FieldOffset(32)] public IntPtr ProviderContextTemplate;
+        [FieldOffset(40)] public uint NumFilterConditions;
+        [FieldOffset(48)] public IntPtr FilterCondition;
+        [FieldOffset(56)] public uint ActionMask;
+        [FieldOffset(64)] public IntPtr CalloutKey;
+    }
+
+    internal static class Native
+    {
+        public const uint RpcCAuthnWinNT = 10;
+        public const uint FwpEAlreadyExists = 0x80320009, FwpEFilterNotFound = 0x80320003,
+            FwpEProviderNotFound = 0x80320005, FwpESublayerNotFound = 0x80320007;
+        public const uint EnumOverlapping = 1, EnumFlagIncludeBoottime = 8;
+
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmEngineOpen0(IntPtr server, uint authn, IntPtr identity, IntPtr session, out IntPtr engine);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmEngineClose0(IntPtr engine);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmTransactionBegin0(IntPtr engine, uint flags);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmTransactionCommit0(IntPtr engine);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmTransactionAbort0(IntPtr engine);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmProviderAdd0(IntPtr engine, ref FwpmProvider provider, IntPtr sd);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmProviderGetByKey0(IntPtr engine, ref Guid key, out IntPtr provider);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmProviderDeleteByKey0(IntPtr engine, ref Guid key);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmSubLayerAdd0(IntPtr engine, ref FwpmSubLayer sublayer, IntPtr sd);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmSubLayerGetByKey0(IntPtr engine, ref Guid key, out IntPtr sublayer);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmSubLayerDeleteByKey0(IntPtr engine, ref Guid key);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmFilterAdd0(IntPtr engine, ref FwpmFilter filter, IntPtr sd, out ulong id);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmFilterDeleteByKey0(IntPtr engine, ref Guid key);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmFilterCreateEnumHandle0(IntPtr engine, ref FwpmFilterEnumTemplate template, out IntPtr handle);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmFilterEnum0(IntPtr engine, IntPtr handle, uint requested, out IntPtr entries, out uint returned);
+        [DllImport("fwpuclnt.dll")] public static extern uint FwpmFilterDestroyEnumHandle0(IntPtr engine, IntPtr handle);
+        [DllImport("fwpuclnt.dll")] public static extern void FwpmFreeMemory0(ref IntPtr p);
+        [DllImport("fwpuclnt.dll", CharSet = CharSet.Unicode)] public static extern uint FwpmGetAppIdFromFileName0(string fileName, out IntPtr appId);
+        [DllImport("iphlpapi.dll")] public static extern uint ConvertInterfaceGuidToLuid(ref Guid guid, out ulong luid);
+
+        public static void Check(uint status, string what)
+        {
+            if (status != 0)
+                throw new Win32Exception(unchecked((int)status), string.Format("{0} failed: 0x{1:X8}", what, status));
+        }
+    }
+
+    /// <summary>One session with the Base Filtering Engine; every change goes through one transaction.</summary>
+    public sealed class Engine : IDisposable
+    {
+        private IntPtr handle;
+        private readonly List<IntPtr> allocated = new List<IntPtr>();
+        private readonly List<IntPtr> enumerated = new List<IntPtr>();
+        private readonly Guid providerKey;
+        private readonly Guid sublayerKey;
+
+        public Engine(string providerKey, string sublayerKey)
+        {
+            this.providerKey = new Guid(providerKey);
+            this.sublayerKey = new Guid(sublayerKey);
+            Native.Check(Native.FwpmEngineOpen0(IntPtr.Zero, Native.RpcCAuthnWinNT, IntPtr.Zero, IntPtr.Zero, out handle),
+                "FwpmEngineOpen0 (is the Base Filtering Engine running?)");
+        }
+
+        public void Dispose()
+        {
+            if (handle != IntPtr.Zero)
+            {
+                Native.FwpmEngineClose0(handle);
+                handle = IntPtr.Zero;
+            }
+            FreeAll();
+        }
+
+        /// <summary>LUID of every adapter, by alias; adapters come and go, so this is read at every run.</summary>
+        public static Hashtable AdapterLuids()
+        {
+            Hashtable luids = new Hashtable(StringComparer.OrdinalIgnoreCase);
+            foreach (System.Net.NetworkInformation.NetworkInterface nic in
+                     System.Net.NetworkInformation.NetworkInterface.GetAllNetworkInterfaces())
+            {
+                Guid guid;
+                ulong luid;
+                if (Guid.TryParse(nic.Id, out guid) && Native.ConvertInterfaceGuidToLuid(ref guid, out luid) == 0)
+                    luids[nic.Name] = luid;
+            }
+            return luids;
+        }
+
+        /// <summary>
+        /// Replace everything of ours by rendered, in one transaction: the kernel sees the old filter set
+        /// until the commit and the new one after it, never a mix, and a failure changes nothing.
+        /// </summary>
+        public void Apply(IDictionary rendered, IDictionary bindings)
+        {
+            Native.Check(Native.FwpmTransactionBegin0(handle, 0), "FwpmTransactionBegin0");
+            try
+            {
+                DeleteOurs((IList)rendered["boottime"]);
+                IDictionary provider = (IDictionary)rendered["provider"];
+                IDictionary sublayer = (IDictionary)rendered["sublayer"];
+                DeleteSublayerAndProvider();
+                AddProvider(Values.Str(provider["name"]));
+                AddSublayer(Values.Str(sublayer["name"]), (ushort)Values.U64(sublayer["weight"]));
+                foreach (IDictionary f in (IEnumerable)rendered["filters"]) AddFilter(f, bindings, false);
+                foreach (IDictionary f in (IEnumerable)rendered["boottime"]) AddFilter(f, bindings, true);
+                Native.Check(Native.FwpmTransactionCommit0(handle), "FwpmTransactionCommit0");
+            }
+            catch
+            {
+                Native.FwpmTransactionAbort0(handle);
+                throw;
+            }
+            finally
+            {
+                FreeAll();
+            }
+        }
+
+        /// <summary>Remove the provider, the sublayer, their filters and our boot-time filters; nothing else.</summary>
+        public void RemoveAll(IEnumerable boottimeKeys)
+        {
+            Native.Check(Native.FwpmTransactionBegin0(handle, 0), "FwpmTransactionBegin0");
+            try
+            {
+                List<IDictionary> boot = new List<IDictionary>();
+                foreach (object key in boottimeKeys)
+                {
+                    Hashtable f = new Hashtable();
+                    f["key"] = key;
+                    boot.Add(f);
+                }
+                DeleteOurs(boot);
+                DeleteSublayerAndProvider();
+                Native.Check(Native.FwpmTransactionCommit0(handle), "FwpmTransactionCommit0");
+            }
+            catch
+            {
+                Native.FwpmTransactionAbort0(handle);
+                throw;
+            }
+            finally
+            {
+                FreeAll();
+            }
+        }
+
+        /// <summary>
+        /// What the host has: provider and sublayer, our filters and boot-time filters in the renderer's
+        /// shape (LUIDs turned back into the patterns they were bound from, app ids into programs), and
+        /// other providers' hard permits at our layers with their sublayer's weight.
+        /// </summary>
+        public Hashtable Read(IDictionary bindings, IDictionary programs, IEnumerable boottimeKeys)
+        {
+            Hashtable found = new Hashtable();
+            IntPtr p;
+            Guid pk = providerKey;
+            found["provider"] = Native.FwpmProviderGetByKey0(handle, ref pk, out p) == 0;
+            if (p != IntPtr.Zero) Native.FwpmFreeMemory0(ref p);
+            int? weight = SublayerWeight(sublayerKey);
+            if (weight.HasValue)
+            {
+                Hashtable s = new Hashtable();
+                s["weight"] = weight.Value;
+                found["sublayer"] = s;
+            }
+            else
+            {
+                found["sublayer"] = null;
+            }
+            HashSet<Guid> bootKeys = new HashSet<Guid>();
+            foreach (object k in boottimeKeys) bootKeys.Add(new Guid(Values.Str(k)));
+            List<Hashtable> ours = new List<Hashtable>(), boot = new List<Hashtable>(), foreign = new List<Hashtable>();
+            Dictionary<Guid, int?> weights = new Dictionary<Guid, int?>();
+            foreach (string layer in Names.Layers.Keys)
+            {
+                foreach (FwpmFilter f in Enumerate(Names.Layers[layer]))
+                {
+                    if (bootKeys.Contains(f.FilterKey))
+                        boot.Add(Describe(f, layer, bindings, programs));
+                    else if (IsOurs(f))
+                        ours.Add(Describe(f, layer, bindings, programs));
+                    else if (f.ActionType == Names.ActionPermit && (f.Flags & Names.FilterClearActionRight) != 0)
+                    {
+                        if (!weights.ContainsKey(f.SubLayerKey)) weights[f.SubLayerKey] = SublayerWeight(f.SubLayerKey);
+                        Hashtable d = new Hashtable();
+                        d["name"] = Marshal.PtrToStringUni(f.Display.Name);
+                        d["provider"] = f.ProviderKey == IntPtr.Zero ? "" : Marshal.PtrToStructure(f.ProviderKey, typeof(Guid)).ToString();
+                        d["sublayer_weight"] = weights[f.SubLayerKey].HasValue ? weights[f.SubLayerKey].Value : 0;
+                        d["action"] = "PERMIT";
+                        d["flags"] = Names.FlagNames(f.Flags).ToArray();
+                        d["layer"] = layer;
+                        foreign.Add(d);
+                    }
+                }
+            }
+            found["filters"] = ours.ToArray();
+            found["boottime"] = boot.ToArray();
+            found["foreign"] = foreign.ToArray();
+            FreeAll();
+            return found;
+        }
+
+        private void DeleteSublayerAndProvider()
+        {
+            Guid sublayer = sublayerKey, provider = providerKey;
+            Ignore(Native.FwpmSubLayerDeleteByKey0(handle, ref sublayer), Native.FwpESublayerNotFound, "FwpmSubLayerDeleteByKey0");
+            Ignore(Native.FwpmProviderDeleteByKey0(handle, ref provider), Native.FwpEProviderNotFound, "FwpmProviderDeleteByKey0");
+        }
+
+        /// <summary>Ours: of our provider, or in our sublayer (whoever put it there).</summary>
+        private bool IsOurs(FwpmFilter f)
+        {
+            return f.SubLayerKey == sublayerKey ||
+                (f.ProviderKey != IntPtr.Zero && (Guid)Marshal.PtrToStructure(f.ProviderKey, typeof(Guid)) == providerKey);
+        }
+
+        private static List<FwpmFilterCondition> ConditionsOf(FwpmFilter f)
+        {
+            List<FwpmFilterCondition> conditions = new List<FwpmFilterCondition>();
+            int size = Marshal.SizeOf(typeof(FwpmFilterCondition));
+            for (int i = 0; i < f.NumFilterConditions; i++)
+                conditions.Add((FwpmFilterCondition)Marshal.PtrToStructure(
+                    new IntPtr(f.FilterCondition.ToInt64() + i * size), typeof(FwpmFilterCondition)));
+            return conditions;
+        }
+
+        private static void Ignore(uint status, uint expected, string what)
+        {
+            if (status != expected) Native.Check(status, what);
+        }
+
+        private void DeleteOurs(IList boottime)
+        {
+            foreach (string layer in Names.Layers.Keys)
+            {
+                foreach (FwpmFilter f in Enumerate(Names.Layers[layer]))
+                {
+                    if (IsOurs(f))
+                    {
+                        Guid key = f.FilterKey;
+                        Ignore(Native.FwpmFilterDeleteByKey0(handle, ref key), Native.FwpEFilterNotFound, "FwpmFilterDeleteByKey0");
+                    }
+                }
+            }
+            foreach (IDictionary f in boottime)
+            {
+                Guid key = new Guid(Values.Str(f["key"]));
+                Ignore(Native.FwpmFilterDeleteByKey0(handle, ref key), Native.FwpEFilterNotFound, "FwpmFilterDeleteByKey0");
+            }
+        }
+
+        private int? SublayerWeight(Guid key)
+        {
+            IntPtr p;
+            if (Native.FwpmSubLayerGetByKey0(handle, ref key, out p) != 0) return null;
+            try
+            {
+                return ((FwpmSubLayer)Marshal.PtrToStructure(p, typeof(FwpmSubLayer))).Weight;
+            }
+            finally
+            {
+                Native.FwpmFreeMemory0(ref p);
+            }
+        }
+
+        private List<FwpmFilter> Enumerate(Guid layer)
+        {
+            FwpmFilterEnumTemplate template = new FwpmFilterEnumTemplate();
+            template.LayerKey = layer;
+            template.EnumType = Native.EnumOverlapping;
+            template.Flags = Native.EnumFlagIncludeBoottime;
+            template.ActionMask = 0xFFFFFFFF;
+            IntPtr enumHandle;
+            Native.Check(Native.FwpmFilterCreateEnumHandle0(handle, ref template, out enumHandle), "FwpmFilterCreateEnumHandle0");
+            List<FwpmFilter> filters = new List<FwpmFilter>();
+            try
+            {
+                while (true)
+                {
+                    IntPtr entries;
+                    uint returned;
+                    Native.Check(Native.FwpmFilterEnum0(handle, enumHandle, 256, out entries, out returned), "FwpmFilterEnum0");
+                    // The copies point into this memory (names, conditions): it is freed once the run is read.
+                    enumerated.Add(entries);
+                    for (int i = 0; i < returned; i++)
+                    {
+                        IntPtr entry = Marshal.ReadIntPtr(entries, i * IntPtr.Size);
+                        filters.Add((FwpmFilter)Marshal.PtrToStructure(entry, typeof(FwpmFilter)));
+                    }
+                    if (returned < 256) break;
+                }
+            }
+            finally
+            {
+                Native.FwpmFilterDestroyEnumHandle0(handle, enumHandle);
+            }
+            return filters;
+        }
+
+        private Hashtable Describe(FwpmFilter f, string layer, IDictionary bindings, IDictionary programs)
+        {
+            Hashtable d = new Hashtable();
+            d["key"] = f.FilterKey.ToString();
+            d["name"] = Marshal.PtrToStringUni(f.Display.Name);
+            d["layer"] = layer;
+            d["action"] = f.ActionType == Names.ActionBlock ? "BLOCK" : f.ActionType == Names.ActionPermit ? "PERMIT" : "0x" + f.ActionType.ToString("X");
+            // An FWP_UINT8 weight is the 4 high-order bits of the 64-bit weight the BFE keeps (FWP_VALUE0 docs).
+            d["weight"] = f.Weight.Type == Names.TypeUint8 ? (object)(int)(f.Weight.Value & 0xFF)
+                : f.Weight.Type == Names.TypeUint64 ? (object)(int)(Marshal.ReadInt64(new IntPtr((long)f.Weight.Value)) >> 60 & 0xF)
+                : null;
+            d["flags"] = Names.FlagNames(f.Flags).ToArray();
+            List<Hashtable> conditions = new List<Hashtable>();
+            Dictionary<string, SortedSet<ulong>> interfaces = new Dictionary<string, SortedSet<ulong>>();
+            bool icmp = IsIcmp(f);
+            foreach (FwpmFilterCondition c in ConditionsOf(f))
+            {
+                string field = Names.NameOf(Names.Fields, c.FieldKey) ?? c.FieldKey.ToString();
+                if (field == "IP_LOCAL_INTERFACE" || field == "IP_FORWARD_INTERFACE")
+                {
+                    if (!interfaces.ContainsKey(field)) interfaces[field] = new SortedSet<ulong>();
+                    interfaces[field].Add((ulong)Marshal.ReadInt64(new IntPtr((long)c.Value.Value)));
+                    continue;
+                }
+                if (field == "IP_LOCAL_PORT" && icmp) field = "ICMP_TYPE";
+                conditions.Add(Condition(field, c.MatchType == Names.MatchFlagsAllSet ? "FLAGS_ALL_SET" : "EQUAL", ReadValue(c, field, programs)));
+            }
+            foreach (KeyValuePair<string, SortedSet<ulong>> pair in interfaces)
+                foreach (string pattern in Unbind(pair.Value, bindings))
+                    conditions.Add(Condition(pair.Key, "EQUAL", pattern));
+            d["conditions"] = conditions.ToArray();
+            return d;
+        }
+
+        private static bool IsIcmp(FwpmFilter f)
+        {
+            foreach (FwpmFilterCondition c in ConditionsOf(f))
+            {
+                if (c.FieldKey == Names.Fields["IP_PROTOCOL"] && ((c.Value.Value & 0xFF) == 1 || (c.Value.Value & 0xFF) == 58)) return true;
+            }
+            return false;
+        }
+
+        /// <summary>The patterns whose every bound LUID the filter names; LUIDs no pattern explains stay visible as drift.</summary>
+        public static List<string> Unbind(ICollection<ulong> luids, IDictionary bindings)
+        {
+            List<string> patterns = new List<string>();
+            HashSet<ulong> explained = new HashSet<ulong>();
+            foreach (DictionaryEntry binding in bindings)
+            {
+                bool all = true;
+                foreach (object luid in (IEnumerable)binding.Value) all &= luids.Contains(Values.U64(luid));
+                if (!all) continue;
+                patterns.Add(Values.Str(binding.Key));
+                foreach (object luid in (IEnumerable)binding.Value) explained.Add(Values.U64(luid));
+            }
+            foreach (ulong luid in luids)
+                if (!explained.Contains(luid)) patterns.Add("luid:" + luid.ToString(CultureInfo.InvariantCulture));
+            patterns.Sort(StringComparer.Ordinal);
+            return patterns;
+        }
+
+        private static Hashtable Condition(string field, string match, object value)
+        {
+            Hashtable c = new Hashtable();
+            c["field"] = field;
+            c["match"] = match;
+            c["value"] = value;
+            return c;
+        }
+
+        private static object ReadValue(FwpmFilterCondition c, string field, IDictionary programs)
+        {
+            IntPtr pointer = new IntPtr((long)c.Value.Value);
+            switch (c.Value.Type)
+            {
+                case Names.TypeUint8:
+                case Names.TypeUint16:
+                    return (int)(c.Value.Value & 0xFFFF);
+                case Names.TypeUint32:
+                    return field == "FLAGS" && (c.Value.Value & 0xFFFFFFFF) == Names.ConditionFlagIsLoopback
+                        ? (object)"IS_LOOPBACK" : (object)(long)(c.Value.Value & 0xFFFFFFFF);
+                case Names.TypeV4AddrMask:
+                    {
+                        uint address = (uint)Marshal.ReadInt32(pointer), mask = (uint)Marshal.ReadInt32(pointer, 4);
+                        int prefix = 0;
+                        while (prefix < 32 && (mask & (0x80000000u >> prefix)) != 0) prefix++;
+                        byte[] bytes = { (byte)(address >> 24), (byte)(address >> 16), (byte)(address >> 8), (byte)address };
+                        return new IPAddress(bytes) + "/" + prefix;
+                    }
+                case Names.TypeV6AddrMask:
+                    {
+                        byte[] bytes = new byte[16];
+                        Marshal.Copy(pointer, bytes, 0, 16);
+                        return Ipv6Text(bytes) + "/" + Marshal.ReadByte(pointer, 16);
+                    }
+                case Names.TypeByteBlob:
+                    {
+                        byte[] blob = new byte[Marshal.ReadInt32(pointer)];
+                        Marshal.Copy(Marshal.ReadIntPtr(pointer, 8), blob, 0, blob.Length);
+                        foreach (DictionaryEntry program in programs)
+                            if (Convert.ToBase64String((byte[])program.Value) == Convert.ToBase64String(blob)) return program.Key;
+                        return "app-id:" + Encoding.Unicode.GetString(blob).TrimEnd('\0');
+                    }
+                default:
+                    return "type-" + c.Value.Type;
+            }
+        }
+
+        /// <summary>RFC 5952 text, as Python's ipaddress writes it, so that read-back compares as text.</summary>
+        public static string Ipv6Text(byte[] bytes)
+        {
+            return new IPAddress(bytes).ToString().ToLowerInvariant().Split('%')[0];
+        }
+
+        /// <summary>The app ids of the programs the policy names, expanded as the host expands them.</summary>
+        public static Hashtable AppIds(IEnumerable programs)
+        {
+            Hashtable ids = new Hashtable(StringComparer.OrdinalIgnoreCase);
+            foreach (object p in programs)
+            {
+                string path = Environment.ExpandEnvironmentVariables(Values.Str(p));
+                IntPtr blob;
+                Native.Check(Native.FwpmGetAppIdFromFileName0(path, out blob), "FwpmGetAppIdFromFileName0(" + path + ")");
+                try
+                {
+                    byte[] bytes = new byte[Marshal.ReadInt32(blob)];
+                    Marshal.Copy(Marshal.ReadIntPtr(blob, 8), bytes, 0, bytes.Length);
+                    ids[Values.Str(p)] = bytes;
+                }
+                finally
+                {
+                    Native.FwpmFreeMemory0(ref blob);
+                }
+            }
+            return ids;
+        }
+
+        private IntPtr Alloc(int size)
+        {
+            IntPtr p = Marshal.AllocHGlobal(size);
+            for (int i = 0; i < size; i++) Marshal.WriteByte(p, i, 0);
+            allocated.Add(p);
+            return p;
+        }
+
+        private IntPtr Text(string s)
+        {
+            IntPtr p = Marshal.StringToHGlobalUni(s);
+            allocated.Add(p);
+            return p;
+        }
+
+        private IntPtr Luid(ulong luid)
+        {
+            IntPtr p = Alloc(8);
+            Marshal.WriteInt64(p, unchecked((long)luid));
+            return p;
+        }
+
+        private IntPtr Struct(object value)
+        {
+            IntPtr p = Alloc(Marshal.SizeOf(value));
+            Marshal.StructureToPtr(value, p, false);
+            return p;
+        }
+
+        private void FreeAll()
+        {
+            foreach (IntPtr p in allocated) Marshal.FreeHGlobal(p);
+            allocated.Clear();
+            for (int i = 0; i < enumerated.Count; i++)
+            {
+                IntPtr p = enumerated[i];
+                Native.FwpmFreeMemory0(ref p);
+            }
+            enumerated.Clear();
+        }
+
+        private void AddProvider(string name)
+        {
+            FwpmProvider provider = new FwpmProvider();
+            provider.ProviderKey = providerKey;
+            provider.Display.Name = Text(name);
+            provider.Display.Description = Text(name + ": VPN kill switch (vpnguard.killswitch.win_wfp_killswitch)");
+            provider.Flags = Names.ObjectPersistent;
+            Native.Check(Native.FwpmProviderAdd0(handle, ref provider, IntPtr.Zero), "FwpmProviderAdd0");
+        }
+
+        private void AddSublayer(string name, ushort weight)
+        {
+            FwpmSubLayer sublayer = new FwpmSubLayer();
+            sublayer.SubLayerKey = sublayerKey;
+            sublayer.Display.Name = Text(name);
+            sublayer.Display.Description = Text(name + ": the kill switch decides here first");
+            sublayer.Flags = Names.ObjectPersistent;
+            sublayer.ProviderKey = Struct(providerKey);
+            sublayer.Weight = weight;
+            Native.Check(Native.FwpmSubLayerAdd0(handle, ref sublayer, IntPtr.Zero), "FwpmSubLayerAdd0");
+        }
+
+        private void AddFilter(IDictionary spec, IDictionary bindings, bool boottime)
+        {
+            List<FwpmFilterCondition> conditions = new List<FwpmFilterCondition>();
+            foreach (IDictionary c in (IEnumerable)spec["conditions"]) conditions.AddRange(Build(c, bindings));
+            FwpmFilter f = new FwpmFilter();
+            f.FilterKey = new Guid(Values.Str(spec["key"]));
+            f.Display.Name = Text(Values.Str(spec["name"]));
+            f.Display.Description = Text(Values.Str(spec["description"]));
+            f.Flags = Names.Flags((IEnumerable)spec["flags"]);
+            // Boot-time objects cannot reference persistent ones: no provider, the built-in universal sublayer.
+            f.ProviderKey = boottime ? IntPtr.Zero : Struct(providerKey);
+            f.LayerKey = Names.Layers[Values.Str(spec["layer"])];
+            f.SubLayerKey = boottime ? Names.UniversalSublayer : sublayerKey;
+            f.Weight.Type = Names.TypeUint8;
+            f.Weight.Value = (byte)Values.U64(spec["weight"]);
+            f.ActionType = Values.Str(spec["action"]) == "BLOCK" ? Names.ActionBlock : Names.ActionPermit;
+            f.NumFilterConditions = (uint)conditions.Count;
+            if (conditions.Count > 0)
+            {
+                int size = Marshal.SizeOf(typeof(FwpmFilterCondition));
+                f.FilterCondition = Alloc(size * conditions.Count);
+                for (int i = 0; i < conditions.Count; i++)
+                    Marshal.StructureToPtr(conditions[i], new IntPtr(f.FilterCondition.ToInt64() + i * size), false);
+            }
+            ulong id;
+            Native.Check(Native.FwpmFilterAdd0(handle, ref f, IntPtr.Zero, out id), "FwpmFilterAdd0(" + spec["name"] + ")");
+        }
+
+        private IEnumerable<FwpmFilterCondition> Build(IDictionary c, IDictionary bindings)
+        {
+            string field = Values.Str(c["field"]);
+            object value = c["value"];
+            List<FwpmFilterCondition> built = new List<FwpmFilterCondition>();
+            FwpmFilterCondition condition = new FwpmFilterCondition();
+            condition.FieldKey = Names.Fields[field];
+            condition.MatchType = Values.Str(c["match"]) == "FLAGS_ALL_SET" ? Names.MatchFlagsAllSet : Names.MatchEqual;
+            switch (field)
+            {
+                case "IP_LOCAL_INTERFACE":
+                case "IP_FORWARD_INTERFACE":
+                    foreach (object luid in (IEnumerable)bindings[Values.Str(value)])
+                    {
+                        FwpmFilterCondition one = condition;
+                        one.Value.Type = Names.TypeUint64;
+                        one.Value.Value = (ulong)Luid(Values.U64(luid)).ToInt64();
+                        built.Add(one);
+                    }
+                    return built;
+                case "IP_PROTOCOL":
+                    condition.Value.Type = Names.TypeUint8;
+                    condition.Value.Value = (byte)Values.U64(value);
+                    break;
+                case "IP_REMOTE_PORT":
+                case "IP_LOCAL_PORT":
+                case "ICMP_TYPE":
+                    condition.Value.Type = Names.TypeUint16;
+                    condition.Value.Value = (ushort)Values.U64(value);
+                    break;
+                case "FLAGS":
+                    condition.Value.Type = Names.TypeUint32;
+                    condition.Value.Value = Names.ConditionFlagIsLoopback;
+                    break;
+                case "ALE_APP_ID":
+                    {
+                        byte[] id = (byte[])AppIds(new object[] { value })[Values.Str(value)];
+                        IntPtr data = Alloc(id.Length);
+                        Marshal.Copy(id, 0, data, id.Length);
+                        IntPtr blob = Alloc(16);
+                        Marshal.WriteInt32(blob, id.Length);
+                        Marshal.WriteIntPtr(blob, 8, data);
+                        condition.Value.Type = Names.TypeByteBlob;
+                        condition.Value.Value = (ulong)blob.ToInt64();
+                        break;
+                    }
+                case "IP_REMOTE_ADDRESS":
+                    {
+                        string[] parts = Values.Str(value).Split('/');
+                        IPAddress address = IPAddress.Parse(parts[0]);
+                        int prefix = int.Parse(parts[1], CultureInfo.InvariantCulture);
+                        byte[] bytes = address.GetAddressBytes();
+                        if (bytes.Length == 4)
+                        {
+                            // FWP_V4_ADDR_AND_MASK: address and mask in host order.
+                            IntPtr v4 = Alloc(8);
+                            uint host = ((uint)bytes[0] << 24) | ((uint)bytes[1] << 16) | ((uint)bytes[2] << 8) | bytes[3];
+                            Marshal.WriteInt32(v4, unchecked((int)host));
+                            Marshal.WriteInt32(v4, 4, unchecked((int)(prefix == 0 ? 0u : 0xFFFFFFFFu << (32 - prefix))));
+                            condition.Value.Type = Names.TypeV4AddrMask;
+                            condition.Value.Value = (ulong)v4.ToInt64();
+                        }
+                        else
+                        {
+                            // FWP_V6_ADDR_AND_MASK: 16 address bytes and the prefix length.
+                            IntPtr v6 = Alloc(17);
+                            Marshal.Copy(bytes, 0, v6, 16);
+                            Marshal.WriteByte(v6, 16, (byte)prefix);
+                            condition.Value.Type = Names.TypeV6AddrMask;
+                            condition.Value.Value = (ulong)v6.ToInt64();
+                        }
+                        break;
+                    }
+                default:
+                    throw new ArgumentException("unknown condition field " + field);
+            }
+            built.Add(condition);
+            return built;
+        }
+    }
+}
