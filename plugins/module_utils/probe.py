@@ -200,7 +200,7 @@ def not_run(name, interface, family, protocol, why):
     return dict(check=name, interface=interface, family=family, protocol=protocol, verdict='not run', detail=why)
 
 
-def run(tunnel_patterns, dns_servers, canary_v4, canary_v6, wait=0.3):
+def run(tunnel_patterns, dns_servers, canary_v4, canary_v6, wait=0.1):
     """Every check's result, and whether any packet of the probe left the host."""
     families = ((socket.AF_INET, 'ipv4', canary_v4), (socket.AF_INET6, 'ipv6', canary_v6))
     addresses = dict((family, global_addresses(family)) for family, _, _ in families)

@@ -320,7 +320,8 @@ probe:
   description:
     - With O(probe=true), each check of the live probe and whether any leaked. C(verdict) is C(refused) (and
       C(detail) says which layer refused), C(LEAKED) (the probe's packet left the host; C(detail) says where),
-      or C(not run) (and why). C(no_route) counts the sends the kernel refused for want of a route since
+      or C(not run) (and why). C(counters_after) are the table's counters after the probe (its own refusals
+      are counted too; RV(counters) are from before it). C(no_route) counts the sends the kernel refused for want of a route since
       boot, the routing guard's refusals among them.
   returned: when O(probe=true) and O(state=present)
   type: dict
@@ -615,21 +616,23 @@ def main():
         module.fail_json(msg='failed after the nftables step, which did complete: %s' % e,
                          exception=traceback.format_exc())
     if policy and module.params['probe']:
-        result.update(probe_host(module, policy))
+        result.update(probe_host(module, policy, nft))
     module.exit_json(**result)
 
 
-def probe_host(module, policy):
+def probe_host(module, policy, nft):
     """The live probe's evidence: does the host refuse traffic outside the tunnel right now?"""
     params = module.params
     checks, leaked = probe.run(policy.tunnel_interfaces, policy.dns_servers,
                                params['probe_canary_v4'], params['probe_canary_v6'])
+    # The probe's own refusals are counted too: the next audit counts from here.
+    after = dict((name, value[0]) for name, value in nft.counters().items())
     routes = []
     for family in ('-4', '-6'):
         rc, out, err = module.run_command(['ip', '-j', family, 'route', 'show', 'table', 'all'])
         if rc == 0 and out.strip():
             routes += json.loads(out)
-    return dict(probe=dict(checks=checks, leaked=leaked, no_route=probe.no_route_counters()),
+    return dict(probe=dict(checks=checks, leaked=leaked, no_route=probe.no_route_counters(), counters_after=after),
                 tunnel=probe.tunnel_state(policy.tunnel_interfaces),
                 routes_outside_tunnel=probe.routes_outside_tunnel(routes, policy.tunnel_interfaces))
 
