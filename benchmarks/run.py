@@ -498,6 +498,8 @@ def fleet(args, out_dir, log_path):
         runs = [('harden', 'first', ['vpnguard.killswitch.harden']),
                 ('harden', 'idempotent', ['vpnguard.killswitch.harden']),
                 ('harden', 'audit', ['vpnguard.killswitch.audit', '--check']),
+                # The same audit without its live probe: what the probe costs per host.
+                ('harden', 'audit_noprobe', ['vpnguard.killswitch.audit', '--check', '-e', 'killswitch_audit_probe=false']),
                 ('baseline', 'first', [baseline]),
                 ('baseline', 'idempotent', [baseline]),
                 ('baseline', 'audit', [baseline, '--check', '--diff'])]
@@ -507,7 +509,7 @@ def fleet(args, out_dir, log_path):
             entry = results['sizes'][str(size)] = {'hosts': size, 'runs': {}}
             for rep in range(args.fleet_repeat):
                 for order, (book, phase, extra) in enumerate(runs):
-                    if order == 3:
+                    if book == 'baseline' and phase == 'first':
                         # Reset the collection's side, untimed, before the baseline goes.
                         ansible_playbook(common + limit + ['vpnguard.killswitch.rollback'], log_path)
                     wall, recap = ansible_playbook(common + limit + extra, log_path)
@@ -530,6 +532,10 @@ def fleet(args, out_dir, log_path):
                 b = median([r['wall_s'] for r in entry['runs']['baseline'][phase]])
                 summary[phase] = {'harden_s': h, 'baseline_s': b, 'harden_per_host_s': h / size,
                                   'baseline_per_host_s': b / size, 'ratio_to_baseline': h / b}
+            if 'audit_noprobe' in entry['runs']['harden']:
+                without = median([r['wall_s'] for r in entry['runs']['harden']['audit_noprobe']])
+                summary['audit']['without_probe_s'] = without
+                summary['audit']['probe_ratio'] = summary['audit']['harden_s'] / without
     return results
 
 
@@ -590,6 +596,12 @@ def markdown(data):
                           '%.1f s (%.2f)' % (x['baseline_s'], x['baseline_per_host_s']),
                           '%.2f' % x['ratio_to_baseline']]
             lines.append('| %s | %s |' % (size, ' | '.join(cells)))
+        probe = [(size, fl['sizes'][size]['summary']['audit']) for size in sorted(fl['sizes'], key=int)
+                 if 'probe_ratio' in fl['sizes'][size]['summary']['audit']]
+        if probe:
+            lines += ['', 'The audit with its live probe against the same audit without it (killswitch_audit_probe=false), '
+                      'same runs: ' + ', '.join('%s host(s) %.1f s / %.1f s = %.2fx' % (
+                          size, a['harden_s'], a['without_probe_s'], a['probe_ratio']) for size, a in probe) + '.']
         lines.append('')
     return '\n'.join(lines)
 

@@ -14,6 +14,8 @@ __metaclass__ = type
 
 import hashlib
 import ipaddress
+import json
+import re
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS
 
@@ -29,6 +31,28 @@ BYPASS_FWMARK = 0x564b
 # none of them carry user data or leave the link (hop limit 255 / 1).
 ICMPV6_OUT = ('nd-router-solicit', 'nd-neighbor-solicit', 'nd-neighbor-advert', 'mld2-listener-report')
 ICMPV6_IN = ('nd-router-advert', 'nd-neighbor-solicit', 'nd-neighbor-advert')
+
+# What the kill switch may write to the kernel log (killswitch_log): nothing,
+# the bypass exceptions' use, what it refused, or both and the endpoints' use.
+LOG_LEVELS = ('none', 'exceptions', 'refused', 'all')
+# At most this many log lines a second per rule, so that a process hammering
+# the firewall cannot flood the journal.
+LOG_RATE = 'limit rate 10/second burst 20 packets'
+
+# Named counters, one per verdict class, always on. They sit only on rules
+# that refuse, or that let an exception through, never on the tunnel's path.
+REFUSED_COUNTERS = {
+    'refused_out_v4': 'outbound IPv4 refused outside the tunnel',
+    'refused_out_v6': 'outbound IPv6 refused outside the tunnel',
+    'refused_dns_resolver': 'DNS to a resolver that is not the tunnel\'s',
+    'refused_dns_outside': 'DNS outside the tunnel',
+    'refused_doh': 'known DNS-over-HTTPS resolver outside the tunnel',
+    'refused_endpoint': 'VPN endpoint used by a socket that is not the tunnel\'s',
+    'refused_in_v4': 'inbound IPv4 refused',
+    'refused_in_v6': 'inbound IPv6 refused',
+    'refused_forward_v4': 'forwarded IPv4 refused',
+    'refused_forward_v6': 'forwarded IPv6 refused',
+}
 
 
 def _quoted(name):
@@ -47,6 +71,34 @@ def _set(name, type_, elements, interval=False):
         lines.append('\t\telements = { %s }' % _elements(elements))
     lines += ['\t}', '']
     return lines
+
+
+def exception_counter(exception):
+    """The counter's name for a bypass exception: its selector and value, or a digest of a cgroup path."""
+    if exception.selector in ('uid', 'gid'):
+        return 'exception_%s_%d' % (exception.selector, exception.value)
+    return 'exception_%s_%s' % (exception.selector, hashlib.sha256(exception.value.encode('utf-8')).hexdigest()[:12])
+
+
+def counter_names(policy):
+    """Every named counter the table of policy has, with what it counts."""
+    names = dict(REFUSED_COUNTERS)
+    if not policy.restrict_endpoints_to_tunnel or not policy.endpoints:
+        del names['refused_endpoint']
+    for e in policy.exceptions:
+        names[exception_counter(e)] = 'exception %s: %s used' % (e.selector, e.value)
+    return names
+
+
+def _counted(match, counter, verdict, log_prefix=None):
+    """Rules that count (and, with a prefix, log at a bounded rate) the packets match selects, then decide."""
+    rules = []
+    if log_prefix:
+        # A rule of its own: when the limit is spent the packet must still
+        # reach the verdict below, not skip it.
+        rules.append(' '.join(filter(None, [match, LOG_RATE, 'log prefix "vpnguard %s: " flags skuid' % log_prefix])))
+    rules.append(' '.join(filter(None, [match, 'counter name "%s"' % counter, verdict])))
+    return rules
 
 
 def _chain(name, hook, priority, policy, rules):
@@ -81,8 +133,14 @@ def _management_elements(entries):
             for network in ipaddress.collapse_addresses(networks)]
 
 
-def render(policy):
-    """The whole table for policy, as nft(8) input text."""
+def render(policy, log='none'):
+    """The whole table for policy, as nft(8) input text; log is one of LOG_LEVELS."""
+    log_refused = log in ('refused', 'all')
+    log_exceptions = log in ('exceptions', 'all')
+
+    def refused(match, counter, reason):
+        return _counted(match, counter, 'drop', reason if log_refused else None)
+
     families = ((4, 'ip'), (6, 'ip6'))
     sets = []
     addr_types = {4: 'ipv4_addr', 6: 'ipv6_addr'}
@@ -103,26 +161,45 @@ def render(policy):
     bypass = ['meta sk%s @bypass_%ss' % (s, s) for s in ('uid', 'gid') if policy.exceptions_by(s)]
     bypass += ['socket cgroupv2 level %d %s' % (path.count('/') + 1, _quoted(path))
                for path in policy.exceptions_by('cgroup')]
+    # One rule per exception, so that each one's use is counted by itself.
+    bypass_accepts = []
+    for e in policy.exceptions:
+        if e.selector == 'cgroup':
+            match = 'socket cgroupv2 level %d %s' % (e.value.count('/') + 1, _quoted(e.value))
+        else:
+            match = 'meta sk%s %d' % (e.selector, e.value)
+        # A cgroup path can be longer than a log prefix may be: the counter's name stands for it.
+        bypass_accepts += _counted(match, exception_counter(e), 'accept',
+                                   exception_counter(e).replace('_', ' ', 2) if log_exceptions else None)
 
     if policy.dns_servers:
         dns_chain = ['oifname %s %s daddr @dns_v%d accept' % (_quoted(i), f, v)
                      for v, f in families for i in policy.tunnel_interfaces]
+        # Through the tunnel, but to a resolver that is not the tunnel's.
+        for i in policy.tunnel_interfaces:
+            dns_chain += refused('oifname %s' % _quoted(i), 'refused_dns_resolver', 'refused dns-resolver')
     else:
         # No resolvers named: DNS is only held to the tunnel, like all traffic.
         dns_chain = _tunnels(policy, 'oifname', 'accept')
-    dns_chain.append('drop')
+    dns_chain += refused(None, 'refused_dns_outside', 'refused dns-outside')
 
     dns_jump = 'meta l4proto { tcp, udp } th dport { %s } jump dns' % _elements(str(p) for p in DNS_PORTS)
     endpoint_owner = (['meta mark 0x%08x' % policy.tunnel_fwmark, 'meta skuid 0']
                       if policy.restrict_endpoints_to_tunnel else [None])
     # Known DNS-over-HTTPS resolvers only through the tunnel, whatever else is allowed below.
-    doh_drop = ['%s daddr @doh_v%d drop' % (f, v) for v, f in families if policy.doh_of(v)]
+    doh_drop = [rule for v, f in families if policy.doh_of(v)
+                for rule in refused('%s daddr @doh_v%d' % (f, v), 'refused_doh', 'refused doh')]
     output = ['oifname "lo" accept', dns_jump]
     output += _tunnels(policy, 'oifname', 'accept') + doh_drop
     # The endpoints are reachable outside the tunnel only for the tunnel's own
     # packets, so that no other process can use them to get round it.
     output += [' '.join(filter(None, ['%s daddr . meta l4proto . th dport @endpoints_v%d' % (f, v), owner, 'accept']))
                for v, f in families if policy.endpoints_of(v) for owner in endpoint_owner]
+    if policy.restrict_endpoints_to_tunnel:
+        # Anyone else trying the endpoint's address and port: refused, and told apart.
+        output += [rule for v, f in families if policy.endpoints_of(v)
+                   for rule in refused('%s daddr . meta l4proto . th dport @endpoints_v%d' % (f, v),
+                                       'refused_endpoint', 'refused endpoint')]
     output += [
         'udp sport 68 udp dport 67 accept',
         'ip6 saddr fe80::/10 udp sport 546 udp dport 547 accept',
@@ -140,7 +217,9 @@ def render(policy):
             match = '%s daddr . meta l4proto . th sport @management_v%d' % (f, v)
             output += ['%s tcp flags & (syn | ack) != syn accept' % match,
                        '%s meta l4proto udp ct direction reply accept' % match]
-    output += ['%s accept' % b for b in bypass]
+    output += bypass_accepts
+    output += [rule for v, f in families
+               for rule in refused('meta nfproto ipv%d' % v, 'refused_out_v%d' % v, 'refused out-v%d' % v)]
 
     input_ = ['iifname "lo" accept', 'ct state established,related accept']
     input_ += _tunnels(policy, 'iifname', 'accept')
@@ -156,6 +235,8 @@ def render(policy):
         input_ += ['ip saddr @lan_v4 accept', 'ip6 saddr @lan_v6 accept']
     input_ += ['%s saddr . meta l4proto . th dport @management_v%d accept' % (f, v)
                for v, f in families if policy.management_of(v)]
+    input_ += [rule for v, f in families
+               for rule in refused('meta nfproto ipv%d' % v, 'refused_in_v%d' % v, 'refused in-v%d' % v)]
 
     forward = [dns_jump] + _tunnels(policy, 'oifname', 'accept') + doh_drop
     forward += ['iifname %s ct state established,related accept' % _quoted(i) for i in policy.tunnel_interfaces]
@@ -163,9 +244,13 @@ def render(policy):
         forward += ['ip daddr @lan_v4 accept', 'ip6 daddr @lan_v6 accept',
                     'ip saddr @lan_v4 ct state established,related accept',
                     'ip6 saddr @lan_v6 ct state established,related accept']
+    forward += [rule for v, f in families
+                for rule in refused('meta nfproto ipv%d' % v, 'refused_forward_v%d' % v, 'refused forward-v%d' % v)]
 
     lines = ['table %s {' % TABLE, '\tcomment "vpnguard.killswitch: managed by Ansible, changes are reverted"']
     lines += sets
+    for name in sorted(counter_names(policy)):
+        lines += ['\tcounter %s {' % name, '\t}', '']
     for chain in (
             _chain('dns', None, None, None, dns_chain),
             _chain('output', ('filter', 'output'), 'filter', 'drop', output),
@@ -185,6 +270,25 @@ def render(policy):
 
 def digest(text):
     return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+_COUNTER_VALUES = re.compile(r'packets \d+ bytes \d+')
+
+
+def without_counter_values(listing):
+    """A table listing with every counter at zero: what the counters saw is no drift."""
+    return None if listing is None else _COUNTER_VALUES.sub('packets 0 bytes 0', listing)
+
+
+def with_counter_values(ruleset, values):
+    """ruleset with its named counters starting from values ({name: (packets, bytes)}), so that a
+    replace carries on counting instead of resetting what the audit reports."""
+    def fill(match):
+        name = match.group(1)
+        if name not in values:
+            return match.group(0)
+        return '\tcounter %s {\n\t\tpackets %d bytes %d\n\t}' % (name, values[name][0], values[name][1])
+    return re.sub(r'\tcounter (\w+) \{\n\t\}', fill, ruleset)
 
 
 def replace_transaction(ruleset):
@@ -224,6 +328,20 @@ class Nft:
                 return None
             raise NftError('nft list table %s failed: %s' % (TABLE, err.strip()))
         return out
+
+    def counters(self):
+        """Our table's named counters, {name: (packets, bytes)}; empty when the table does not exist."""
+        self._nft.set_json_output(True)
+        try:
+            rc, out, err = self._cmd('list counters table %s' % TABLE)
+        finally:
+            self._nft.set_json_output(False)
+        values = {}
+        for item in json.loads(out).get('nftables', []) if rc == 0 else []:
+            counter = item.get('counter')
+            if counter:
+                values[counter['name']] = (counter['packets'], counter['bytes'])
+        return values
 
     def check(self, transaction):
         rc, out, err = self._cmd(transaction, dry_run=True)

@@ -188,6 +188,36 @@ options:
       - While a change is unconfirmed, a further change keeps the rollback to the last confirmed state.
     type: int
     default: 0
+  log:
+    description:
+      - What the kill switch writes to the kernel log (journald reads it), each line prefixed
+        C(vpnguard) and the rule's reason (C(refused out-v4), C(refused dns-resolver),
+        C(exception uid 998), ...) and carrying the socket's uid where the kernel knows it, at most
+        10 lines a second per rule.
+      - V(none) logs nothing; V(exceptions) the packets the bypass exceptions let through;
+        V(refused) the packets the kill switch refused; V(all) both.
+      - The counters in RV(counters) are kept whatever this says.
+    type: str
+    choices: [none, exceptions, refused, all]
+    default: none
+  probe:
+    description:
+      - After enforcing (or, in check mode, comparing), probe the host live, as the audit does - sockets bound
+        to every interface that is not a tunnel try UDP, TCP and DNS (IPv4 and IPv6) to the canary
+        addresses, and a DNS query goes to the canary as a resolver that is not the tunnel's, while a packet
+        socket watches what the host transmits. Results in RV(probe), RV(tunnel) and RV(routes_outside_tunnel).
+      - The probe sends only to the canaries and, on a host that holds, nothing leaves it. It changes nothing
+        on the host, so it also runs in check mode.
+    type: bool
+    default: false
+  probe_canary_v4:
+    description: The IPv4 address the probe sends to; a documentation address leads nowhere.
+    type: str
+    default: 203.0.113.254
+  probe_canary_v6:
+    description: The IPv6 address the probe sends to.
+    type: str
+    default: "2001:db8:ffff::fe"
   confirm:
     description:
       - Confirm the pending change and stop the rollback timer; run it over a fresh connection
@@ -275,6 +305,45 @@ persisted_files:
   type: list
   elements: str
   sample: [/etc/vpnguard-killswitch/ruleset.nft]
+counters:
+  description:
+    - The table's named counters after this run, one per verdict class and one per bypass exception,
+      each with what it counts. They count from when the table was first loaded (a reboot or
+      O(state=absent) resets them); a run that changes the policy carries them over, and no run reports
+      them as drift.
+  returned: when O(state=present)
+  type: dict
+  sample:
+    refused_out_v4: {packets: 12, bytes: 720, counts: outbound IPv4 refused outside the tunnel}
+    exception_uid_998: {packets: 3, bytes: 180, counts: "exception uid: 998 used"}
+probe:
+  description:
+    - With O(probe=true), each check of the live probe and whether any leaked. C(verdict) is C(refused) (and
+      C(detail) says which layer refused), C(LEAKED) (the probe's packet left the host; C(detail) says where),
+      or C(not run) (and why). C(counters_after) are the table's counters after the probe (its own refusals
+      are counted too; RV(counters) are from before it). C(no_route) counts the sends the kernel refused for want of a route since
+      boot, the routing guard's refusals among them.
+  returned: when O(probe=true) and O(state=present)
+  type: dict
+  sample:
+    leaked: false
+    checks:
+      - {check: udp ipv4 bound to eth0, interface: eth0, family: ipv4, protocol: udp, verdict: refused,
+         detail: refused by the firewall (EPERM)}
+    no_route: {no_route_v4: 12, no_route_v6: 3}
+tunnel:
+  description: With O(probe=true), the interfaces matching O(tunnel_interfaces), their state and addresses.
+  returned: when O(probe=true) and O(state=present)
+  type: dict
+  sample: {up: true, interfaces: [{interface: wg0, state: unknown, addresses: [192.0.2.11]}]}
+routes_outside_tunnel:
+  description:
+    - With O(probe=true), the default routes (and C(0.0.0.0/1)-style halves) of any table that leave through an
+      interface that is not a tunnel - the "double default route" that only the kill switch keeps from use.
+  returned: when O(probe=true) and O(state=present)
+  type: list
+  elements: str
+  sample: [default via 198.18.1.1 dev eth0 table main metric 100]
 summary:
   description: What the kill switch enforces and what this run changed.
   returned: always
@@ -292,6 +361,7 @@ summary:
     exceptions: 0
 '''
 
+import json
 import os
 import traceback
 
@@ -300,8 +370,10 @@ from ansible.module_utils.common.respawn import has_respawned, probe_interpreter
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
     POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import probe
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
-    BYPASS_FWMARK, TABLE, Nft, NftError, digest, render, replace_transaction)
+    BYPASS_FWMARK, LOG_LEVELS, TABLE, Nft, NftError, counter_names, digest, render, replace_transaction,
+    with_counter_values, without_counter_values)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
     DEFAULT_PRIORITY, RoutingGuard, boot_script, describe, desired_rules, guard_commands, protocol_name_files)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.netlink_rules import RuleSocket
@@ -392,7 +464,7 @@ def rollback_script(live_table, live_rules, wanted_rules, paths):
 
 
 def diff_text(table, rules):
-    return (table or '') + ''.join('# routing guard: %s\n' % describe(r) for r in rules)
+    return (without_counter_values(table) or '') + ''.join('# routing guard: %s\n' % describe(r) for r in rules)
 
 
 def validate(module):
@@ -418,7 +490,7 @@ def validate(module):
 
 def present(module, policy, nft, guard, state_path, nft_command):
     params = module.params
-    ruleset = render(policy)
+    ruleset = render(policy, params['log'])
     wanted_rules = desired_rules(policy, params['routing_guard_priority']) if params['routing_guard'] else []
     transaction = replace_transaction(ruleset)
     files = owned_files(params, nft_command, transaction, wanted_rules)
@@ -426,8 +498,9 @@ def present(module, policy, nft, guard, state_path, nft_command):
     live_table = nft.list_table()
     live_rules = guard.live_rules()
     saved = load_state(state_path)
+    # What the counters have counted since is not drift.
     table_in_sync = (live_table is not None and saved.get('digest') == digest(ruleset)
-                     and saved.get('listing') == live_table)
+                     and saved.get('listing') == without_counter_values(live_table))
     rules_in_sync = live_rules == wanted_rules
 
     if not table_in_sync:
@@ -442,17 +515,22 @@ def present(module, policy, nft, guard, state_path, nft_command):
                                rollback_script(live_table, live_rules, wanted_rules, files),
                                params['confirm_timeout'])
         if not table_in_sync:
-            nft.apply(transaction)
+            # The new table counts on from where the old one was.
+            nft.apply(replace_transaction(with_counter_values(ruleset, nft.counters())))
             after_table = nft.list_table()
-            file_snapshot.save(state_path, {'digest': digest(ruleset), 'listing': after_table})
+            file_snapshot.save(state_path, {'digest': digest(ruleset), 'listing': without_counter_values(after_table)})
         if not rules_in_sync:
             removed = guard.replace(wanted_rules)
     elif not rules_in_sync:
         removed = live_rules
     persisted = sync_owned_files(module, files)
     unit_activated = params['persist'] and boot_unit.activate(module, boot_unit.UNIT_PATH in persisted)
+    live_counters = nft.counters()
 
     return dict(
+        counters=dict((name, dict(packets=live_counters.get(name, (0, 0))[0], bytes=live_counters.get(name, (0, 0))[1],
+                                  counts=meaning))
+                      for name, meaning in counter_names(policy).items()),
         changed=not in_sync or bool(persisted) or unit_activated,
         confirm_pending=commit_confirm.pending(params['state_dir']),
         persisted_files=persisted,
@@ -507,6 +585,10 @@ def main():
             persist_dir=dict(type='path', default='/etc/vpnguard-killswitch'),
             confirm_timeout=dict(type='int', default=0),
             confirm=dict(type='bool', default=False),
+            log=dict(type='str', default='none', choices=list(LOG_LEVELS)),
+            probe=dict(type='bool', default=False),
+            probe_canary_v4=dict(type='str', default='203.0.113.254'),
+            probe_canary_v6=dict(type='str', default='2001:db8:ffff::fe'),
             **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int'), cgroup=dict(type='str')))
         ),
         supports_check_mode=True,
@@ -533,7 +615,26 @@ def main():
     except Exception as e:  # netlink or file errors, after the firewall step
         module.fail_json(msg='failed after the nftables step, which did complete: %s' % e,
                          exception=traceback.format_exc())
+    if policy and module.params['probe']:
+        result.update(probe_host(module, policy, nft))
     module.exit_json(**result)
+
+
+def probe_host(module, policy, nft):
+    """The live probe's evidence: does the host refuse traffic outside the tunnel right now?"""
+    params = module.params
+    checks, leaked = probe.run(policy.tunnel_interfaces, policy.dns_servers,
+                               params['probe_canary_v4'], params['probe_canary_v6'])
+    # The probe's own refusals are counted too: the next audit counts from here.
+    after = dict((name, value[0]) for name, value in nft.counters().items())
+    routes = []
+    for family in ('-4', '-6'):
+        rc, out, err = module.run_command(['ip', '-j', family, 'route', 'show', 'table', 'all'])
+        if rc == 0 and out.strip():
+            routes += json.loads(out)
+    return dict(probe=dict(checks=checks, leaked=leaked, no_route=probe.no_route_counters(), counters_after=after),
+                tunnel=probe.tunnel_state(policy.tunnel_interfaces),
+                routes_outside_tunnel=probe.routes_outside_tunnel(routes, policy.tunnel_interfaces))
 
 
 if __name__ == '__main__':

@@ -99,6 +99,42 @@ class Host:
         self.proc.wait()
 
 
+class UplinkHost(Host):
+    """A host with an uplink eth0 and default routes through an ISP namespace that drops what it gets."""
+
+    def __init__(self, tmp_path):
+        super(UplinkHost, self).__init__(tmp_path)
+        os.mkdir(os.path.join(self.tmp, 'isp'))
+        self.isp = Host(os.path.join(self.tmp, 'isp'))
+        self.sh('ip link add eth0 type veth peer name up0 netns %d' % self.isp.pid)
+        for host, dev, v4, v6 in ((self, 'eth0', '198.18.1.2', '2001:db8:1:1::2'),
+                                  (self.isp, 'up0', '198.18.1.1', '2001:db8:1:1::1')):
+            host.sh('sysctl -qw net.ipv6.conf.%s.accept_dad=0 && ip addr add %s/24 dev %s && '
+                    'ip -6 addr add %s/64 dev %s nodad && ip link set %s up' % (dev, v4, dev, v6, dev, dev))
+        self.sh('ip route add default via 198.18.1.1 metric 100 && ip -6 route add default via 2001:db8:1:1::1 metric 100')
+
+    def capture(self):
+        """tcpdump on the ISP side of the uplink, for what the host put on the wire."""
+        path = os.path.join(self.tmp, 'uplink.pcap')
+        proc = subprocess.Popen(['nsenter', '-t', str(self.isp.pid), '-n', '--', 'tcpdump', '-Q', 'in', '-U', '-n',
+                                 '-i', 'up0', '-w', path], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        return proc, path
+
+    def captured(self, capture, bpf):
+        proc, path = capture
+        time.sleep(0.5)
+        proc.terminate()
+        proc.wait()
+        return subprocess.run(['tcpdump', '-n', '-r', path, bpf], capture_output=True, text=True,
+                              check=False).stdout.splitlines()
+
+    def close(self):
+        self.isp.close()
+        super(UplinkHost, self).close()
+
+
 def host_fixture(cls):
     """A pytest fixture giving each test a fresh host of class cls, torn down after it."""
     @pytest.fixture

@@ -39,7 +39,10 @@ class FleetHost(Host):
         report = os.path.join(self.tmp, 'audit.json')
         run = self.playbook('audit.yml', '--check', '-e', 'killswitch_audit_report=' + report, *flags)
         with open(report) as f:
-            return run, json.load(f)['hosts']
+            hosts = json.load(f)['hosts']
+        # The evidence is tested in test_audit_evidence.py; here, what a host is.
+        return run, dict((name, dict((k, v) for k, v in h.items() if k in ('compliant', 'drift', 'unreachable', 'error')))
+                         for name, h in hosts.items())
 
 
 host = host_fixture(FleetHost)
@@ -54,7 +57,7 @@ def test_the_report_tells_compliant_drifted_refused_and_unreachable_hosts_apart(
     assert report['kept'] == {'compliant': True, 'drift': []}
     assert report['gone']['unreachable'] and not report['gone']['compliant']
     assert not report['refused']['compliant'] and 'endpoints[0].port' in report['refused']['error']
-    assert 'not audited: gone, refused' in run.stdout and run.returncode != 0, 'a scheduled audit must not pass'
+    assert 'not audited: gone, refused' in run.stdout and run.returncode != 0, run.stdout[-3000:]
 
     # A limited audit reports on just the hosts it targets, and passes when they comply.
     run, report = host.audit('--limit', 'kept')

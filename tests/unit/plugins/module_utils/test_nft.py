@@ -1,12 +1,14 @@
 import os
+import re
 import shutil
 import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import TABLE, render, replace_transaction
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import parse_policy
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
+    TABLE, exception_counter, render, replace_transaction, with_counter_values, without_counter_values)
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import BypassException, parse_policy
 
 from policy_strategies import networks, policies as policy_strategies
 
@@ -40,18 +42,20 @@ def test_dns_is_held_before_the_tunnel_is_accepted():
     dns = output.index('meta l4proto { tcp, udp } th dport { 53, 853 } jump dns')
     assert dns < output.index('oifname "wg0" accept')
     assert chain(rendered(dns_servers=['192.0.2.1']), 'dns') == [
-        'oifname "wg0" ip daddr @dns_v4 accept', 'oifname "wg0" ip6 daddr @dns_v6 accept', 'drop']
+        'oifname "wg0" ip daddr @dns_v4 accept', 'oifname "wg0" ip6 daddr @dns_v6 accept',
+        'oifname "wg0" counter name "refused_dns_resolver" drop', 'counter name "refused_dns_outside" drop']
 
 
 def test_without_dns_servers_dns_still_only_goes_through_the_tunnel():
-    assert chain(rendered(), 'dns') == ['oifname "wg0" accept', 'drop']
+    assert chain(rendered(), 'dns') == ['oifname "wg0" accept', 'counter name "refused_dns_outside" drop']
 
 
 def test_endpoints_are_only_for_the_tunnels_own_packets():
     output = chain(rendered(), 'output')
     endpoint_rules = [r for r in output if '@endpoints_v4' in r]
     assert endpoint_rules == ['ip daddr . meta l4proto . th dport @endpoints_v4 meta mark 0x0000ca6c accept',
-                              'ip daddr . meta l4proto . th dport @endpoints_v4 meta skuid 0 accept']
+                              'ip daddr . meta l4proto . th dport @endpoints_v4 meta skuid 0 accept',
+                              'ip daddr . meta l4proto . th dport @endpoints_v4 counter name "refused_endpoint" drop']
     assert not any('@endpoints_v6' in r for r in output), 'no rule for a family without endpoints'
     open_rules = [r for r in chain(rendered(restrict_endpoints_to_tunnel=False), 'output') if '@endpoints' in r]
     assert open_rules == ['ip daddr . meta l4proto . th dport @endpoints_v4 accept']
@@ -81,8 +85,9 @@ def test_lan_is_closed_unless_allowed():
 
 def test_exceptions_are_accepted_and_rerouted():
     text = rendered(exceptions=[{'uid': 1001}, {'cgroup': 'system.slice/backup.service'}])
-    assert 'meta skuid @bypass_uids accept' in chain(text, 'output')
-    assert 'socket cgroupv2 level 2 "system.slice/backup.service" accept' in chain(text, 'output')
+    assert 'meta skuid 1001 counter name "exception_uid_1001" accept' in chain(text, 'output')
+    assert ('socket cgroupv2 level 2 "system.slice/backup.service" counter name "exception_cgroup_%s" accept'
+            % exception_counter(BypassException('cgroup', 'system.slice/backup.service'))[-12:]) in chain(text, 'output')
     assert 'meta skuid @bypass_uids meta mark set 0x0000564b' in chain(text, 'bypass_route')
     assert 'chain bypass_route' not in rendered()
 
@@ -120,11 +125,13 @@ def test_the_kernel_accepts_every_valid_policy(raw):
 def test_doh_resolvers_are_dropped_outside_the_tunnel_before_anything_else_allows_them():
     text = rendered(doh_servers=['198.51.100.53', '2001:db8:53::1'], allow_lan=True, exceptions=[{'uid': 1001}])
     output = chain(text, 'output')
-    assert output.index('ip daddr @doh_v4 drop') == output.index('oifname "wg0" accept') + 1
-    assert output.index('ip6 daddr @doh_v6 drop') < output.index('ip daddr @lan_v4 accept')
-    assert output.index('ip6 daddr @doh_v6 drop') < output.index('meta skuid @bypass_uids accept')
-    assert 'ip daddr @doh_v4 drop' in chain(text, 'forward')
-    assert 'doh_v4 drop' not in rendered()
+    drop_v4, drop_v6 = ('ip daddr @doh_v4 counter name "refused_doh" drop',
+                        'ip6 daddr @doh_v6 counter name "refused_doh" drop')
+    assert output.index(drop_v4) == output.index('oifname "wg0" accept') + 1
+    assert output.index(drop_v6) < output.index('ip daddr @lan_v4 accept')
+    assert output.index(drop_v6) < output.index('meta skuid 1001 counter name "exception_uid_1001" accept')
+    assert drop_v4 in chain(text, 'forward')
+    assert '@doh_v4' not in rendered()
 
 
 # Inside a private network stack: a sender loops UDP to an address no rule
@@ -171,8 +178,53 @@ def _passed_during_swaps(tmp_path, transactions, swaps):
 def test_nothing_passes_while_the_table_is_swapped(tmp_path):
     transactions = [replace_transaction(rendered(allow_lan=lan)) for lan in (False, True)]
     assert _passed_during_swaps(tmp_path, transactions, 150) == 0
-    # The control: the same swaps with the chains' last drop taken out must
-    # let packets through, or this test could not see the window at all.
-    without_last_drop = [t.replace('\t\tdrop\n\t}', '\t}') for t in transactions]
+    # The control: the same swaps with the chains' closing drops taken out
+    # (the last one and the counted one per family before it) must let
+    # packets through, or this test could not see the window at all.
+    without_last_drop = [re.sub(r'\t\tmeta nfproto ipv[46] counter name "refused_\w+" drop\n', '',
+                                t.replace('\t\tdrop\n\t}', '\t}')) for t in transactions]
     assert without_last_drop != transactions
     assert _passed_during_swaps(tmp_path, without_last_drop, 150) > 0
+
+
+def test_every_refusal_is_counted_by_its_class_and_each_exception_by_itself():
+    text = rendered(dns_servers=['192.0.2.1'], doh_servers=['198.51.100.53'], exceptions=[{'uid': 998}, {'gid': 100}])
+    for name in ('refused_out_v4', 'refused_out_v6', 'refused_dns_resolver', 'refused_dns_outside', 'refused_doh',
+                 'refused_endpoint', 'refused_in_v4', 'refused_in_v6', 'refused_forward_v4', 'refused_forward_v6',
+                 'exception_uid_998', 'exception_gid_100'):
+        assert '\tcounter %s {\n\t}' % name in text
+        assert 'counter name "%s"' % name in text
+    output = chain(text, 'output')
+    # Counted just before the chain's closing drop: nothing is counted on the tunnel's way out.
+    assert output[-3:] == ['meta nfproto ipv4 counter name "refused_out_v4" drop',
+                           'meta nfproto ipv6 counter name "refused_out_v6" drop', 'drop']
+    tunnel_path = output[:output.index('oifname "wg0" accept') + 1]
+    assert not any('counter' in rule or 'log' in rule for rule in tunnel_path)
+    assert 'refused_endpoint' not in rendered(restrict_endpoints_to_tunnel=False)
+
+
+def test_logging_is_off_by_default_and_rate_limited_with_the_reason_when_asked():
+    assert ' log ' not in rendered(exceptions=[{'uid': 998}])
+    refused = render(parse_policy(dict(BASE, exceptions=[{'uid': 998}])), 'refused')
+    assert ('meta nfproto ipv4 limit rate 10/second burst 20 packets log prefix "vpnguard refused out-v4: " flags skuid'
+            in chain(refused, 'output'))
+    assert 'exception uid 998' not in refused
+    exceptions = render(parse_policy(dict(BASE, exceptions=[{'uid': 998}])), 'exceptions')
+    assert 'meta skuid 998 limit rate 10/second burst 20 packets log prefix "vpnguard exception uid 998: " flags skuid' in exceptions
+    assert 'refused out-v4' not in exceptions
+    every = render(parse_policy(dict(BASE, exceptions=[{'uid': 998}])), 'all')
+    assert 'refused out-v4' in every and 'exception uid 998' in every
+    # A log rule never decides: the counted rule after it does, limit spent or not.
+    for rule in chain(every, 'output'):
+        if ' log ' in rule:
+            assert not rule.endswith(('accept', 'drop'))
+
+
+def test_counter_values_are_no_drift_and_carry_over_a_replace():
+    text = rendered()
+    listing = text.replace('\tcounter refused_out_v4 {\n\t}', '\tcounter refused_out_v4 {\n\t\tpackets 7 bytes 420\n\t}')
+    assert without_counter_values(listing) == without_counter_values(
+        listing.replace('packets 7 bytes 420', 'packets 9 bytes 540'))
+    carried = with_counter_values(text, {'refused_out_v4': (7, 420), 'gone_counter': (1, 1)})
+    assert '\tcounter refused_out_v4 {\n\t\tpackets 7 bytes 420\n\t}' in carried
+    assert carried.count('packets') == 1
