@@ -370,7 +370,7 @@ def owned_files(params, nft_command=None, transaction=None, rules=None):
 
 def sync_owned_files(module, files):
     # Only persist_dir is ours to remove; systemd's and iproute2's directories are not.
-    return file_snapshot.sync(files, module.check_mode, own_directory=module.params['persist_dir'])
+    return file_snapshot.sync(files, module.check_mode, own_directory=module.params['persist_dir'], module=module)
 
 
 def rollback_script(live_table, live_rules, wanted_rules, paths):
@@ -444,7 +444,7 @@ def present(module, policy, nft, guard, state_path, nft_command):
         if not table_in_sync:
             nft.apply(transaction)
             after_table = nft.list_table()
-            file_snapshot.save(state_path, {'digest': digest(ruleset), 'listing': after_table})
+            file_snapshot.save(state_path, {'digest': digest(ruleset), 'listing': after_table}, module)
         if not rules_in_sync:
             removed = guard.replace(wanted_rules)
     elif not rules_in_sync:
