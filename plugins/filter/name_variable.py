@@ -11,8 +11,8 @@ name: name_variable
 short_description: Name the variable a user set in a module's error message
 version_added: "0.1.0"
 description:
-  - Modules name their own options in errors (C(dns_servers[0]: ...)); through a role the user set a
-    variable (C(killswitch_dns_servers)). This filter rewrites the message so that it names the variable.
+  - Modules name their own options in errors, for example C(dns_servers[0]); through a role the user set a
+    variable, C(killswitch_dns_servers). This filter rewrites the message so that it names the variable.
   - Only the offending setting is rewritten, where the message names it as a path (followed by C([),
     C(.) or C(:)), as C(Set OPTION to), or quoted as the argument checker quotes it; the rest of the message
     is kept word for word.

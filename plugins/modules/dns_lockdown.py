@@ -67,6 +67,17 @@ options:
     description: Where the originals are saved.
     type: path
     default: /var/lib/vpnguard-killswitch
+attributes:
+  check_mode:
+    support: full
+    description: Can run in check_mode and return changed status prediction without modifying target.
+  diff_mode:
+    support: full
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+  platform:
+    support: full
+    platforms: [linux, darwin]
+    description: Target OS/families that can be operated against.
 notes:
   - Supports C(check_mode) and C(diff); the diff shows each resolver file that would change.
   - Linux and macOS. On Windows the resolver (an NRPT rule and the tunnel interface's servers) is set by
@@ -95,11 +106,20 @@ changed_files:
   returned: always
   type: list
   elements: str
+  sample: [/etc/resolv.conf]
 unrestored:
   description: Files the collection changed whose originals were not saved, left as they are.
   returned: when O(state=absent)
   type: list
   elements: str
+  sample: [/etc/resolv.conf]
+setting:
+  description:
+    - The option whose value was refused (C(servers[1]), C(mode)), so that a caller can name what its user
+      set; the role names its C(killswitch_*) variable from it.
+  returned: when the input was refused
+  type: str
+  sample: servers[0]
 '''
 
 import os

@@ -195,6 +195,17 @@ options:
         The policy options are then ignored.
     type: bool
     default: false
+attributes:
+  check_mode:
+    support: full
+    description: Can run in check_mode and return changed status prediction without modifying target.
+  diff_mode:
+    support: full
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+  platform:
+    support: full
+    platforms: linux
+    description: Target OS/families that can be operated against.
 requirements:
   - nftables (the nft Python binding, python3-nftables)
   - Linux with nf_tables and policy routing
@@ -252,6 +263,7 @@ removed_rules:
   returned: always
   type: list
   elements: str
+  sample: ["ipv4 32765: to 203.0.113.9/32 ipproto udp dport 51820 lookup main"]
 missing_requirements:
   description: What the host lacks (C(nftables), the Python binding; C(nft), the command the boot unit runs).
   returned: on that failure
@@ -262,10 +274,19 @@ confirm_pending:
   description: Whether a commit-confirmed rollback timer is armed on the host after this run.
   returned: always
   type: bool
+  sample: false
 confirmed:
   description: Whether this run stopped a pending rollback timer.
   returned: when O(confirm=true)
   type: bool
+  sample: true
+setting:
+  description:
+    - The option whose value was refused, as a path into the options (C(endpoints[0].port)), so that a
+      caller can name what its user set; the role names its C(killswitch_*) variable from it.
+  returned: when the input was refused
+  type: str
+  sample: dns_servers[0]
 persisted_files:
   description:
     - Files the module keeps, written or removed by this run (or that would be, in check mode) -
