@@ -81,3 +81,41 @@ def test_errors_name_the_role_variable_not_the_module_option(host):
     assert 'killswitch_persist: laying the kill switch at boot needs systemd' in no_systemd.stdout
     assert 'Set killswitch_persist to false' in no_systemd.stdout
     assert not host.has_table()
+
+
+def test_the_audit_publishes_its_report_as_stats_and_can_fail_on_drift(host):
+    assert host.run('harden.yml', {'h': LOCAL}).returncode == 0
+    compliant = host.run('audit.yml', {'h': LOCAL}, '--check', '-e', 'killswitch_audit_fail_on_drift=true',
+                         ANSIBLE_STDOUT_CALLBACK='json', ANSIBLE_SHOW_CUSTOM_STATS='1')
+    assert compliant.returncode == 0, compliant.stdout[-2000:]
+    stats = json.loads(compliant.stdout)['global_custom_stats']['killswitch_audit']
+    assert stats == {'hosts': {'h': {'compliant': True, 'drift': []}}}
+
+    host.sh('nft delete table inet vpnguard_killswitch')
+    drifted = host.run('audit.yml', {'h': LOCAL}, '--check', ANSIBLE_STDOUT_CALLBACK='json', ANSIBLE_SHOW_CUSTOM_STATS='1')
+    assert drifted.returncode == 0, 'drift alone keeps failing opt-in'
+    report = json.loads(drifted.stdout)['global_custom_stats']['killswitch_audit']['hosts']['h']
+    assert not report['compliant'] and 'nftables table' in report['drift'][0]
+
+    alerting = host.run('audit.yml', {'h': LOCAL}, '--check', '-e', 'killswitch_audit_fail_on_drift=true')
+    assert alerting.returncode != 0 and 'drifted: h' in alerting.stdout
+    assert not host.has_table(), 'the audit changes nothing'
+
+
+def test_module_defaults_reach_every_module_through_the_action_group(host):
+    playbook = os.path.join(host.tmp, 'defaults.yml')
+    with open(playbook, 'w') as f:
+        f.write('''
+- hosts: all
+  gather_facts: false
+  module_defaults:
+    group/vpnguard.killswitch.killswitch:
+      servers: [not-an-address]
+  tasks:
+    - vpnguard.killswitch.dns_lockdown:
+        state: present
+''')
+    run = host.playbook('-i', 'localhost,', '-c', 'local', '-e', 'ansible_python_interpreter=/usr/bin/python3',
+                        '--check', playbook)
+    assert run.returncode != 0
+    assert "servers[0]: 'not-an-address' is not an IPv4 or IPv6 address" in run.stdout, run.stdout[-2000:]
