@@ -48,7 +48,7 @@ EXAMPLES = r'''
 
 - name: Fail early, naming the variable the policy key came from
   ansible.builtin.assert:
-    that: policy | vpnguard.killswitch.validate_policy(variables={'dns_servers': 'killswitch_dns_servers'}) is mapping
+    that: "policy | vpnguard.killswitch.validate_policy(variables={'dns_servers': 'killswitch_dns_servers'}) is mapping"
 '''
 
 RETURN = r'''

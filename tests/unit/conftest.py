@@ -1,11 +1,11 @@
+import importlib.util
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))  # namespace_host
 
-try:
-    import ansible.module_utils.testing  # noqa: F401  (ansible-core 2.19 and later)
-except ImportError:
+
+if importlib.util.find_spec('ansible.module_utils.testing') is None:
     # ansible-core before 2.19 has no patch_module_args; the module tests use it,
     # and the oldest stage of tests/run runs them on the lowest ansible-core claimed.
     import contextlib
