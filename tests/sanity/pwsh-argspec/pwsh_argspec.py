@@ -132,16 +132,14 @@ class Evaluator(object):
     def statements(self, root):
         for child in named(root):
             if child.type == 'statement_list':
-                for statement in named(child):
-                    yield statement
+                yield from named(child)
             else:
                 yield child
 
     def walk(self, node):
         yield node
         for child in node.children:
-            for n in self.walk(child):
-                yield n
+            yield from self.walk(child)
 
 
 def main(argv):
