@@ -195,13 +195,9 @@ options:
         The policy options are then ignored.
     type: bool
     default: false
+extends_documentation_fragment:
+  - vpnguard.killswitch.attributes
 attributes:
-  check_mode:
-    support: full
-    description: Can run in check_mode and return changed status prediction without modifying target.
-  diff_mode:
-    support: full
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
   platform:
     support: full
     platforms: linux
