@@ -29,6 +29,12 @@ options:
         When given, what that OS's firewall cannot express is refused too (for example a C(cgroup)
         exception on macOS), and tunnel interfaces are read as Windows adapter aliases on Windows.
     type: str
+  variables:
+    description:
+      - Policy keys mapped to the variables they were set from (for example C(dns_servers) to
+        C(killswitch_dns_servers)), so that the error names what the user set; see
+        P(vpnguard.killswitch.name_variable#filter).
+    type: dict
 '''
 
 EXAMPLES = r'''
@@ -39,6 +45,10 @@ EXAMPLES = r'''
 - name: Fail early on what this host's firewall cannot express
   ansible.builtin.assert:
     that: policy | vpnguard.killswitch.validate_policy(ansible_facts['system']) is mapping
+
+- name: Fail early, naming the variable the policy key came from
+  ansible.builtin.assert:
+    that: "policy | vpnguard.killswitch.validate_policy(variables={'dns_servers': 'killswitch_dns_servers'}) is mapping"
 '''
 
 RETURN = r'''
@@ -49,6 +59,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.vpnguard.killswitch.plugins.filter.name_variable import name_variable
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import PolicyError, parse_policy
 
 
@@ -56,14 +67,15 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import 
 SYSTEMS = {'Linux': 'Linux', 'Darwin': 'Darwin', 'Win32NT': 'Windows'}
 
 
-def validate_policy(policy, system=None):
+def validate_policy(policy, system=None, variables=None):
     if system is not None and system not in SYSTEMS:
         raise AnsibleFilterError('validate_policy: unknown system %r; expected one of %s'
                                  % (system, ', '.join(sorted(SYSTEMS))))
     try:
         parse_policy(policy, system=SYSTEMS.get(system))
     except PolicyError as e:
-        raise AnsibleFilterError('Invalid kill switch policy, no host was changed: %s' % e)
+        message = name_variable(str(e), e.setting, variables) if variables else str(e)
+        raise AnsibleFilterError('Invalid kill switch policy, no host was changed: %s' % message)
     return policy
 
 

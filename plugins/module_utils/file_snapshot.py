@@ -8,6 +8,13 @@ A snapshot records whether the path existed, whether it was a symlink (and
 to what), its bytes, mode and owner. It is taken once, before the first
 change, and kept across later runs, so that removal restores what the host
 had before the collection came, not an intermediate state.
+
+Given the AnsibleModule (module=), files are put in place with its
+atomic_move(), which keeps the SELinux context the path had (or gives a new
+path its policy default, as matchpathcon says) where a plain rename would
+leave the temporary file's, inherited from the directory: /etc/resolv.conf
+would go from net_conf_t to etc_t on EL. A snapshot also records the context
+and restore() puts it back. Without a module (macOS, tests) a plain rename.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -29,12 +36,45 @@ def _first_missing_directory(path):
     return missing
 
 
-def capture(path):
+def _selinux(module):
+    return module is not None and module.selinux_enabled()
+
+
+def _replace(path, data, mode, module, owner=None):
+    """Atomically make path (a file, a symlink or nothing) a regular file holding data (bytes).
+
+    With a module, its atomic_move puts the file in place: it keeps the SELinux
+    context path had, or gives a new path the policy's default. Mode and owner
+    are set before the move, so that the file never shows others, and again
+    after it, as atomic_move copies the old file's.
+    """
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.vpnguard.')
+    with os.fdopen(fd, 'wb') as f:
+        f.write(data)
+    if owner is not None:
+        os.chown(tmp, *owner)
+    os.chmod(tmp, mode)
+    if os.path.islink(path):
+        # The link's target keeps its own context; the new file gets the
+        # policy's default for path, not the target's.
+        os.remove(path)
+    if module is None:
+        os.rename(tmp, path)
+        return
+    module.atomic_move(tmp, path)
+    if owner is not None:
+        os.chown(path, *owner)
+    os.chmod(path, mode)
+
+
+def capture(path, module=None):
     entry = {'path': path, 'exists': os.path.lexists(path)}
     if not entry['exists']:
         # Directories made to hold the file go again on restore.
         entry['missing_directory'] = _first_missing_directory(path)
         return entry
+    if _selinux(module):
+        entry['selinux'] = ':'.join(module.selinux_context(path))
     if os.path.islink(path):
         entry['symlink'] = os.readlink(path)
         return entry
@@ -45,24 +85,22 @@ def capture(path):
     return entry
 
 
-def restore(entry):
-    """Put one captured path back exactly as it was."""
+def restore(entry, module=None):
+    """Put one captured path back exactly as it was, SELinux context included when a module is given."""
     path = entry['path']
-    if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
+    # A regular file is replaced in place below, never left missing; anything else goes first.
+    replaced_in_place = 'content' in entry and os.path.isfile(path) and not os.path.islink(path)
+    if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)) and not replaced_in_place:
         os.remove(path)
     if not entry['exists']:
         _remove_made_directories(os.path.dirname(path), entry.get('missing_directory'))
         return
     if 'symlink' in entry:
         os.symlink(entry['symlink'], path)
-        return
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.vpnguard.')
-    with os.fdopen(fd, 'wb') as f:
-        f.write(base64.b64decode(entry['content']))
-    os.chown(tmp, entry['uid'], entry['gid'])
-    os.chmod(tmp, entry['mode'])
-    os.rename(tmp, path)
+    else:
+        _replace(path, base64.b64decode(entry['content']), entry['mode'], module, (entry['uid'], entry['gid']))
+    if entry.get('selinux') and _selinux(module):
+        module.set_context_if_different(path, entry['selinux'].split(':', 3), False)
 
 
 def _remove_made_directories(directory, topmost):
@@ -100,15 +138,12 @@ def load(manifest):
     return entries
 
 
-def save(path, document):
+def save(path, document, module=None):
     """Write a JSON object atomically, readable by root only."""
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         os.makedirs(directory, 0o700)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(path))
-    with os.fdopen(fd, 'w') as f:
-        json.dump(document, f, indent=1, sort_keys=True)
-    os.rename(tmp, path)
+    _replace(path, json.dumps(document, indent=1, sort_keys=True).encode('utf-8'), 0o600, module)
 
 
 def read_text(path):
@@ -119,18 +154,12 @@ def read_text(path):
         return None
 
 
-def write_text(path, content, mode=0o644):
+def write_text(path, content, mode=0o644, module=None):
     """Replace path (a file or a symlink) with a regular file holding content."""
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         os.makedirs(directory, 0o755)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.vpnguard.')
-    with os.fdopen(fd, 'w') as f:
-        f.write(content)
-    os.chmod(tmp, mode)
-    if os.path.islink(path):
-        os.remove(path)
-    os.rename(tmp, path)
+    _replace(path, content.encode('utf-8'), mode, module)
 
 
 class Link(str):
@@ -146,12 +175,12 @@ def holds(path, content):
     return not os.path.islink(path) and read_text(path) == content
 
 
-def sync(files, check_mode, own_directory=None):
+def sync(files, check_mode, own_directory=None, module=None):
     """Make each path hold its content (see holds); scripts (*.sh) are made executable.
 
     own_directory, a directory that is only ours, goes once the change leaves it empty;
     no other directory is ever removed. Returns the paths that differed, sorted; in check
-    mode nothing is written.
+    mode nothing is written. With module, files are moved into place by its atomic_move.
     """
     changed = [path for path in sorted(files) if not holds(path, files[path])]
     if check_mode:
@@ -165,7 +194,7 @@ def sync(files, check_mode, own_directory=None):
                 os.makedirs(os.path.dirname(path), 0o755)
             os.symlink(content, path)
         elif content is not None:
-            write_text(path, content, 0o755 if path.endswith('.sh') else 0o644)
+            write_text(path, content, 0o755 if path.endswith('.sh') else 0o644, module=module)
     if changed and own_directory:
         remove_if_empty(own_directory)
     return changed

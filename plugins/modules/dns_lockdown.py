@@ -67,6 +67,13 @@ options:
     description: Where the originals are saved.
     type: path
     default: /var/lib/vpnguard-killswitch
+extends_documentation_fragment:
+  - vpnguard.killswitch.attributes
+attributes:
+  platform:
+    support: full
+    platforms: [linux, darwin]
+    description: Target OS/families that can be operated against.
 notes:
   - Supports C(check_mode) and C(diff); the diff shows each resolver file that would change.
   - Linux and macOS. On Windows the resolver (an NRPT rule and the tunnel interface's servers) is set by
@@ -95,11 +102,20 @@ changed_files:
   returned: always
   type: list
   elements: str
+  sample: [/etc/resolv.conf]
 unrestored:
   description: Files the collection changed whose originals were not saved, left as they are.
   returned: when O(state=absent)
   type: list
   elements: str
+  sample: [/etc/resolv.conf]
+setting:
+  description:
+    - The option whose value was refused (C(servers[1]), C(mode)), so that a caller can name what its user
+      set; the role names its C(killswitch_*) variable from it.
+  returned: when the input was refused
+  type: str
+  sample: servers[0]
 '''
 
 import os
@@ -145,13 +161,13 @@ def present(module, manifest_path):
     if not module.check_mode and (changes or stale):
         for path in dict(changes):
             if path not in saved:
-                saved[path] = file_snapshot.capture(path)
-        file_snapshot.save(manifest_path, saved)  # originals first, so a crash cannot lose them
+                saved[path] = file_snapshot.capture(path, module)
+        file_snapshot.save(manifest_path, saved, module)  # originals first, so a crash cannot lose them
         for path in stale:
-            file_snapshot.restore(saved.pop(path))
+            file_snapshot.restore(saved.pop(path), module)
         for path, content in changes:
-            file_snapshot.write_text(path, content, 0o755 if path == dns_linux.DHCLIENT_HOOK else 0o644)
-        file_snapshot.save(manifest_path, saved)
+            file_snapshot.write_text(path, content, 0o755 if path == dns_linux.DHCLIENT_HOOK else 0o644, module)
+        file_snapshot.save(manifest_path, saved, module)
         reload_resolver(module, mode)
     return dict(changed=bool(changes or stale), mode=mode, changed_files=[path for path, content in changes] + stale,
                 diff=diffs)
@@ -176,7 +192,7 @@ def absent(module, manifest_path):
         changed_files = sorted(saved)
         if not module.check_mode:
             for path in changed_files:
-                file_snapshot.restore(saved[path])
+                file_snapshot.restore(saved[path], module)
             os.remove(manifest_path)
             file_snapshot.remove_if_empty(os.path.dirname(manifest_path))
     if changed_files and not module.check_mode:

@@ -225,6 +225,13 @@ options:
         The policy options are then ignored.
     type: bool
     default: false
+extends_documentation_fragment:
+  - vpnguard.killswitch.attributes
+attributes:
+  platform:
+    support: full
+    platforms: linux
+    description: Target OS/families that can be operated against.
 requirements:
   - nftables (the nft Python binding, python3-nftables)
   - Linux with nf_tables and policy routing
@@ -282,6 +289,7 @@ removed_rules:
   returned: always
   type: list
   elements: str
+  sample: ["ipv4 32765: to 203.0.113.9/32 ipproto udp dport 51820 lookup main"]
 missing_requirements:
   description: What the host lacks (C(nftables), the Python binding; C(nft), the command the boot unit runs).
   returned: on that failure
@@ -292,10 +300,19 @@ confirm_pending:
   description: Whether a commit-confirmed rollback timer is armed on the host after this run.
   returned: always
   type: bool
+  sample: false
 confirmed:
   description: Whether this run stopped a pending rollback timer.
   returned: when O(confirm=true)
   type: bool
+  sample: true
+setting:
+  description:
+    - The option whose value was refused, as a path into the options (C(endpoints[0].port)), so that a
+      caller can name what its user set; the role names its C(killswitch_*) variable from it.
+  returned: when the input was refused
+  type: str
+  sample: dns_servers[0]
 persisted_files:
   description:
     - Files the module keeps, written or removed by this run (or that would be, in check mode) -
@@ -442,7 +459,7 @@ def owned_files(params, nft_command=None, transaction=None, rules=None):
 
 def sync_owned_files(module, files):
     # Only persist_dir is ours to remove; systemd's and iproute2's directories are not.
-    return file_snapshot.sync(files, module.check_mode, own_directory=module.params['persist_dir'])
+    return file_snapshot.sync(files, module.check_mode, own_directory=module.params['persist_dir'], module=module)
 
 
 def rollback_script(live_table, live_rules, wanted_rules, paths):
@@ -518,7 +535,8 @@ def present(module, policy, nft, guard, state_path, nft_command):
             # The new table counts on from where the old one was.
             nft.apply(replace_transaction(with_counter_values(ruleset, nft.counters())))
             after_table = nft.list_table()
-            file_snapshot.save(state_path, {'digest': digest(ruleset), 'listing': without_counter_values(after_table)})
+            file_snapshot.save(state_path, {'digest': digest(ruleset), 'listing': without_counter_values(after_table)},
+                               module)
         if not rules_in_sync:
             removed = guard.replace(wanted_rules)
     elif not rules_in_sync:
