@@ -105,3 +105,51 @@ def test_a_forged_packet_for_a_tunnel_connection_never_reaches_its_socket(tmp_pa
     assert received(tmp_path, blanket) == held
     # And the old ruleset's hole: the blanket accept without the prerouting chain.
     assert received(tmp_path, without_chain(blanket, 'prerouting'))['tunnel v4'] is True
+
+
+# $1: the ruleset to load ('' for none), $2: traffic.py. Prints what crossed lan0.
+CHANNELS = r"""
+set -e
+ip link set lo up
+ip link add eth0 type veth peer name lan0
+sysctl -qw net.ipv6.conf.eth0.accept_dad=0
+ip addr add 198.18.1.2/24 dev eth0
+ip -6 addr add 2001:db8:1:1::2/64 dev eth0 nodad
+ip link set eth0 up; ip link set lan0 up
+lan=$(ip -br link show lan0 | awk '{print $3}')
+ip route add default via 198.18.1.1 dev eth0
+ip -6 route add default via 2001:db8:1:1::1 dev eth0
+ip neigh add 198.18.1.1 lladdr $lan dev eth0
+ip -6 neigh add 2001:db8:1:1::1 lladdr $lan dev eth0
+[ -z "$1" ] || nft -f "$1"
+tcpdump -i lan0 --immediate-mode -U -w wire.pcap 2>tcpdump.log &
+dump=$!
+trap 'kill $dump 2>/dev/null || true' EXIT
+while ! grep -q listening tcpdump.log; do sleep 0.05; done
+python3 "$2" channels eth0 VPNGUARD-CHANNEL 2>/dev/null
+sleep 0.3
+kill -INT $dump; wait $dump || true
+python3 -c 'import sys; d = open("wire.pcap", "rb").read(); print(" ".join(k for k in sys.argv[1:] if ("VPNGUARD-CHANNEL-" + k).encode() in d))' \
+    dhcp dhcp6 router-solicit neighbor-solicit neighbor-advert mld-report
+"""
+
+
+def carried(tmp_path, ruleset):
+    path = ''
+    if ruleset is not None:
+        path = str(tmp_path / 'ruleset.nft')
+        with open(path, 'w') as f:
+            f.write(replace_transaction(ruleset))
+    result = subprocess.run(['unshare', '--net', 'sh', '-c', CHANNELS, 'host', path, os.path.abspath(TRAFFIC)],
+                            cwd=str(tmp_path), capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+@needs_kernel
+@pytest.mark.skipif(not shutil.which('tcpdump'), reason='needs tcpdump to watch the wire')
+def test_dhcp_and_neighbour_discovery_carry_nothing_beyond_the_link(tmp_path):
+    # The control: without the kill switch every one of them reaches the wire.
+    assert carried(tmp_path, None) == ['dhcp', 'dhcp6', 'router-solicit', 'neighbor-solicit', 'neighbor-advert',
+                                       'mld-report']
+    assert carried(tmp_path, render(parse_policy(POLICY))) == []
