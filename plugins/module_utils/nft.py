@@ -45,6 +45,7 @@ ICMPV6_IN = (
     'icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept',
 )
 
+
 def _quoted(name):
     return '"%s"' % name
 
