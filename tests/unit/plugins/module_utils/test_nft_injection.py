@@ -24,7 +24,7 @@ needs_kernel = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('nft') o
 
 TRAFFIC = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'lab', 'traffic.py')
 POLICY = {'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}],
-          'exceptions': [{'uid': 1001}]}
+          'exceptions': [{'uid': 1001}], 'management': [{'cidr': '198.19.0.0/16', 'port': 40125, 'protocol': 'udp'}]}
 
 # $1: the ruleset to load ('' for none), $2: traffic.py.
 HOST = r"""
@@ -47,13 +47,18 @@ ip neigh add 198.18.1.1 lladdr $(ip -br link show lan0 | awk '{print $3}') dev e
 # The exceptions' packets are marked and routed by the main table, as the routing guard does.
 ip route add default via 198.18.1.1 dev eth0 table 100
 ip rule add fwmark 0x564b lookup 100
+# A service address on another interface than the one its clients come in by.
+ip addr add 203.0.113.77/32 dev tun-peer
+ip route add 198.19.0.0/16 via 198.18.1.1 dev eth0
 [ -z "$1" ] || nft -f "$1"
 mark=VPNGUARD-INJECTED
 python3 "$2" injectable 40123 3 $mark '192.0.2.11>198.51.100.10:9999' '2001:db8:ff::11>[2001:db8:2::10]:9999' \
     '198.18.1.2>203.0.113.1:51820' > root.out &
 setpriv --reuid=1001 --regid=1001 --clear-groups python3 "$2" injectable 40124 3 $mark \
     '198.18.1.2>198.51.100.10:9999' > bypass.out &
-while ! grep -q ready root.out bypass.out 2>/dev/null || [ $(grep -l ready root.out bypass.out | wc -l) -lt 2 ]; do
+python3 "$2" injectable 40125 3 $mark '203.0.113.77>198.19.1.1:5555' > service.out &
+python3 "$2" injectable 40126 3 $mark '203.0.113.77>198.19.1.1:5555' > elsewhere.out &
+while [ $(grep -l ready root.out bypass.out service.out elsewhere.out 2>/dev/null | wc -l) -lt 4 ]; do
     sleep 0.05
 done
 mac=$(ip -br link show eth0 | awk '{print $3}')
@@ -61,8 +66,10 @@ python3 "$2" inject lan0 $mac 198.51.100.10:9999 192.0.2.11:40123 $mark
 python3 "$2" inject lan0 $mac [2001:db8:2::10]:9999 [2001:db8:ff::11]:40123 $mark
 python3 "$2" inject lan0 $mac 203.0.113.1:51820 198.18.1.2:40123 $mark
 python3 "$2" inject lan0 $mac 198.51.100.10:9999 198.18.1.2:40124 $mark
+python3 "$2" inject lan0 $mac 198.19.1.1:5555 203.0.113.77:40125 $mark
+python3 "$2" inject lan0 $mac 198.19.1.1:5555 203.0.113.77:40126 $mark
 wait
-tail -n1 root.out; tail -n1 bypass.out
+tail -n1 root.out; tail -n1 bypass.out; tail -n1 service.out; tail -n1 elsewhere.out
 """
 
 
@@ -75,9 +82,11 @@ def received(tmp_path, ruleset):
     result = subprocess.run(['unshare', '--net', 'sh', '-c', HOST, 'host', path, os.path.abspath(TRAFFIC)],
                             cwd=str(tmp_path), capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    root, bypass = (json.loads(line) for line in result.stdout.splitlines()[-2:])
+    root, bypass, service, elsewhere = (json.loads(line) for line in result.stdout.splitlines()[-4:])
     return {'tunnel v4': root['192.0.2.11'], 'tunnel v6': root['2001:db8:ff::11'],
-            'endpoint reply': root['198.18.1.2'], 'exception reply': bypass['198.18.1.2']}
+            'endpoint reply': root['198.18.1.2'], 'exception reply': bypass['198.18.1.2'],
+            'management to a service address': service['203.0.113.77'],
+            'other port of the service address': elsewhere['203.0.113.77']}
 
 
 def without_chain(text, name):
@@ -90,9 +99,13 @@ def test_a_forged_packet_for_a_tunnel_connection_never_reaches_its_socket(tmp_pa
     ruleset = render(parse_policy(POLICY))
     # The control: without the kill switch the forged packets reach the
     # tunnel's sockets, or this test could not see the hole at all.
-    assert received(tmp_path, None) == {'tunnel v4': True, 'tunnel v6': True,
-                                        'endpoint reply': True, 'exception reply': True}
-    held = {'tunnel v4': False, 'tunnel v6': False, 'endpoint reply': True, 'exception reply': True}
+    assert received(tmp_path, None) == {'tunnel v4': True, 'tunnel v6': True, 'endpoint reply': True,
+                                        'exception reply': True, 'management to a service address': True,
+                                        'other port of the service address': True}
+    # The endpoint's replies, the exceptions' connections and the management
+    # networks (even to an address on another interface) still get in.
+    held = {'tunnel v4': False, 'tunnel v6': False, 'endpoint reply': True, 'exception reply': True,
+            'management to a service address': True, 'other port of the service address': False}
     assert received(tmp_path, ruleset) == held
     # Each layer holds alone: the input chain without the prerouting chain,
     # and the prerouting chain in front of the blanket established accept
@@ -105,6 +118,12 @@ def test_a_forged_packet_for_a_tunnel_connection_never_reaches_its_socket(tmp_pa
     assert received(tmp_path, blanket) == held
     # And the old ruleset's hole: the blanket accept without the prerouting chain.
     assert received(tmp_path, without_chain(blanket, 'prerouting'))['tunnel v4'] is True
+    # The management networks reach a service address on another interface
+    # only because the prerouting chain excepts them.
+    unexcepted = ruleset.replace('\t\tip saddr . meta l4proto . th dport @management_v4 accept\n\t\tfib daddr type local drop',
+                                 '\t\tfib daddr type local drop')
+    assert unexcepted != ruleset
+    assert received(tmp_path, unexcepted)['management to a service address'] is False
 
 
 # $1: the ruleset to load ('' for none), $2: traffic.py. Prints what crossed lan0.
