@@ -73,16 +73,22 @@ tail -n1 root.out; tail -n1 bypass.out; tail -n1 service.out; tail -n1 elsewhere
 """
 
 
-def received(tmp_path, ruleset):
+def in_private_stack(tmp_path, script, ruleset):
+    """Run script in a network stack of its own, with ruleset (None: no kill switch) loaded; its output."""
     path = ''
     if ruleset is not None:
         path = str(tmp_path / 'ruleset.nft')
         with open(path, 'w') as f:
             f.write(replace_transaction(ruleset))
-    result = subprocess.run(['unshare', '--net', 'sh', '-c', HOST, 'host', path, os.path.abspath(TRAFFIC)],
+    result = subprocess.run(['unshare', '--net', 'sh', '-c', script, 'host', path, os.path.abspath(TRAFFIC)],
                             cwd=str(tmp_path), capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    root, bypass, service, elsewhere = (json.loads(line) for line in result.stdout.splitlines()[-4:])
+    return result.stdout
+
+
+def received(tmp_path, ruleset):
+    lines = in_private_stack(tmp_path, HOST, ruleset).splitlines()
+    root, bypass, service, elsewhere = (json.loads(line) for line in lines[-4:])
     return {'tunnel v4': root['192.0.2.11'], 'tunnel v6': root['2001:db8:ff::11'],
             'endpoint reply': root['198.18.1.2'], 'exception reply': bypass['198.18.1.2'],
             'management to a service address': service['203.0.113.77'],
@@ -154,15 +160,7 @@ python3 -c 'import sys; d = open("wire.pcap", "rb").read(); print(" ".join(k for
 
 
 def carried(tmp_path, ruleset):
-    path = ''
-    if ruleset is not None:
-        path = str(tmp_path / 'ruleset.nft')
-        with open(path, 'w') as f:
-            f.write(replace_transaction(ruleset))
-    result = subprocess.run(['unshare', '--net', 'sh', '-c', CHANNELS, 'host', path, os.path.abspath(TRAFFIC)],
-                            cwd=str(tmp_path), capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split()
+    return in_private_stack(tmp_path, CHANNELS, ruleset).split()
 
 
 @needs_kernel
