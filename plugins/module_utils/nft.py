@@ -27,10 +27,25 @@ TABLE = '%s %s' % (TABLE_FAMILY, TABLE_NAME)
 # the main table; kept apart from the tunnel's fwmark.
 BYPASS_FWMARK = 0x564b
 
-# Neighbour discovery and MLD must reach the link for IPv6 to work at all;
-# none of them carry user data or leave the link (hop limit 255 / 1).
-ICMPV6_OUT = ('nd-router-solicit', 'nd-neighbor-solicit', 'nd-neighbor-advert', 'mld2-listener-report')
-ICMPV6_IN = ('nd-router-advert', 'nd-neighbor-solicit', 'nd-neighbor-advert')
+# DHCP, neighbour discovery and MLD must reach the link for the host to get
+# an address at all; each is held to the addresses and hop limit its protocol
+# uses (RFC 2131, RFC 8415, RFC 4861, RFC 3810), so that a process with a raw
+# socket or port 68/546 cannot carry data in them to anywhere beyond the link.
+DHCPV4_OUT = 'udp sport 68 udp dport 67 ip daddr 255.255.255.255 accept'
+DHCPV4_IN = 'udp sport 67 udp dport 68 accept'
+DHCPV6_OUT = 'udp sport 546 udp dport 547 ip6 saddr fe80::/10 ip6 daddr { ff02::1:2, ff05::1:3 } accept'
+DHCPV6_IN = 'udp sport 547 udp dport 546 ip6 saddr fe80::/10 ip6 daddr fe80::/10 accept'
+ICMPV6_OUT = (
+    'icmpv6 type nd-router-solicit ip6 daddr ff02::2 ip6 hoplimit 255 accept',
+    'icmpv6 type nd-neighbor-solicit ip6 daddr { fe80::/10, ff02::1:ff00:0/104 } ip6 hoplimit 255 accept',
+    'icmpv6 type nd-neighbor-advert ip6 daddr { fe80::/10, ff02::1 } ip6 hoplimit 255 accept',
+    'icmpv6 type mld2-listener-report ip6 daddr ff02::16 ip6 hoplimit 1 accept',
+)
+# Router advertisements only from a router's link-local address (RFC 4861 6.1.2).
+ICMPV6_IN = (
+    'icmpv6 type nd-router-advert ip6 saddr fe80::/10 ip6 hoplimit 255 accept',
+    'icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept',
+)
 
 # What the kill switch may write to the kernel log (killswitch_log): nothing,
 # the bypass exceptions' use, what it refused, or both and the endpoints' use.
@@ -48,6 +63,7 @@ REFUSED_COUNTERS = {
     'refused_dns_outside': 'DNS outside the tunnel',
     'refused_doh': 'known DNS-over-HTTPS resolver outside the tunnel',
     'refused_endpoint': 'VPN endpoint used by a socket that is not the tunnel\'s',
+    'refused_other_interface': 'inbound for an address of another interface (CVE-2019-14899)',
     'refused_in_v4': 'inbound IPv4 refused',
     'refused_in_v6': 'inbound IPv6 refused',
     'refused_forward_v4': 'forwarded IPv4 refused',
@@ -200,11 +216,7 @@ def render(policy, log='none'):
         output += [rule for v, f in families if policy.endpoints_of(v)
                    for rule in refused('%s daddr . meta l4proto . th dport @endpoints_v%d' % (f, v),
                                        'refused_endpoint', 'refused endpoint')]
-    output += [
-        'udp sport 68 udp dport 67 accept',
-        'ip6 saddr fe80::/10 udp sport 546 udp dport 547 accept',
-        'icmpv6 type { %s } accept' % _elements(ICMPV6_OUT),
-    ]
+    output += [DHCPV4_OUT, DHCPV6_OUT] + list(ICMPV6_OUT)
     if policy.allow_lan:
         output += ['ip daddr @lan_v4 accept', 'ip6 daddr @lan_v6 accept']
     # Management: only replies to connections the management network opened.
@@ -221,20 +233,28 @@ def render(policy, log='none'):
     output += [rule for v, f in families
                for rule in refused('meta nfproto ipv%d' % v, 'refused_out_v%d' % v, 'refused out-v%d' % v)]
 
-    input_ = ['iifname "lo" accept', 'ct state established,related accept']
+    # No blanket established accept (CVE-2019-14899): the tunnel, the
+    # endpoints, the LAN and the management networks are accepted by who they
+    # are, without state, so that a packet matching a tunnel connection's
+    # tuple gets nothing from conntrack on another interface.
+    input_ = ['iifname "lo" accept']
     input_ += _tunnels(policy, 'iifname', 'accept')
     # The server may open a handshake after the tunnel's conntrack entry expired.
     input_ += ['%s saddr . meta l4proto . th sport @endpoints_v%d accept' % (f, v)
                for v, f in families if policy.endpoints_of(v)]
-    input_ += [
-        'udp sport 67 udp dport 68 accept',
-        'ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept',
-        'icmpv6 type { %s } accept' % _elements(ICMPV6_IN),
-    ]
+    # ICMP errors about flows the host opened (path MTU of the tunnel's own
+    # packets): conntrack relates one only when it is addressed to the flow's
+    # own address, and the prerouting chain has dropped any for an address of
+    # another interface.
+    input_ += ['meta l4proto { icmp, ipv6-icmp } ct state related accept', DHCPV4_IN, DHCPV6_IN] + list(ICMPV6_IN)
     if policy.allow_lan:
         input_ += ['ip saddr @lan_v4 accept', 'ip6 saddr @lan_v6 accept']
     input_ += ['%s saddr . meta l4proto . th dport @management_v%d accept' % (f, v)
                for v, f in families if policy.management_of(v)]
+    if bypass:
+        # Replies to the exceptions' own connections, told by the mark their
+        # first packet left on the connection.
+        input_.append('ct mark 0x%08x ct state established,related accept' % BYPASS_FWMARK)
     input_ += [rule for v, f in families
                for rule in refused('meta nfproto ipv%d' % v, 'refused_in_v%d' % v, 'refused in-v%d' % v)]
 
@@ -247,12 +267,24 @@ def render(policy, log='none'):
     forward += [rule for v, f in families
                 for rule in refused('meta nfproto ipv%d' % v, 'refused_forward_v%d' % v, 'refused forward-v%d' % v)]
 
+    # CVE-2019-14899: a packet for an address of one interface that arrives on
+    # another (the tunnel's address, sent from the LAN) is dropped before
+    # conntrack or a socket sees it (strong host model). Loopback and the
+    # tunnels may reach any local address, the management networks too, so
+    # that a service address on lo or a dummy stays reachable.
+    prerouting = ['iifname "lo" accept'] + _tunnels(policy, 'iifname', 'accept')
+    prerouting.append('fib daddr . iif type local accept')
+    prerouting += ['%s saddr . meta l4proto . th dport @management_v%d accept' % (f, v)
+                   for v, f in families if policy.management_of(v)]
+    prerouting += refused('fib daddr type local', 'refused_other_interface', 'refused other-interface')
+
     lines = ['table %s {' % TABLE, '\tcomment "vpnguard.killswitch: managed by Ansible, changes are reverted"']
     lines += sets
     for name in sorted(counter_names(policy)):
         lines += ['\tcounter %s {' % name, '\t}', '']
     for chain in (
             _chain('dns', None, None, None, dns_chain),
+            _chain('prerouting', ('filter', 'prerouting'), 'raw', 'accept', prerouting),
             _chain('output', ('filter', 'output'), 'filter', 'drop', output),
             _chain('input', ('filter', 'input'), 'filter', 'drop', input_),
             _chain('forward', ('filter', 'forward'), 'filter', 'drop', forward)):
@@ -261,7 +293,9 @@ def render(policy, log='none'):
         # The mark makes the kernel look the route up again, and the routing
         # guard sends marked packets to the main table.
         lines += _chain('bypass_route', ('route', 'output'), 'mangle', 'accept',
-                        ['%s meta mark set 0x%08x' % (b, BYPASS_FWMARK) for b in bypass])
+                        ['%s meta mark set 0x%08x' % (b, BYPASS_FWMARK) for b in bypass]
+                        # The connection keeps the mark, so that its replies are let in.
+                        + ['meta mark 0x%08x ct mark set meta mark' % BYPASS_FWMARK])
     if lines[-1] == '':
         lines.pop()
     lines.append('}')

@@ -23,6 +23,12 @@ description:
     the tunnel's own packets), DHCPv4, DHCPv6 and ICMPv6 neighbour discovery, the LAN when
     O(allow_lan=true), replies to the management networks, and the bypass exceptions.
     DNS (ports 53 and 853, UDP and TCP) goes only to O(dns_servers) and only through the tunnel.
+  - DHCP, neighbour discovery and MLD are held to their protocols' addresses and hop limits, so that
+    none can carry data beyond the link. The input chain accepts nothing by connection state but the
+    bypass exceptions' own connections (and ICMP errors); a prerouting chain at C(raw) priority
+    drops, before conntrack, a packet for one interface's address that arrives on another, such as
+    a packet forged on the LAN for the tunnel's address (CVE-2019-14899). Loopback, the tunnels and
+    the management networks are exempt from that check.
   - The whole input is validated before anything on the host is touched. The table is replaced in
     one nftables transaction, checked by the kernel first; if anything fails the previous table
     stays in place. Each base chain ends in an explicit C(drop) as well as its drop policy, which

@@ -263,7 +263,103 @@ def forwarded(lab, name, expect):
     return _finish(lab, name, 'forwarded', expect, ok)
 
 
+def _traffic(*args):
+    return [sys.executable, os.path.join(HERE, 'traffic.py')] + [str(a) for a in args]
+
+
+def _rx_packets(lab, name, device):
+    return vpnlab.json.loads(lab.sh(name, 'ip -j -s link show ' + device))[0]['stats64']['rx']['packets']
+
+
+def tunnel_injection(lab, name, expect):
+    """CVE-2019-14899: from the LAN, datagrams forged as the internet host's, for the tunnel's address and a live flow.
+
+    The host's sockets on its tunnel addresses talk to the internet host
+    through the tunnel (conntrack tracks the flows); the ISP side then puts
+    UDP datagrams on the uplink's wire for eth0's MAC, addressed to those
+    sockets from the internet host's address and port. Leaked = sockets that
+    received one. Reverse-path filtering is loose, as systemd sets it.
+    """
+    h = lab.state['hosts'][name]
+    marker = 'VPNGUARD-INJECTED-%d' % os.getpid()
+    mac = lab.sh(name, 'ip -br link show eth0').split()[2]
+    rp_filter = lab.sh(name, 'sysctl -n net.ipv4.conf.all.rp_filter net.ipv4.conf.eth0.rp_filter').split()
+    lab.sh(name, 'sysctl -qw net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.eth0.rp_filter=2')
+    try:
+        before = _rx_packets(lab, name, 'eth0')
+        argv = ['nsenter', '-t', str(lab.pid(name)), '-n', '-m', '--'] + _traffic(
+            'injectable', 40123, 3, marker, '%s>%s:9999' % (h['tunnel_v4'], INTERNET_V4),
+            '%s>[%s]:9999' % (h['tunnel_v6'], INTERNET_V6))
+        sockets = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        try:
+            sockets.stdout.readline()  # ready: the flows are open
+            for source, destination in (('%s:9999' % INTERNET_V4, '%s:40123' % h['tunnel_v4']),
+                                        ('[%s]:9999' % INTERNET_V6, '[%s]:40123' % h['tunnel_v6'])):
+                lab.run('isp', _traffic('inject', h['isp_side'], mac, source, destination, marker))
+            received = vpnlab.json.loads(sockets.communicate(timeout=30)[0].splitlines()[-1])
+        finally:
+            if sockets.poll() is None:
+                sockets.kill()
+                sockets.wait()
+        forged_in = _rx_packets(lab, name, 'eth0') - before
+    finally:
+        lab.sh(name, 'sysctl -qw net.ipv4.conf.all.rp_filter=%s net.ipv4.conf.eth0.rp_filter=%s' % tuple(rp_filter))
+    reached = sorted(address for address, got in received.items() if got)
+    ok = verdict('tunnel-injection', len(reached), expect,
+                 'datagrams forged as %s:9999 and [%s]:9999 put on eth0 for %s and %s port 40123 (eth0 received '
+                 '%d packets meanwhile); sockets that got one: %s'
+                 % (INTERNET_V4, INTERNET_V6, h['tunnel_v4'], h['tunnel_v6'], forged_in, ', '.join(reached) or 'none'))
+    if forged_in < 2:
+        print('FAIL tunnel-injection: the forged datagrams never reached eth0, so the check proves nothing', flush=True)
+    return ok and forged_in >= 2
+
+
+LINK_CHANNELS = ('dhcp', 'dhcp6', 'router-solicit', 'neighbor-solicit', 'neighbor-advert', 'mld-report')
+
+
+def link_channels(lab, name, expect):
+    """DHCP, DHCPv6, ND and MLD messages used as a channel: from a socket bound to eth0, to the internet host."""
+    marker = 'VPNGUARD-CHANNEL-%d' % os.getpid()
+    with lab.capture(name) as cap:
+        result = lab.run(name, _traffic('channels', 'eth0', marker))
+    carried = [kind for kind in LINK_CHANNELS if cap.contains('%s-%s' % (marker, kind))]
+    refused = [line.split('(', 1)[1].split(':', 1)[0] for line in result.stderr.splitlines() if 'send failed' in line]
+    return verdict('link-channels', len(carried), expect,
+                   'udp 68->67, udp fe80::%%eth0 546->547, ICMPv6 types 133, 135, 136, 143 with a marker to %s / %s '
+                   'from a socket bound to eth0; on the wire: %s; refused by the kernel: %s'
+                   % (INTERNET_V4, INTERNET_V6, ', '.join(carried) or 'none', ', '.join(refused) or 'none'))
+
+
+def localnet(lab, name, expect):
+    """TunnelCrack LocalNet, with the LAN allowed: the network hands out the internet host's ranges as on-link."""
+    isp_side = lab.state['hosts'][name]['isp_side']
+    lab.sh(name, 'ip addr add 198.51.100.77/24 dev eth0 && ip -6 addr add 2001:db8:2::77/64 dev eth0 nodad')
+    # The ISP side answers for the internet host on the link, as the rogue network would.
+    lab.sh('isp', 'sysctl -qw net.ipv6.conf.%s.proxy_ndp=1 && ip -6 neigh add proxy %s dev %s'
+           % (isp_side, INTERNET_V6, isp_side))
+    try:
+        with lab.capture(name) as cap:
+            counters = generate(lab, name, 3)
+        routes = lab.sh(name, 'ip route get %s; ip -6 route get %s' % (INTERNET_V4, INTERNET_V6))
+        lan = lab.run(name, ['nft', 'list', 'set', 'inet', 'vpnguard_killswitch', 'lan_v4'], check=False).stdout
+    finally:
+        lab.sh(name, 'ip addr del 198.51.100.77/24 dev eth0; ip -6 addr del 2001:db8:2::77/64 dev eth0', check=False)
+        lab.sh('isp', 'ip -6 neigh del proxy %s dev %s; sysctl -qw net.ipv6.conf.%s.proxy_ndp=0'
+               % (INTERNET_V6, isp_side, isp_side), check=False)
+    applied = routes.count('dev eth0') == 2
+    lan_elements = lan.split('elements = {', 1)[1].split('}', 1)[0].split() if 'elements' in lan else []
+    ok = _report(lab, name, 'localnet', expect, cap, counters,
+                 'eth0 given 198.51.100.77/24 and 2001:db8:2::77/64, the kernel picks: %s; the LAN set: %s'
+                 % (' | '.join(line.strip() for line in routes.splitlines() if 'dev' in line),
+                    ' '.join(lan_elements) or 'no kill switch'), applied)
+    return _finish(lab, name, 'localnet', expect, ok)
+
+
 SCENARIOS = {
+    'tunnel-injection': tunnel_injection,
+    'link-channels': link_channels,
+    'localnet': localnet,
     'flap': flap,
     'rename': rename,
     'dhcp-route': dhcp_route,

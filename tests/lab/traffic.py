@@ -12,6 +12,17 @@
                                         one TCP connection bound to eth0, TEXT every 50 ms
     traffic.py ra IFACE PREFIX LIFETIME one IPv6 router advertisement on IFACE: PREFIX/64 for
                                         SLAAC and a default route for LIFETIME seconds
+    traffic.py inject IFACE MAC SRC:PORT DST:PORT TEXT
+                                        one UDP datagram carrying TEXT, forged whole (any source
+                                        address) and put on IFACE's wire for the station MAC
+    traffic.py injectable PORT SECONDS TEXT LOCAL>PEER:PEERPORT...
+                                        UDP sockets bound to LOCAL:PORT, each connected to its peer
+                                        and sending one datagram there (so conntrack tracks the
+                                        flow); prints which of them received TEXT within SECONDS
+    traffic.py channels IFACE PREFIX
+                                        DHCP, DHCPv6, neighbour discovery and MLD messages to the
+                                        internet host, from a socket bound to IFACE, each carrying
+                                        PREFIX-<kind> (a raw socket's channel out of the tunnel)
 """
 
 import json
@@ -193,6 +204,120 @@ def router_advertisement(interface, prefix, lifetime):
     s.close()
 
 
+def _checksum(data):
+    if len(data) % 2:
+        data += b'\0'
+    total = sum(struct.unpack('!%dH' % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xffff) + (total >> 16)
+    return ~total & 0xffff
+
+
+def _endpoint(text):
+    address, port = text.rsplit(':', 1)
+    return address.strip('[]'), int(port)
+
+
+def inject(interface, mac, source, destination, text):
+    """An attacker on the link: a datagram with a forged source, straight onto the wire (AF_PACKET)."""
+    (src, sport), (dst, dport) = _endpoint(source), _endpoint(destination)
+    family = socket.AF_INET6 if ':' in src else socket.AF_INET
+    s_bytes, d_bytes = socket.inet_pton(family, src), socket.inet_pton(family, dst)
+    length = 8 + len(text)
+    udp = struct.pack('!HHHH', sport, dport, length, 0) + text.encode()
+    if family == socket.AF_INET6:
+        pseudo = s_bytes + d_bytes + struct.pack('!I3xB', length, 17)
+        ip = struct.pack('!IHBB', 6 << 28, length, 17, 64) + s_bytes + d_bytes
+        ethertype = 0x86dd
+    else:
+        pseudo = s_bytes + d_bytes + struct.pack('!xBH', 17, length)
+        header = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + length, 0, 0, 64, 17, 0, s_bytes, d_bytes)
+        ip = header[:10] + struct.pack('!H', _checksum(header)) + header[12:]
+        ethertype = 0x0800
+    udp = udp[:6] + struct.pack('!H', _checksum(pseudo + udp) or 0xffff) + udp[8:]
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    try:
+        s.bind((interface, 0))
+        own = s.getsockname()[4]
+        s.send(bytes.fromhex(mac.replace(':', '')) + own + struct.pack('!H', ethertype) + ip + udp)
+    finally:
+        s.close()
+
+
+def injectable(port, seconds, text, pairs):
+    sockets = {}
+    for pair in pairs:
+        local, peer = pair.split('>')
+        s = socket.socket(socket.AF_INET6 if ':' in local else socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((local, int(port)))
+        s.connect(_endpoint(peer))
+        try:
+            s.send(b'opening')
+        except OSError:  # the path is closed; the flow is tracked all the same
+            pass
+        sockets[s] = local
+    received = dict.fromkeys(sockets.values(), False)
+    print('ready', flush=True)
+    deadline = time.time() + float(seconds)
+    while time.time() < deadline:
+        for s in select.select(list(sockets), [], [], max(0, deadline - time.time()))[0]:
+            try:
+                if text.encode() in s.recv(2048):
+                    received[sockets[s]] = True
+            except OSError:
+                pass
+    print(json.dumps(received, sort_keys=True))
+
+
+CHANNEL_ICMPV6 = {'router-solicit': 133, 'neighbor-solicit': 135, 'neighbor-advert': 136, 'mld-report': 143}
+
+
+def channels(interface, prefix):
+    """Every kind of link control message, sent where only a channel would send it: to the internet host."""
+    failures = []
+
+    def bound(family, kind, proto=0):
+        s = socket.socket(family, kind, proto)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        return s
+
+    def attempt(name, send):
+        try:
+            send()
+        except OSError as e:
+            failures.append('%s: %s' % (name, e))
+
+    def dhcp4():
+        s = bound(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(('0.0.0.0', 68))
+        s.sendto((prefix + '-dhcp').encode(), (TARGETS['4'], 67))
+        s.close()
+
+    def dhcp6():
+        link_local = [line.split()[0] for line in open('/proc/net/if_inet6')
+                      if line.split()[-1] == interface and line.startswith('fe80')][0]
+        link_local = ':'.join(link_local[i:i + 4] for i in range(0, 32, 4))
+        s = bound(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.bind((link_local, 546, 0, socket.if_nametoindex(interface)))
+        s.sendto((prefix + '-dhcp6').encode(), (TARGETS['6'], 547))
+        s.close()
+
+    def icmpv6(name, kind):
+        def send():
+            s = bound(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+            s.sendto(struct.pack('!BBHI', kind, 0, 0, 0) + (prefix + '-' + name).encode(), (TARGETS['6'], 0))
+            s.close()
+        return send
+
+    attempt('dhcp', dhcp4)
+    attempt('dhcp6', dhcp6)
+    for name, kind in sorted(CHANNEL_ICMPV6.items()):
+        attempt(name, icmpv6(name, kind))
+    for failure in failures:
+        sys.stderr.write('send failed (%s)\n' % failure)
+
+
 if __name__ == '__main__':
     mode = sys.argv[1]
     if mode == 'generate':
@@ -209,3 +334,9 @@ if __name__ == '__main__':
         stream(*sys.argv[2:6])
     elif mode == 'ra':
         router_advertisement(*sys.argv[2:5])
+    elif mode == 'inject':
+        inject(*sys.argv[2:7])
+    elif mode == 'injectable':
+        injectable(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
+    elif mode == 'channels':
+        channels(sys.argv[2], sys.argv[3])

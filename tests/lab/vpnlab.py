@@ -274,6 +274,9 @@ class Lab:
             'ansible_ssh_common_args': '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null '
                                        '-o ConnectTimeout=5 -o ServerAliveInterval=2 -o ServerAliveCountMax=3',
             'ansible_python_interpreter': '/usr/bin/python3', 'ansible_become': False,
+            # Every lab's hosts have the same addresses: a control socket in the
+            # shared ~/.ansible/cp would carry one lab's Ansible into another's host.
+            'ansible_control_path_dir': os.path.join(self.dir, 'ssh-cp'),
         }) for name in sorted(self.state['hosts']))
         with open(os.path.join(self.dir, 'inventory-ssh.yml'), 'w') as f:
             json.dump({'all': {'children': {'lab_hosts': {'hosts': ssh_hosts}}}}, f, indent=1)

@@ -228,3 +228,36 @@ def test_counter_values_are_no_drift_and_carry_over_a_replace():
     carried = with_counter_values(text, {'refused_out_v4': (7, 420), 'gone_counter': (1, 1)})
     assert '\tcounter refused_out_v4 {\n\t\tpackets 7 bytes 420\n\t}' in carried
     assert carried.count('packets') == 1
+
+
+def test_packets_for_another_interfaces_address_are_dropped_before_conntrack():
+    text = rendered(management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'}])
+    assert chain(text, 'prerouting') == [
+        'type filter hook prerouting priority raw; policy accept;',
+        'iifname "lo" accept', 'iifname "wg0" accept',
+        'fib daddr . iif type local accept',
+        'ip saddr . meta l4proto . th dport @management_v4 accept',
+        'fib daddr type local counter name "refused_other_interface" drop']
+
+
+def test_only_the_exceptions_connections_are_accepted_by_state_on_the_way_in():
+    assert not any('established' in r for r in chain(rendered(allow_lan=True), 'input'))
+    text = rendered(exceptions=[{'uid': 1001}])
+    assert [r for r in chain(text, 'input') if 'established' in r] == [
+        'ct mark 0x0000564b ct state established,related accept']
+    assert chain(text, 'bypass_route')[-1] == 'meta mark 0x0000564b ct mark set meta mark'
+    assert 'meta l4proto { icmp, ipv6-icmp } ct state related accept' in chain(text, 'input')
+
+
+def test_dhcp_and_neighbour_discovery_are_held_to_their_protocols_addresses():
+    output, input_ = chain(rendered(), 'output'), chain(rendered(), 'input')
+    assert 'udp sport 68 udp dport 67 ip daddr 255.255.255.255 accept' in output
+    assert [r for r in output if 'dport 67' in r or 'dport 547' in r or 'icmpv6' in r] == [
+        'udp sport 68 udp dport 67 ip daddr 255.255.255.255 accept',
+        'udp sport 546 udp dport 547 ip6 saddr fe80::/10 ip6 daddr { ff02::1:2, ff05::1:3 } accept',
+        'icmpv6 type nd-router-solicit ip6 daddr ff02::2 ip6 hoplimit 255 accept',
+        'icmpv6 type nd-neighbor-solicit ip6 daddr { fe80::/10, ff02::1:ff00:0/104 } ip6 hoplimit 255 accept',
+        'icmpv6 type nd-neighbor-advert ip6 daddr { fe80::/10, ff02::1 } ip6 hoplimit 255 accept',
+        'icmpv6 type mld2-listener-report ip6 daddr ff02::16 ip6 hoplimit 1 accept']
+    assert 'icmpv6 type nd-router-advert ip6 saddr fe80::/10 ip6 hoplimit 255 accept' in input_
+    assert all('hoplimit 255' in r for r in input_ if r.startswith('icmpv6'))
