@@ -246,7 +246,16 @@ routing_rules:
   elements: str
   sample: ["ipv4 32765: to 203.0.113.1/32 ipproto udp dport 51820 lookup main",
            "ipv4 32765: lookup main suppress_prefixlength 0",
+           "ipv4 32765: lookup main suppress_ifgroup 0",
            "ipv4 32765: unreachable"]
+regrouped_interfaces:
+  description:
+    - Interfaces this run put in the tunnel group (86), because they match O(tunnel_interfaces), or back
+      in the default group (0), because they no longer do or the kill switch was removed.
+  returned: always
+  type: list
+  elements: str
+  sample: ["tun0: group 86"]
 removed_rules:
   description: Guard rules that were in place before and are not any more.
   returned: always
@@ -303,7 +312,8 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
     BYPASS_FWMARK, TABLE, Nft, NftError, digest, render, replace_transaction)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
-    DEFAULT_PRIORITY, RoutingGuard, boot_script, describe, desired_rules, guard_commands, protocol_name_files)
+    DEFAULT_PRIORITY, LinkGroups, RoutingGuard, boot_script, describe, desired_rules, guard_commands,
+    protocol_name_files, regrouped_links, udev_rule_files)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.netlink_rules import RuleSocket
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import boot_unit, commit_confirm, file_snapshot
 
@@ -351,14 +361,16 @@ def load_state(path):
     return file_snapshot.load_json(path) or {}
 
 
-def owned_files(params, nft_command=None, transaction=None, rules=None):
+def owned_files(params, nft_command=None, transaction=None, rules=None, policy=None):
     """Every file the module keeps on the host, as file_snapshot.sync() takes them.
 
     With persist: the boot files, the unit that loads them and its enable link.
-    Without a transaction, or without persist, those are absent.
+    Without a transaction, or without persist, those are absent. With the
+    routing guard: the udev rule that groups the tunnel interfaces.
     """
     ruleset, guard = (os.path.join(params['persist_dir'], name) for name in (BOOT_RULESET, BOOT_GUARD))
     files = protocol_name_files(transaction is not None and params['routing_guard'])
+    files.update(udev_rule_files(policy if transaction is not None and params['routing_guard'] else None))
     if transaction is not None and params['persist']:
         files.update({ruleset: transaction, guard: boot_script(rules)})
         files.update(boot_unit.files(nft_command, ruleset, guard))
@@ -421,7 +433,9 @@ def present(module, policy, nft, guard, state_path, nft_command):
     ruleset = render(policy)
     wanted_rules = desired_rules(policy, params['routing_guard_priority']) if params['routing_guard'] else []
     transaction = replace_transaction(ruleset)
-    files = owned_files(params, nft_command, transaction, wanted_rules)
+    files = owned_files(params, nft_command, transaction, wanted_rules, policy)
+    link_groups = LinkGroups(module)
+    regroup = regrouped_links(link_groups.links(), policy.tunnel_interfaces if params['routing_guard'] else ())
 
     live_table = nft.list_table()
     live_rules = guard.live_rules()
@@ -447,13 +461,16 @@ def present(module, policy, nft, guard, state_path, nft_command):
             file_snapshot.save(state_path, {'digest': digest(ruleset), 'listing': after_table})
         if not rules_in_sync:
             removed = guard.replace(wanted_rules)
+        # After the guard: the group only lets the tunnel's routes in main be used.
+        link_groups.apply(regroup)
     elif not rules_in_sync:
         removed = live_rules
     persisted = sync_owned_files(module, files)
     unit_activated = params['persist'] and boot_unit.activate(module, boot_unit.UNIT_PATH in persisted)
 
     return dict(
-        changed=not in_sync or bool(persisted) or unit_activated,
+        changed=not in_sync or bool(persisted) or unit_activated or bool(regroup),
+        regrouped_interfaces=['%s: group %d' % change for change in regroup],
         confirm_pending=commit_confirm.pending(params['state_dir']),
         persisted_files=persisted,
         ruleset=ruleset,
@@ -475,7 +492,12 @@ def absent(module, nft, guard, state_path):
     live_rules = guard.live_rules()
     persisted = sync_owned_files(module, owned_files(module.params))
     boot_unit.forget(module, boot_unit.UNIT_PATH in persisted)
-    changed = live_table is not None or bool(live_rules) or os.path.exists(state_path) or bool(persisted)
+    link_groups = LinkGroups(module)
+    regroup = regrouped_links(link_groups.links(), ())
+    changed = (live_table is not None or bool(live_rules) or os.path.exists(state_path) or bool(persisted)
+               or bool(regroup))
+    if regroup and not module.check_mode:
+        link_groups.apply(regroup)
     if changed and not module.check_mode:
         if live_table is not None:
             nft.apply(replace_transaction(None))
@@ -488,6 +510,7 @@ def absent(module, nft, guard, state_path):
         confirm_pending=commit_confirm.pending(module.params['state_dir']),
         persisted_files=persisted,
         routing_rules=[],
+        regrouped_interfaces=['%s: group %d' % change for change in regroup],
         removed_rules=[describe(r) for r in live_rules],
         diff=dict(before=diff_text(live_table, live_rules), after='', before_header=TABLE, after_header=TABLE),
         summary=dict(table=TABLE, firewall_changed=live_table is not None, routing_guard_changed=bool(live_rules),
