@@ -55,6 +55,10 @@ options:
   endpoints:
     description:
       - The VPN servers, reachable outside the tunnel so that it can be established.
+      - With O(restrict_endpoints_to_tunnel=true) only the tunnel's packets may use them - those
+        carrying O(tunnel_fwmark) (or the endpoint's O(endpoints[].mark)), root's sockets, and the
+        sockets of the endpoint's O(endpoints[].uid) - so that no other process can send around the
+        tunnel through them.
     type: list
     elements: dict
     default: []
@@ -64,14 +68,41 @@ options:
         type: str
         required: true
       port:
-        description: Server port.
+        description: Server port. Give O(endpoints[].port) or O(endpoints[].ports).
         type: int
-        required: true
+      ports:
+        description:
+          - Several ports of the server, for example V([500, 4500]) for IKEv2 with NAT traversal
+            (udp/4500 alone is refused, since IKE starts on udp/500).
+        type: list
+        elements: int
       protocol:
-        description: Transport protocol.
+        description: Transport protocol; V(udp) unless O(endpoints[].protocols) is given.
         type: str
         choices: [udp, tcp]
-        default: udp
+      protocols:
+        description: Several protocols on the same ports, for example V([tcp, udp]) for AnyConnect (443).
+        type: list
+        elements: str
+        choices: [udp, tcp]
+      uid:
+        description:
+          - Users besides root whose sockets may use the endpoint - the user the VPN client runs as
+            once it dropped root (OpenVPN C(user nobody) is 65534; openconnect C(-U)). Only with
+            O(restrict_endpoints_to_tunnel=true).
+        type: list
+        elements: int
+      mark:
+        description:
+          - The firewall mark the VPN client puts on its packets to this server (OpenVPN C(mark),
+            WireGuard C(fwmark)); O(tunnel_fwmark) when not given.
+        type: int
+      unit:
+        description:
+          - Refused, with the reason - nftables matches a cgroup by the id it has when the rules are
+            loaded, and a restarted systemd unit gets a new one, so its client could not reconnect.
+            Name the unit's user in O(endpoints[].uid) or its client's mark in O(endpoints[].mark).
+        type: str
   dns_servers:
     description:
       - Resolvers that DNS may reach, only through the tunnel. When empty, DNS may go to any
@@ -530,7 +561,8 @@ def main():
             persist_dir=dict(type='path', default='/etc/vpnguard-killswitch'),
             confirm_timeout=dict(type='int', default=0),
             confirm=dict(type='bool', default=False),
-            **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int'), cgroup=dict(type='str')))
+            **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int'), cgroup=dict(type='str')),
+                                    endpoint_owners=True)
         ),
         supports_check_mode=True,
     )
