@@ -174,8 +174,9 @@ def test_boot_files_restore_the_same_kill_switch_and_can_be_run_twice(host, tmp_
     unit = '/etc/systemd/system/vpnguard-killswitch.service'
     link = '/etc/systemd/system/sysinit.target.wants/vpnguard-killswitch.service'
     assert sorted(applied['persisted_files']) == [
-        '/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf', '/etc/udev/rules.d/70-vpnguard-killswitch-tunnels.rules',
-        link, unit, persist_dir + '/routing-guard.sh', persist_dir + '/ruleset.nft']
+        '/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf', link, unit,
+        '/etc/udev/rules.d/70-vpnguard-killswitch-tunnels.rules',
+        persist_dir + '/routing-guard.sh', persist_dir + '/ruleset.nft']
     assert host.sh('readlink %s' % link).strip() == unit
     exec_start = [line.split('=', 1)[1] for line in host.sh('cat %s' % unit).splitlines() if line.startswith('ExecStart=')]
     assert exec_start == ['/usr/sbin/nft -f %s/ruleset.nft' % persist_dir, '/bin/sh %s/routing-guard.sh' % persist_dir]
