@@ -189,6 +189,7 @@ class ClientLab:
         self.supervise('isp', 'openconnect-server', 'ocserv --foreground -c /etc/ocserv/lab.conf')
         # vpnc-script sources /etc/vpnc/connect.d/* before it sets the routes.
         self.write(self.host, '/etc/vpnc/connect.d/vpnguard-tunnel-group', TUNNEL_GROUP_HOOK % 'TUNDEV' + '\n')
+        self.lab.sh(self.host, 'mkdir -p /run/vpnc')  # where vpnc-script keeps resolv.conf's backup
         with open(os.path.join(p, 'server.pin')) as f:
             pin = f.read().strip()
         return ('openconnect --non-inter -i tun0 -U nobody '
