@@ -14,8 +14,9 @@ lab is taken down first. For each client, in order:
     server       the server restarts: the client comes back by itself
     killed       the client is killed: the supervisor starts it again and it
                  comes back, its new tunnel device grouped by its own hook
-    down         the client stops: the uplink sees only the tunnel's own packets
     other-uid    uid 4242 sends a marker to each endpoint port: never on the wire
+                 (in the control, while the tunnel is up: on the wire)
+    down         the client stops: the uplink sees only the tunnel's own packets
     rollback     rollback.yml, the client stopped, the host as before
 
 Tunnel networks (documentation ranges, inside the lab only): OpenVPN
@@ -287,7 +288,8 @@ pools { lab_pool { addrs = 198.18.203.0/24 } }
                 script += '%s %s marker %s %d %s; ' % (sys.executable, os.path.join(vpnlab.HERE, 'traffic.py'),
                                                       vpnlab.ENDPOINT, port, marker)
             else:
-                script += ('printf %s | timeout 2 nc -w 1 %s %d; ' % (marker, vpnlab.ENDPOINT, port))
+                script += ("%s -c 'import socket; s = socket.create_connection((\"%s\", %d), 2); s.sendall(b\"%s\")'; "
+                           % (sys.executable, vpnlab.ENDPOINT, port, marker))
         with self.lab.capture(self.host) as cap:
             self.lab.run(self.host, ['setpriv', '--reuid=%d' % OTHER_UID, '--regid=%d' % OTHER_UID, '--clear-groups',
                                      'sh', '-c', script + 'true'], check=False)
@@ -320,6 +322,9 @@ def prove_client(lab, host, kind, playbooks):
         up = c.through_tunnel(40)
         results.append(report('%s control-up' % kind, up, 'without the kill switch the tunnel carries the '
                               'traffic: web host saw %s' % c.tunnel_v4))
+        leaked = c.other_uid_leaks()
+        results.append(report('%s control-other-uid' % kind, leaked, 'no kill switch: uid %d\'s marker to the '
+                              'endpoint on the wire: %s (expect leak)' % (OTHER_UID, leaked)))
         leaks, counters = c.down_leaks()
         results.append(report('%s control-leaks' % kind, len(leaks) > 0, 'client stopped, no kill switch: %d '
                               'packets beside the tunnel\'s own (expect leak); generator %s'
@@ -339,12 +344,12 @@ def prove_client(lab, host, kind, playbooks):
         time.sleep(1)
         results.append(report('%s client-killed' % kind, c.through_tunnel(60),
                               'client killed, started again by its supervisor: %s' % c.tunnel_v4))
-        leaks, counters = c.down_leaks()
-        results.append(report('%s tunnel-down' % kind, not leaks, 'client stopped: %d packets beside the tunnel\'s '
-                              'own (expect none)%s' % (len(leaks), ''.join('\n    leaked: ' + p for p in leaks[:5]))))
         leaked = c.other_uid_leaks()
         results.append(report('%s other-uid' % kind, not leaked, 'uid %d sent a marker to %s: on the wire: %s'
                               % (OTHER_UID, ', '.join('%s/%d' % p for p in c.spec['ports']), leaked)))
+        leaks, counters = c.down_leaks()
+        results.append(report('%s tunnel-down' % kind, not leaks, 'client stopped: %d packets beside the tunnel\'s '
+                              'own (expect none)%s' % (len(leaks), ''.join('\n    leaked: ' + p for p in leaks[:5]))))
         results.append(report('%s rollback' % kind, c.playbook(playbooks, 'rollback.yml'), 'rollback.yml'))
     finally:
         c.stop_all()
