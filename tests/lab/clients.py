@@ -282,17 +282,20 @@ pools { lab_pool { addrs = 198.18.203.0/24 } }
     def other_uid_leaks(self):
         """uid 4242 sends a marker to each endpoint port (unbound and bound to eth0): seen on the wire?"""
         marker = 'VPNGUARD-CLIENTS-%d' % os.getpid()
+        python = '/usr/bin/python3'  # the test's own may live where another user cannot run it (pyenv under /root)
         script = ''
         for proto, port in self.spec['ports']:
             if proto == 'udp':
-                script += '%s %s marker %s %d %s; ' % (sys.executable, os.path.join(vpnlab.HERE, 'traffic.py'),
+                script += '%s %s marker %s %d %s; ' % (python, os.path.join(vpnlab.HERE, 'traffic.py'),
                                                       vpnlab.ENDPOINT, port, marker)
             else:
                 script += ("%s -c 'import socket; s = socket.create_connection((\"%s\", %d), 2); s.sendall(b\"%s\")'; "
-                           % (sys.executable, vpnlab.ENDPOINT, port, marker))
+                           % (python, vpnlab.ENDPOINT, port, marker))
         with self.lab.capture(self.host) as cap:
-            self.lab.run(self.host, ['setpriv', '--reuid=%d' % OTHER_UID, '--regid=%d' % OTHER_UID, '--clear-groups',
-                                     'sh', '-c', script + 'true'], check=False)
+            sent = self.lab.run(self.host, ['setpriv', '--reuid=%d' % OTHER_UID, '--regid=%d' % OTHER_UID,
+                                            '--clear-groups', 'sh', '-c', script + 'true'], check=False)
+        if 'No such file' in sent.stderr or 'Permission denied' in sent.stderr:
+            raise RuntimeError('the other uid could not run its sender: ' + sent.stderr)
         return cap.contains(marker)
 
     def playbook(self, playbooks, name, extra=None):
