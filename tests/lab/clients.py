@@ -251,6 +251,7 @@ pools { lab_pool { addrs = 198.18.203.0/24 } }
     def through_tunnel(self, seconds=30):
         """A web request answered, and the web host saw it from the tunnel's address."""
         log = os.path.join(self.lab.dir, 'http.log')
+        self.tunnel_v4 = None
         deadline = time.time() + seconds
         while time.time() < deadline:
             before = os.path.getsize(log)
