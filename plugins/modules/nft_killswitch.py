@@ -27,6 +27,13 @@ description:
     one nftables transaction, checked by the kernel first; if anything fails the previous table
     stays in place. Each base chain ends in an explicit C(drop) as well as its drop policy, which
     the kernel sets a moment after the new rules go live during a replace.
+  - Routes through tunnel interfaces in the main table are used, default routes included, since the
+    module keeps the interfaces matching O(tunnel_interfaces) in interface group 86 (and installs a
+    udev rule that does it for those created later); a default route out of any other interface is
+    refused by the guard.
+  - Kernel IPsec (XFRM policies) is refused before anything is touched - its packets leave the
+    physical interface owned by the sending application - with strongSwan's kernel-libipsec
+    (C(ipsec0)) named as the way that works.
   - Other tables, chains and policy rules are never flushed or edited. The module finds its own
     policy rules by their protocol number (86).
   - Needs the C(nftables) Python binding (Debian and Ubuntu C(python3-nftables), Fedora
@@ -459,8 +466,31 @@ def validate(module):
     return policy
 
 
+def refuse_kernel_ipsec(module):
+    """Fail, before anything is touched, on a host whose VPN is kernel IPsec (XFRM policies).
+
+    Its tunnelled packets leave the physical interface, in the clear to the
+    output hook and as ESP after it, owned by the application's socket: the
+    firewall drops them, so such a tunnel could never carry anything.
+    """
+    ip = module.get_bin_path('ip')
+    if not ip:
+        return
+    rc, out, err = module.run_command([ip, '-o', 'xfrm', 'policy', 'list', 'dir', 'out'])
+    policies = [line.split('\\')[0].strip() for line in out.splitlines() if 'tmpl ' in line] if rc == 0 else []
+    if policies:
+        module.fail_json(
+            msg='tunnel_interfaces: this host has kernel IPsec (XFRM policies: %s), whose packets leave the '
+                'physical interface owned by the sending application, so the kill switch would drop them and the '
+                'tunnel would carry nothing; nothing was changed. Use strongSwan with the kernel-libipsec plugin '
+                '(ESP in UDP on the interface ipsec0: tunnel_interfaces [ipsec0], endpoints on udp 500 and 4500). '
+                'Policy-based and XFRM-interface (if_id) IPsec are not supported.' % '; '.join(policies[:3]),
+            setting='tunnel_interfaces', xfrm_policies=policies)
+
+
 def present(module, policy, nft, guard, state_path, nft_command):
     params = module.params
+    refuse_kernel_ipsec(module)
     ruleset = render(policy)
     wanted_rules = desired_rules(policy, params['routing_guard_priority']) if params['routing_guard'] else []
     transaction = replace_transaction(ruleset)

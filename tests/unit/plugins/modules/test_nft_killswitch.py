@@ -113,6 +113,19 @@ def test_the_guard_lets_a_tunnels_default_route_in_main_be_used_and_no_physical_
     assert host.sh('ls /etc/udev/rules.d/ 2>/dev/null || true').strip() == ''
 
 
+def test_kernel_ipsec_is_refused_before_anything_is_touched(host):
+    host.sh('ip link add eth0 type veth peer name isp0 && ip addr add 198.18.1.2/24 dev eth0 && ip link set eth0 up')
+    host.sh('ip xfrm policy add src 198.18.203.1/32 dst 0.0.0.0/0 dir out '
+            'tmpl src 198.18.1.2 dst 203.0.113.1 proto esp mode tunnel reqid 1')
+    before = host.ruleset()
+    result = host.module(**POLICY)
+    assert result['failed'] and result['setting'] == 'tunnel_interfaces'
+    assert 'kernel-libipsec' in result['msg'] and 'src 198.18.203.1/32' in result['msg']
+    assert host.ruleset() == before
+    host.sh('ip xfrm policy flush')
+    assert not host.module(**POLICY).get('failed')
+
+
 def test_drift_is_seen_and_healed(host):
     host.module(**POLICY)
     host.sh('nft delete rule inet vpnguard_killswitch output handle '
