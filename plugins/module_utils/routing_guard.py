@@ -52,8 +52,8 @@ FAMILIES = ((4, socket.AF_INET), (6, socket.AF_INET6))
 IP_PROTOCOLS = {'tcp': socket.IPPROTO_TCP, 'udp': socket.IPPROTO_UDP}
 IP_PROTOCOL_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
 
-Rule = namedtuple('Rule', 'version priority action dst dst_len ip_proto sport dport fwmark suppress_prefixlen '
-                         'suppress_ifgroup')
+RULE_FIELDS = 'version priority action dst dst_len ip_proto sport dport fwmark suppress_prefixlen suppress_ifgroup'
+Rule = namedtuple('Rule', RULE_FIELDS)
 # Rules written before interface groups compare equal to those read back.
 Rule.__new__.__defaults__ = (NO_SUPPRESS,)
 

@@ -592,7 +592,7 @@ def main():
             confirm_timeout=dict(type='int', default=0),
             confirm=dict(type='bool', default=False),
             **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int'), cgroup=dict(type='str')),
-                                    endpoint_owners=True)
+                                   endpoint_owners=True)
         ),
         supports_check_mode=True,
     )

@@ -27,7 +27,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import vpnlab
@@ -288,7 +287,7 @@ pools { lab_pool { addrs = 198.18.203.0/24 } }
         for proto, port in self.spec['ports']:
             if proto == 'udp':
                 script += '%s %s marker %s %d %s; ' % (python, os.path.join(vpnlab.HERE, 'traffic.py'),
-                                                      vpnlab.ENDPOINT, port, marker)
+                                                       vpnlab.ENDPOINT, port, marker)
             else:
                 script += ("%s -c 'import socket; s = socket.create_connection((\"%s\", %d), 2); s.sendall(b\"%s\")'; "
                            % (python, vpnlab.ENDPOINT, port, marker))

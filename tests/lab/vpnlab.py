@@ -613,8 +613,9 @@ def main(argv=None):
         return result.returncode
     elif args.command == 'clients':
         import clients as client_lab
-        return 0 if all([client_lab.prove_client(lab, args.host, kind, args.playbooks)
-                         for kind in args.client]) else 1
+        # Every client runs, whatever an earlier one did.
+        passed = [client_lab.prove_client(lab, args.host, kind, args.playbooks) for kind in args.client]
+        return 0 if all(passed) else 1
     elif args.command == 'prove':
         if args.scenario in faults.APPLY_SCENARIOS:
             return 0 if faults.APPLY_SCENARIOS[args.scenario](lab, args.host, args.expect, args.apply) else 1
