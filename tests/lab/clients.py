@@ -1,6 +1,6 @@
 """The VPN clients fleets run, in the lab, each hardened with its README recipe and proven.
 
-    vpnlab.py clients openvpn|openconnect|strongswan --host H [--playbooks DIR]
+    vpnlab.py clients openvpn|openvpn-def1|openconnect|strongswan --host H [--playbooks DIR]
 
 Each client runs against its real server in the `isp` namespace, on the
 lab's endpoint address 203.0.113.1, and under a supervisor loop on the host
@@ -18,6 +18,11 @@ lab is taken down first. For each client, in order:
                  (in the control, while the tunnel is up: on the wire)
     down         the client stops: the uplink sees only the tunnel's own packets
     rollback     rollback.yml, the client stopped, the host as before
+
+Clients: openvpn (user nobody, plain redirect-gateway: the default route
+in main, the tunnel's mark), openvpn-def1 (root, def1: the /1 routes in
+main), openconnect (vpnc-script's default route in main, -U nobody, tcp and
+udp 443), strongswan (IKEv2, kernel-libipsec on ipsec0, udp 500 and 4500).
 
 Tunnel networks (documentation ranges, inside the lab only): OpenVPN
 198.18.201.0/24, ocserv 198.18.202.0/24, strongSwan 198.18.203.0/24.
@@ -42,6 +47,11 @@ CLIENTS = {
     'openvpn': dict(
         tunnel='tun0', network='198.18.201.', ports=[('udp', 1194)],
         recipe=dict(COMMON, killswitch_tunnel_interfaces=['tun*'], killswitch_tunnel_fwmark=51820,
+                    killswitch_endpoints=[{'address': vpnlab.ENDPOINT, 'port': 1194, 'protocol': 'udp'}])),
+    # OpenVPN as root with def1: the /1 routes in main, the socket root's.
+    'openvpn-def1': dict(
+        tunnel='tun0', network='198.18.201.', ports=[('udp', 1194)],
+        recipe=dict(COMMON, killswitch_tunnel_interfaces=['tun*'],
                     killswitch_endpoints=[{'address': vpnlab.ENDPOINT, 'port': 1194, 'protocol': 'udp'}])),
     'openconnect': dict(
         tunnel='tun0', network='198.18.202.', ports=[('tcp', 443), ('udp', 443)],
@@ -140,7 +150,7 @@ class ClientLab:
 
     def start(self):
         """The server, the client's configuration and the client."""
-        self.client_command = getattr(self, '_start_' + self.kind)()
+        self.client_command = getattr(self, '_start_' + self.kind.replace('-', '_'))()
         self.start_client()
 
     def start_client(self):
@@ -156,13 +166,16 @@ class ClientLab:
     def restart_server(self):
         self.kill_supervised('isp', self.kind + '-server')
 
-    def _start_openvpn(self):
+    def _start_openvpn_def1(self):
+        return self._start_openvpn(['redirect-gateway def1'])
+
+    def _start_openvpn(self, client_options=None):
         p = self.pki
         self.write('isp', '/etc/openvpn/lab-server.conf', '\n'.join([
             'port 1194', 'proto udp', 'local %s' % vpnlab.ENDPOINT, 'dev tuns0', 'topology subnet',
             'server 198.18.201.0 255.255.255.0', 'keepalive 1 4', 'dh none', 'disable-dco',
             'ca %s/ca.crt' % p, 'cert %s/server.crt' % p, 'key %s/server.key' % p, 'verb 3', '']))
-        self.supervise('isp', 'openvpn-server', 'openvpn --config /etc/openvpn/lab-server.conf')
+        self.supervise('isp', self.kind + '-server', 'openvpn --config /etc/openvpn/lab-server.conf')
         # The client side of the recipe: plain redirect-gateway (the default
         # route in main), user nobody, the tunnel's mark, the group hook.
         self.write(self.host, '/etc/openvpn/vpnguard-tunnel-group', '#!/bin/sh\nexec %s\n'
@@ -170,8 +183,8 @@ class ClientLab:
         self.write(self.host, '/etc/openvpn/client/lab.conf', '\n'.join([
             'client', 'dev tun0', 'proto udp', 'remote %s 1194' % vpnlab.ENDPOINT, 'nobind', 'disable-dco',
             'ca %s/ca.crt' % p, 'cert %s/client.crt' % p, 'key %s/client.key' % p, 'remote-cert-tls server',
-            'redirect-gateway', 'user nobody', 'group nogroup', 'persist-tun', 'persist-key',
-            'mark 51820', 'script-security 2', 'up /etc/openvpn/vpnguard-tunnel-group',
+            'script-security 2', 'up /etc/openvpn/vpnguard-tunnel-group'] + (client_options or [
+                'redirect-gateway', 'user nobody', 'group nogroup', 'persist-tun', 'persist-key', 'mark 51820']) + [
             'connect-retry 1 1', 'verb 3', '']))
         return 'openvpn --config /etc/openvpn/client/lab.conf'
 

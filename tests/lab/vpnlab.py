@@ -24,7 +24,7 @@ lab's namespaces, found by namespace, never by name.
     vpnlab.py create --hosts N [--state DIR]     vpnlab.py destroy [--state DIR]
     vpnlab.py tunnel up|delete|kill --host H      vpnlab.py exec --host H -- CMD...            vpnlab.py controller -- CMD...
     vpnlab.py prove SCENARIO --host H --expect leak|none [--apply CMD]
-    vpnlab.py clients openvpn|openconnect|strongswan... --host H   (clients.py)
+    vpnlab.py clients openvpn|openvpn-def1|openconnect|strongswan... --host H   (clients.py)
 
 The scenarios are below and, for the fault matrix, in faults.py.
 """
@@ -578,7 +578,7 @@ def main(argv=None):
     controller.add_argument('cmd', nargs=argparse.REMAINDER)
     # Other VPN clients, each hardened with its README recipe (clients.py).
     clients = sub.add_parser('clients')
-    clients.add_argument('client', nargs='+', choices=['openvpn', 'openconnect', 'strongswan'])
+    clients.add_argument('client', nargs='+', choices=['openvpn', 'openvpn-def1', 'openconnect', 'strongswan'])
     clients.add_argument('--host', default='lab-host1')
     clients.add_argument('--playbooks', default=os.path.join(REPO, 'playbooks'))
     # faults.py imports this module by name; let it find this very instance.
