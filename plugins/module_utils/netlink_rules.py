@@ -28,6 +28,7 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200
 FRA_DST = 1
 FRA_PRIORITY = 6
 FRA_FWMARK = 10
+FRA_SUPPRESS_IFGROUP = 13
 FRA_SUPPRESS_PREFIXLEN = 14
 FRA_TABLE = 15
 FRA_FWMASK = 16
@@ -81,6 +82,7 @@ def _parse_rule(family, body):
         table=u32(FRA_TABLE, table),
         fwmark=u32(FRA_FWMARK, 0),
         suppress_prefixlen=u32(FRA_SUPPRESS_PREFIXLEN, 0xffffffff),
+        suppress_ifgroup=u32(FRA_SUPPRESS_IFGROUP, 0xffffffff),
         protocol=attributes[FRA_PROTOCOL][0] if FRA_PROTOCOL in attributes else 0,
         ip_proto=attributes[FRA_IP_PROTO][0] if FRA_IP_PROTO in attributes else 0,
         sport=port_range(FRA_SPORT_RANGE),
@@ -132,7 +134,8 @@ class RuleSocket:
         return [_parse_rule(family, body) for kind, body in self._replies(sequence) if kind == RTM_NEWRULE]
 
     def _request(self, kind, flags, family, action, priority, protocol, table=None, dst=None, dst_len=0,
-                 fwmark=None, suppress_prefixlen=None, ip_proto=None, sport=None, dport=None):
+                 fwmark=None, suppress_prefixlen=None, ip_proto=None, sport=None, dport=None,
+                 suppress_ifgroup=None):
         # Add and delete both name every attribute the rule has: the kernel
         # deletes the first rule that matches what the request names.
         attributes = [_attribute(FRA_PRIORITY, U32.pack(priority)), _attribute(FRA_PROTOCOL, bytes([protocol]))]
@@ -149,6 +152,8 @@ class RuleSocket:
             attributes += [_attribute(FRA_FWMARK, U32.pack(fwmark)), _attribute(FRA_FWMASK, U32.pack(0xffffffff))]
         if suppress_prefixlen is not None:
             attributes.append(_attribute(FRA_SUPPRESS_PREFIXLEN, U32.pack(suppress_prefixlen)))
+        if suppress_ifgroup is not None:
+            attributes.append(_attribute(FRA_SUPPRESS_IFGROUP, U32.pack(suppress_ifgroup)))
         header = FIB_RULE_HDR.pack(family, dst_len if dst else 0, 0, 0, table if table is not None and table < 256 else 0,
                                    0, 0, action, 0)
         for _reply in self._replies(self._send(kind, flags, header + b''.join(attributes))):

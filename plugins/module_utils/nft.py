@@ -149,6 +149,31 @@ def _management_elements(entries):
             for network in ipaddress.collapse_addresses(networks)]
 
 
+def _endpoint_owners(policy, endpoint):
+    """The matches that select the packets which may use endpoint: its mark, root and its users."""
+    if not policy.restrict_endpoints_to_tunnel:
+        return (None,)
+    mark = policy.tunnel_fwmark if endpoint.mark is None else endpoint.mark
+    uids = sorted(set((0,) + tuple(endpoint.uids)))
+    return ('meta mark 0x%08x' % mark,
+            'meta skuid %s' % (str(uids[0]) if len(uids) == 1 else '{ %s }' % _elements(str(u) for u in uids)))
+
+
+def _endpoint_rules(policy, version, family):
+    """Output rules for the endpoints of one IP version: one set per group of endpoints with the same owners."""
+    groups = {}
+    for e in policy.endpoints_of(version):
+        groups.setdefault(_endpoint_owners(policy, e), []).append(e)
+    rules = []
+    for owners, endpoints in groups.items():
+        # The named set when all endpoints share their owners, as they do unless told otherwise.
+        target = ('@endpoints_v%d' % version if len(groups) == 1 else
+                  '{ %s }' % _elements('%s . %s . %d' % (e.address, e.protocol, e.port) for e in endpoints))
+        rules += [' '.join(filter(None, ['%s daddr . meta l4proto . th dport %s' % (family, target), owner, 'accept']))
+                  for owner in owners]
+    return rules
+
+
 def render(policy, log='none'):
     """The whole table for policy, as nft(8) input text; log is one of LOG_LEVELS."""
     log_refused = log in ('refused', 'all')
@@ -200,8 +225,6 @@ def render(policy, log='none'):
     dns_chain += refused(None, 'refused_dns_outside', 'refused dns-outside')
 
     dns_jump = 'meta l4proto { tcp, udp } th dport { %s } jump dns' % _elements(str(p) for p in DNS_PORTS)
-    endpoint_owner = (['meta mark 0x%08x' % policy.tunnel_fwmark, 'meta skuid 0']
-                      if policy.restrict_endpoints_to_tunnel else [None])
     # Known DNS-over-HTTPS resolvers only through the tunnel, whatever else is allowed below.
     doh_drop = [rule for v, f in families if policy.doh_of(v)
                 for rule in refused('%s daddr @doh_v%d' % (f, v), 'refused_doh', 'refused doh')]
@@ -209,8 +232,8 @@ def render(policy, log='none'):
     output += _tunnels(policy, 'oifname', 'accept') + doh_drop
     # The endpoints are reachable outside the tunnel only for the tunnel's own
     # packets, so that no other process can use them to get round it.
-    output += [' '.join(filter(None, ['%s daddr . meta l4proto . th dport @endpoints_v%d' % (f, v), owner, 'accept']))
-               for v, f in families if policy.endpoints_of(v) for owner in endpoint_owner]
+    for v, f in families:
+        output += _endpoint_rules(policy, v, f)
     if policy.restrict_endpoints_to_tunnel:
         # Anyone else trying the endpoint's address and port: refused, and told apart.
         output += [rule for v, f in families if policy.endpoints_of(v)

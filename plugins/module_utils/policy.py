@@ -55,22 +55,46 @@ LAN_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
     'fc00::/7', 'fe80::/10', 'ff00::/8',              # ULA, link-local, multicast
 ))
 
-Endpoint = namedtuple('Endpoint', 'address port protocol')
+# One server address, port and protocol. uids and mark say whose packets may
+# use it (Linux): sockets of those users besides root, packets with that mark
+# (None: the policy's tunnel_fwmark). A server on several ports or protocols
+# is several Endpoints, so every renderer takes them one by one.
+Endpoint = namedtuple('Endpoint', 'address port protocol uids mark')
+Endpoint.__new__.__defaults__ = ((), None)
+# Keys an endpoint may have; port/ports and protocol/protocols are one or a list.
+ENDPOINT_KEYS = ('address', 'port', 'ports', 'protocol', 'protocols', 'uid', 'mark', 'unit')
+ENDPOINT_OWNER_KEYS = ('ports', 'protocols', 'uid', 'mark')  # not (yet) rendered by PF and Windows
+# IKE starts on udp/500 and moves to udp/4500 only once NAT is detected (RFC 7296 2.23).
+IKE_PORT, IKE_NAT_T_PORT = 500, 4500
 Management = namedtuple('Management', 'network port protocol')
 BypassException = namedtuple('BypassException', 'selector value')
 
 
-def policy_argument_spec(selectors):
-    """The argument_spec options every kill switch module shares, with the exception selectors its OS has."""
+def policy_argument_spec(selectors, endpoint_owners=False):
+    """The argument_spec options every kill switch module shares, with the exception selectors its OS has.
+
+    endpoint_owners: the endpoints also take several ports and protocols and
+    name whose packets may use them (nft_killswitch).
+    """
     entry = dict(type='list', elements='dict', default=[])
+    endpoint = dict(
+        address=dict(type='str', required=True),
+        port=dict(type='int', required=not endpoint_owners),
+        protocol=dict(type='str', default='udp', choices=['udp', 'tcp']),
+    )
+    if endpoint_owners:
+        endpoint.update(
+            ports=dict(type='list', elements='int'),
+            protocols=dict(type='list', elements='str', choices=['udp', 'tcp']),
+            uid=dict(type='list', elements='int'),
+            mark=dict(type='int'),
+            unit=dict(type='str'),
+        )
+        endpoint['protocol'] = dict(type='str', choices=['udp', 'tcp'])
     return dict(
         state=dict(type='str', default='present', choices=['present', 'absent']),
         tunnel_interfaces=dict(type='list', elements='str', default=[]),
-        endpoints=dict(entry, options=dict(
-            address=dict(type='str', required=True),
-            port=dict(type='int', required=True),
-            protocol=dict(type='str', default='udp', choices=['udp', 'tcp']),
-        )),
+        endpoints=dict(entry, options=endpoint),
         dns_servers=dict(type='list', elements='str', default=[]),
         doh_servers=dict(type='list', elements='str', default=[]),
         allow_lan=dict(type='bool', default=False),
@@ -134,8 +158,14 @@ def parse_policy(raw, system=None):
                   for i, v in enumerate(_list('tunnel_interfaces', raw.get('tunnel_interfaces')))]
     if not interfaces:
         raise PolicyError('tunnel_interfaces', 'at least one tunnel interface is required')
-    endpoints = [_endpoint('endpoints[%d]' % i, v)
-                 for i, v in enumerate(_list('endpoints', raw.get('endpoints')))]
+    endpoints = [e for i, v in enumerate(_list('endpoints', raw.get('endpoints')))
+                 for e in _endpoints('endpoints[%d]' % i, v)]
+    if system not in (None, 'Linux'):
+        for i, v in enumerate(_list('endpoints', raw.get('endpoints'))):
+            for key in ENDPOINT_OWNER_KEYS:
+                if isinstance(v, dict) and v.get(key) is not None:
+                    raise PolicyError('endpoints[%d].%s' % (i, key), '%s is taken on Linux only; on %s give one '
+                                      'endpoint per port and protocol (address, port, protocol)' % (key, system))
     dns_servers = parse_addresses('dns_servers', raw.get('dns_servers'))
     doh_servers = parse_addresses('doh_servers', raw.get('doh_servers'))
     management = [_management('management[%d]' % i, v)
@@ -145,6 +175,13 @@ def parse_policy(raw, system=None):
     fwmark = raw.get('tunnel_fwmark')
     fwmark = DEFAULT_TUNNEL_FWMARK if fwmark is None else _integer('tunnel_fwmark', fwmark, 1, FWMARK_MAX)
     restrict = raw.get('restrict_endpoints_to_tunnel')
+    if restrict is not None and not _boolean('restrict_endpoints_to_tunnel', restrict):
+        for i, v in enumerate(_list('endpoints', raw.get('endpoints'))):
+            for key in ('uid', 'mark'):
+                if v.get(key) is not None:
+                    raise PolicyError('endpoints[%d].%s' % (i, key), 'names who may use the endpoint, but '
+                                      'restrict_endpoints_to_tunnel is false, which lets every process use it; '
+                                      'set restrict_endpoints_to_tunnel to true or remove %s' % key)
     policy = Policy(
         tunnel_interfaces=tuple(_unique(interfaces)),
         endpoints=tuple(_unique(endpoints)),
@@ -282,14 +319,55 @@ def _service(setting, value, key, parse_address, default_protocol):
             _protocol(setting + '.protocol', value.get('protocol') or default_protocol))
 
 
-def _endpoint(setting, value):
-    endpoint = Endpoint(*_service(setting, value, 'address', _host_address, 'udp'))
-    if endpoint.port in DNS_PORTS:
-        # Silently unreachable otherwise: the tunnel would never come up.
-        raise PolicyError(setting + '.port', '%d is a DNS port, which the kill switch keeps to the '
-                          "tunnel's resolvers, so a VPN server on it could not be reached; "
-                          "use another of the server's ports" % endpoint.port)
-    return endpoint
+def _one_or_list(setting, value, one, many, parse):
+    """A setting given as one value (key one) or a list (key many), never both; errors name each item."""
+    if value.get(one) is not None and value.get(many) is not None:
+        raise PolicyError(setting, 'give %s or %s, not both' % (one, many))
+    if value.get(many) is None:
+        return [parse('%s.%s' % (setting, one), value[one])] if value.get(one) is not None else []
+    items = _list('%s.%s' % (setting, many), value[many])
+    if not items:
+        raise PolicyError('%s.%s' % (setting, many), 'must not be empty')
+    return _unique([parse('%s.%s[%d]' % (setting, many, i), v) for i, v in enumerate(items)])
+
+
+def _endpoints(setting, value):
+    """The Endpoints of one server entry: one per port and protocol, with who may use them."""
+    _mapping(setting, value, ENDPOINT_KEYS)
+    if value.get('address') is None or (value.get('port') is None and value.get('ports') is None):
+        raise PolicyError(setting, 'needs address and port (or ports)')
+    address = _host_address(setting + '.address', value['address'])
+    ports = _one_or_list(setting, value, 'port', 'ports', _port)
+    protocols = _one_or_list(setting, value, 'protocol', 'protocols', _protocol) or ['udp']
+    for i, port in enumerate(ports):
+        if port in DNS_PORTS:
+            # Silently unreachable otherwise: the tunnel would never come up.
+            raise PolicyError(setting + ('.port' if value.get('ports') is None else '.ports[%d]' % i),
+                              '%d is a DNS port, which the kill switch keeps to the '
+                              "tunnel's resolvers, so a VPN server on it could not be reached; "
+                              "use another of the server's ports" % port)
+    if 'udp' in protocols and IKE_NAT_T_PORT in ports and IKE_PORT not in ports:
+        raise PolicyError(setting + ('.port' if value.get('ports') is None else '.ports'),
+                          'udp/4500 alone cannot work for IKE: the first IKE message goes to udp/500 and only '
+                          'moves to 4500 once NAT is detected; give ports: [500, 4500]')
+    if value.get('unit') is not None:
+        raise PolicyError(setting + '.unit', "a systemd unit's cgroup is matched by the id nftables reads "
+                          'when the rules are loaded, and a restarted unit gets a new cgroup, so its VPN client '
+                          "could not reconnect; name the unit's user (uid, as its User= runs it) or the mark "
+                          'its client puts on the tunnel packets (mark) instead')
+    uids = () if value.get('uid') is None else _uid_list(setting + '.uid', value['uid'])
+    mark = value.get('mark')
+    mark = None if mark is None else _integer(setting + '.mark', mark, 1, FWMARK_MAX)
+    return [Endpoint(address, port, protocol, uids, mark) for port in ports for protocol in protocols]
+
+
+def _uid_list(setting, value):
+    """uid as one number or a list: the users the VPN client runs as once it dropped root."""
+    if not isinstance(value, (list, tuple)):
+        return (_integer(setting, value, 0, ID_MAX),)
+    if not value:
+        raise PolicyError(setting, 'must not be empty')
+    return tuple(_unique([_integer('%s[%d]' % (setting, i), v, 0, ID_MAX) for i, v in enumerate(value)]))
 
 
 def _management(setting, value):

@@ -11,6 +11,13 @@ physical interface. The guard sits just before the main table's rule and
 ends every such lookup in `unreachable`, except for the tunnel's packets to
 its endpoints, replies to the management networks and bypass sockets: the
 same narrow openings, down to protocol and port, that the firewall makes.
+
+Clients that put their routes in the main table (OpenVPN without `def1`,
+openconnect's vpnc-script: `default dev tun0`) keep working: the kill switch
+puts the tunnel interfaces in an interface group of ours (TUNNEL_IFGROUP),
+and a rule uses the main table unless its route leaves through a device of
+the default group 0, which every physical interface is in. A tunnel that
+did not get the group fails closed: nothing flows, nothing leaks.
 It is the second, independent layer: the firewall holds if the guard is
 removed, and the guard if the firewall is.
 
@@ -36,12 +43,19 @@ MAIN_TABLE = 254
 FR_ACT_TO_TBL = 1
 FR_ACT_UNREACHABLE = 7
 NO_SUPPRESS = 0xffffffff
+# The interface group the kill switch keeps tunnel interfaces in (ip link set
+# dev tun0 group 86); physical interfaces stay in the default group 0.
+TUNNEL_IFGROUP = 86
+DEFAULT_IFGROUP = 0
 
 FAMILIES = ((4, socket.AF_INET), (6, socket.AF_INET6))
 IP_PROTOCOLS = {'tcp': socket.IPPROTO_TCP, 'udp': socket.IPPROTO_UDP}
 IP_PROTOCOL_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
 
-Rule = namedtuple('Rule', 'version priority action dst dst_len ip_proto sport dport fwmark suppress_prefixlen')
+RULE_FIELDS = 'version priority action dst dst_len ip_proto sport dport fwmark suppress_prefixlen suppress_ifgroup'
+Rule = namedtuple('Rule', RULE_FIELDS)
+# Rules written before interface groups compare equal to those read back.
+Rule.__new__.__defaults__ = (NO_SUPPRESS,)
 
 
 def _selector_words(rule):
@@ -61,6 +75,8 @@ def _selector_words(rule):
         words += ['lookup', 'main']
     if rule.suppress_prefixlen != NO_SUPPRESS:
         words += ['suppress_prefixlength', str(rule.suppress_prefixlen)]
+    if rule.suppress_ifgroup != NO_SUPPRESS:
+        words += ['suppress_ifgroup', str(rule.suppress_ifgroup)]
     return words
 
 
@@ -108,8 +124,10 @@ def desired_rules(policy, priority=DEFAULT_PRIORITY):
     """The guard's rules for policy, in the order they must be evaluated."""
     rules = []
     for version, _family in FAMILIES:
-        def to_main(dst=None, dst_len=0, ip_proto=0, sport=None, dport=None, fwmark=0, suppress=NO_SUPPRESS):
-            return Rule(version, priority, FR_ACT_TO_TBL, dst, dst_len, ip_proto, sport, dport, fwmark, suppress)
+        def to_main(dst=None, dst_len=0, ip_proto=0, sport=None, dport=None, fwmark=0, suppress=NO_SUPPRESS,
+                    suppress_ifgroup=NO_SUPPRESS):
+            return Rule(version, priority, FR_ACT_TO_TBL, dst, dst_len, ip_proto, sport, dport, fwmark, suppress,
+                        suppress_ifgroup)
         full = 32 if version == 4 else 128
         # Only the tunnel's own protocol and port: anything else to the
         # server (a port-unreachable for a packet that arrived after the
@@ -121,10 +139,16 @@ def desired_rules(policy, priority=DEFAULT_PRIORITY):
                           sport=(m.port, m.port))
                   for m in policy.management_of(version)]
         if policy.exceptions:
-            rules.append(to_main(fwmark=BYPASS_FWMARK))
+            # Bypass sockets never take a route of the main table into a
+            # tunnel. Where the best route is the tunnel's (its default or
+            # /1 routes in main) their lookup goes on to the rules below.
+            rules.append(to_main(fwmark=BYPASS_FWMARK, suppress_ifgroup=TUNNEL_IFGROUP))
         # More specific routes of the main table (the tunnel's own, the LAN's)
-        # stay usable; only its default route is refused.
+        # stay usable; only its default route is refused...
         rules.append(to_main(suppress=0))
+        # ...unless it leaves through a tunnel: anything but the group of
+        # physical interfaces.
+        rules.append(to_main(suppress_ifgroup=DEFAULT_IFGROUP))
         rules.append(Rule(version, priority, FR_ACT_UNREACHABLE, None, 0, 0, None, None, 0, NO_SUPPRESS))
     return rules
 
@@ -132,7 +156,8 @@ def desired_rules(policy, priority=DEFAULT_PRIORITY):
 def _from_netlink(version, rule):
     return Rule(version=version, priority=rule['priority'], action=rule['action'], dst=rule['dst'],
                 dst_len=rule['dst_len'], ip_proto=rule['ip_proto'], sport=rule['sport'],
-                dport=rule['dport'], fwmark=rule['fwmark'], suppress_prefixlen=rule['suppress_prefixlen'])
+                dport=rule['dport'], fwmark=rule['fwmark'], suppress_prefixlen=rule['suppress_prefixlen'],
+                suppress_ifgroup=rule.get('suppress_ifgroup', NO_SUPPRESS))
 
 
 class RoutingGuard:
@@ -164,6 +189,8 @@ class RoutingGuard:
             args['fwmark'] = rule.fwmark
         if rule.suppress_prefixlen != NO_SUPPRESS:
             args['suppress_prefixlen'] = rule.suppress_prefixlen
+        if rule.suppress_ifgroup != NO_SUPPRESS:
+            args['suppress_ifgroup'] = rule.suppress_ifgroup
         return args
 
     def _add(self, rule):
@@ -200,3 +227,64 @@ class RoutingGuard:
         for rule in previous:
             self._delete(rule)
         return previous
+
+
+# udev puts a tunnel interface in the group the moment the kernel creates it,
+# with no process of ours left running; where udev does not run (containers),
+# the VPN client's own hook does it (README: a recipe per client).
+UDEV_RULE_FILE = '/etc/udev/rules.d/70-vpnguard-killswitch-tunnels.rules'
+
+
+def udev_rule_files(policy):
+    """The udev rule that groups tunnel interfaces as they appear, as file_snapshot.sync() takes it."""
+    if policy is None:
+        return {UDEV_RULE_FILE: None}
+    if not os.path.isdir(os.path.dirname(os.path.dirname(UDEV_RULE_FILE))):
+        return {}
+    lines = ['# Tunnel interfaces of vpnguard.killswitch, generated by Ansible: changes are overwritten.',
+             '# The routing guard lets main-table routes through interface group %d be used.' % TUNNEL_IFGROUP]
+    lines += ['SUBSYSTEM=="net", ACTION=="add", KERNEL=="%s", RUN+="/sbin/ip link set dev %%k group %d"'
+              % (name, TUNNEL_IFGROUP) for name in policy.tunnel_interfaces]
+    return {UDEV_RULE_FILE: '\n'.join(lines) + '\n'}
+
+
+def is_tunnel(name, patterns):
+    return any(name.startswith(p[:-1]) if p.endswith('*') else name == p for p in patterns)
+
+
+def regrouped_links(links, patterns):
+    """(name, group) changes that leave exactly the links matching patterns in TUNNEL_IFGROUP.
+
+    links maps every interface name to its group. A link of ours that no
+    longer matches goes back to the default group; others' groups are kept.
+    """
+    changes = []
+    for name, group in sorted(links.items()):
+        if is_tunnel(name, patterns) and group != TUNNEL_IFGROUP:
+            changes.append((name, TUNNEL_IFGROUP))
+        elif not is_tunnel(name, patterns) and group == TUNNEL_IFGROUP:
+            changes.append((name, DEFAULT_IFGROUP))
+    return changes
+
+
+class LinkGroups:
+    """Interface groups through ip(8), which every host with the guard has."""
+
+    def __init__(self, module):
+        self._module = module
+        self._ip = module.get_bin_path('ip', required=True)
+
+    def links(self):
+        rc, out, err = self._module.run_command([self._ip, '-o', 'link', 'show'], check_rc=True)
+        names = [line.split(':', 2)[1].strip().split('@')[0] for line in out.splitlines() if ':' in line]
+        rc, out, err = self._module.run_command([self._ip, '-o', 'link', 'show', 'group', str(TUNNEL_IFGROUP)],
+                                                check_rc=True)
+        ours = set(line.split(':', 2)[1].strip().split('@')[0] for line in out.splitlines() if ':' in line)
+        return dict((name, TUNNEL_IFGROUP if name in ours else DEFAULT_IFGROUP) for name in names)
+
+    def apply(self, changes):
+        for name, group in changes:
+            rc, out, err = self._module.run_command([self._ip, 'link', 'set', 'dev', name, 'group', str(group)])
+            # A tunnel may vanish between listing and setting; it is grouped when it comes back.
+            if rc != 0 and 'Cannot find device' not in err:
+                raise OSError('ip link set dev %s group %d failed: %s' % (name, group, err.strip()))

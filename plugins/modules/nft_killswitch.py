@@ -33,6 +33,13 @@ description:
     one nftables transaction, checked by the kernel first; if anything fails the previous table
     stays in place. Each base chain ends in an explicit C(drop) as well as its drop policy, which
     the kernel sets a moment after the new rules go live during a replace.
+  - Routes through tunnel interfaces in the main table are used, default routes included, since the
+    module keeps the interfaces matching O(tunnel_interfaces) in interface group 86 (and installs a
+    udev rule that does it for those created later); a default route out of any other interface is
+    refused by the guard.
+  - Kernel IPsec (XFRM policies) is refused before anything is touched - its packets leave the
+    physical interface owned by the sending application - with strongSwan's kernel-libipsec
+    (C(ipsec0)) named as the way that works.
   - Other tables, chains and policy rules are never flushed or edited. The module finds its own
     policy rules by their protocol number (86).
   - Needs the C(nftables) Python binding (Debian and Ubuntu C(python3-nftables), Fedora
@@ -61,6 +68,10 @@ options:
   endpoints:
     description:
       - The VPN servers, reachable outside the tunnel so that it can be established.
+      - With O(restrict_endpoints_to_tunnel=true) only the tunnel's packets may use them - those
+        carrying O(tunnel_fwmark) (or the endpoint's O(endpoints[].mark)), root's sockets, and the
+        sockets of the endpoint's O(endpoints[].uid) - so that no other process can send around the
+        tunnel through them.
     type: list
     elements: dict
     default: []
@@ -70,14 +81,41 @@ options:
         type: str
         required: true
       port:
-        description: Server port.
+        description: Server port. Give O(endpoints[].port) or O(endpoints[].ports).
         type: int
-        required: true
+      ports:
+        description:
+          - Several ports of the server, for example V([500, 4500]) for IKEv2 with NAT traversal
+            (udp/4500 alone is refused, since IKE starts on udp/500).
+        type: list
+        elements: int
       protocol:
-        description: Transport protocol.
+        description: Transport protocol; V(udp) unless O(endpoints[].protocols) is given.
         type: str
         choices: [udp, tcp]
-        default: udp
+      protocols:
+        description: Several protocols on the same ports, for example V([tcp, udp]) for AnyConnect (443).
+        type: list
+        elements: str
+        choices: [udp, tcp]
+      uid:
+        description:
+          - Users besides root whose sockets may use the endpoint - the user the VPN client runs as
+            once it dropped root (OpenVPN C(user nobody) is 65534; openconnect C(-U)). Only with
+            O(restrict_endpoints_to_tunnel=true).
+        type: list
+        elements: int
+      mark:
+        description:
+          - The firewall mark the VPN client puts on its packets to this server (OpenVPN C(mark),
+            WireGuard C(fwmark)); O(tunnel_fwmark) when not given.
+        type: int
+      unit:
+        description:
+          - Refused, with the reason - nftables matches a cgroup by the id it has when the rules are
+            loaded, and a restarted systemd unit gets a new one, so its client could not reconnect.
+            Name the unit's user in O(endpoints[].uid) or its client's mark in O(endpoints[].mark).
+        type: str
   dns_servers:
     description:
       - Resolvers that DNS may reach, only through the tunnel. When empty, DNS may go to any
@@ -289,7 +327,16 @@ routing_rules:
   elements: str
   sample: ["ipv4 32765: to 203.0.113.1/32 ipproto udp dport 51820 lookup main",
            "ipv4 32765: lookup main suppress_prefixlength 0",
+           "ipv4 32765: lookup main suppress_ifgroup 0",
            "ipv4 32765: unreachable"]
+regrouped_interfaces:
+  description:
+    - Interfaces this run put in the tunnel group (86), because they match O(tunnel_interfaces), or back
+      in the default group (0), because they no longer do or the kill switch was removed.
+  returned: always
+  type: list
+  elements: str
+  sample: ["tun0: group 86"]
 removed_rules:
   description: Guard rules that were in place before and are not any more.
   returned: always
@@ -398,7 +445,8 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
     BYPASS_FWMARK, LOG_LEVELS, TABLE, Nft, NftError, counter_names, digest, render, replace_transaction,
     with_counter_values, without_counter_values)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
-    DEFAULT_PRIORITY, RoutingGuard, boot_script, describe, desired_rules, guard_commands, protocol_name_files)
+    DEFAULT_PRIORITY, LinkGroups, RoutingGuard, boot_script, describe, desired_rules, guard_commands,
+    protocol_name_files, regrouped_links, udev_rule_files)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.netlink_rules import RuleSocket
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import boot_unit, commit_confirm, file_snapshot
 
@@ -446,14 +494,16 @@ def load_state(path):
     return file_snapshot.load_json(path) or {}
 
 
-def owned_files(params, nft_command=None, transaction=None, rules=None):
+def owned_files(params, nft_command=None, transaction=None, rules=None, policy=None):
     """Every file the module keeps on the host, as file_snapshot.sync() takes them.
 
     With persist: the boot files, the unit that loads them and its enable link.
-    Without a transaction, or without persist, those are absent.
+    Without a transaction, or without persist, those are absent. With the
+    routing guard: the udev rule that groups the tunnel interfaces.
     """
     ruleset, guard = (os.path.join(params['persist_dir'], name) for name in (BOOT_RULESET, BOOT_GUARD))
     files = protocol_name_files(transaction is not None and params['routing_guard'])
+    files.update(udev_rule_files(policy if transaction is not None and params['routing_guard'] else None))
     if transaction is not None and params['persist']:
         files.update({ruleset: transaction, guard: boot_script(rules)})
         files.update(boot_unit.files(nft_command, ruleset, guard))
@@ -511,12 +561,37 @@ def validate(module):
     return policy
 
 
+def refuse_kernel_ipsec(module):
+    """Fail, before anything is touched, on a host whose VPN is kernel IPsec (XFRM policies).
+
+    Its tunnelled packets leave the physical interface, in the clear to the
+    output hook and as ESP after it, owned by the application's socket: the
+    firewall drops them, so such a tunnel could never carry anything.
+    """
+    ip = module.get_bin_path('ip')
+    if not ip:
+        return
+    rc, out, err = module.run_command([ip, '-o', 'xfrm', 'policy', 'list', 'dir', 'out'])
+    policies = [line.split('\\')[0].strip() for line in out.splitlines() if 'tmpl ' in line] if rc == 0 else []
+    if policies:
+        module.fail_json(
+            msg='tunnel_interfaces: this host has kernel IPsec (XFRM policies: %s), whose packets leave the '
+                'physical interface owned by the sending application, so the kill switch would drop them and the '
+                'tunnel would carry nothing; nothing was changed. Use strongSwan with the kernel-libipsec plugin '
+                '(ESP in UDP on the interface ipsec0: tunnel_interfaces [ipsec0], endpoints on udp 500 and 4500). '
+                'Policy-based and XFRM-interface (if_id) IPsec are not supported.' % '; '.join(policies[:3]),
+            setting='tunnel_interfaces', xfrm_policies=policies)
+
+
 def present(module, policy, nft, guard, state_path, nft_command):
     params = module.params
+    refuse_kernel_ipsec(module)
     ruleset = render(policy, params['log'])
     wanted_rules = desired_rules(policy, params['routing_guard_priority']) if params['routing_guard'] else []
     transaction = replace_transaction(ruleset)
-    files = owned_files(params, nft_command, transaction, wanted_rules)
+    files = owned_files(params, nft_command, transaction, wanted_rules, policy)
+    link_groups = LinkGroups(module)
+    regroup = regrouped_links(link_groups.links(), policy.tunnel_interfaces if params['routing_guard'] else ())
 
     live_table = nft.list_table()
     live_rules = guard.live_rules()
@@ -545,6 +620,8 @@ def present(module, policy, nft, guard, state_path, nft_command):
                                module)
         if not rules_in_sync:
             removed = guard.replace(wanted_rules)
+        # After the guard: the group only lets the tunnel's routes in main be used.
+        link_groups.apply(regroup)
     elif not rules_in_sync:
         removed = live_rules
     persisted = sync_owned_files(module, files)
@@ -555,7 +632,8 @@ def present(module, policy, nft, guard, state_path, nft_command):
         counters=dict((name, dict(packets=live_counters.get(name, (0, 0))[0], bytes=live_counters.get(name, (0, 0))[1],
                                   counts=meaning))
                       for name, meaning in counter_names(policy).items()),
-        changed=not in_sync or bool(persisted) or unit_activated,
+        changed=not in_sync or bool(persisted) or unit_activated or bool(regroup),
+        regrouped_interfaces=['%s: group %d' % change for change in regroup],
         confirm_pending=commit_confirm.pending(params['state_dir']),
         persisted_files=persisted,
         ruleset=ruleset,
@@ -577,7 +655,12 @@ def absent(module, nft, guard, state_path):
     live_rules = guard.live_rules()
     persisted = sync_owned_files(module, owned_files(module.params))
     boot_unit.forget(module, boot_unit.UNIT_PATH in persisted)
-    changed = live_table is not None or bool(live_rules) or os.path.exists(state_path) or bool(persisted)
+    link_groups = LinkGroups(module)
+    regroup = regrouped_links(link_groups.links(), ())
+    changed = (live_table is not None or bool(live_rules) or os.path.exists(state_path) or bool(persisted)
+               or bool(regroup))
+    if regroup and not module.check_mode:
+        link_groups.apply(regroup)
     if changed and not module.check_mode:
         if live_table is not None:
             nft.apply(replace_transaction(None))
@@ -590,6 +673,7 @@ def absent(module, nft, guard, state_path):
         confirm_pending=commit_confirm.pending(module.params['state_dir']),
         persisted_files=persisted,
         routing_rules=[],
+        regrouped_interfaces=['%s: group %d' % change for change in regroup],
         removed_rules=[describe(r) for r in live_rules],
         diff=dict(before=diff_text(live_table, live_rules), after='', before_header=TABLE, after_header=TABLE),
         summary=dict(table=TABLE, firewall_changed=live_table is not None, routing_guard_changed=bool(live_rules),
@@ -613,7 +697,8 @@ def main():
             probe=dict(type='bool', default=False),
             probe_canary_v4=dict(type='str', default='203.0.113.254'),
             probe_canary_v6=dict(type='str', default='2001:db8:ffff::fe'),
-            **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int'), cgroup=dict(type='str')))
+            **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int'), cgroup=dict(type='str')),
+                                   endpoint_owners=True)
         ),
         supports_check_mode=True,
     )

@@ -24,6 +24,7 @@ lab's namespaces, found by namespace, never by name.
     vpnlab.py create --hosts N [--state DIR]     vpnlab.py destroy [--state DIR]
     vpnlab.py tunnel up|delete|kill --host H      vpnlab.py exec --host H -- CMD...            vpnlab.py controller -- CMD...
     vpnlab.py prove SCENARIO --host H --expect leak|none [--apply CMD]
+    vpnlab.py clients openvpn|openvpn-def1|openconnect|strongswan... --host H   (clients.py)
 
 The scenarios are below and, for the fault matrix, in faults.py.
 """
@@ -578,6 +579,11 @@ def main(argv=None):
     execute.add_argument('cmd', nargs=argparse.REMAINDER)
     controller = sub.add_parser('controller')
     controller.add_argument('cmd', nargs=argparse.REMAINDER)
+    # Other VPN clients, each hardened with its README recipe (clients.py).
+    clients = sub.add_parser('clients')
+    clients.add_argument('client', nargs='+', choices=['openvpn', 'openvpn-def1', 'openconnect', 'strongswan'])
+    clients.add_argument('--host', default='lab-host1')
+    clients.add_argument('--playbooks', default=os.path.join(REPO, 'playbooks'))
     # faults.py imports this module by name; let it find this very instance.
     sys.modules.setdefault('vpnlab', sys.modules[__name__])
     import faults
@@ -608,6 +614,11 @@ def main(argv=None):
         sys.stdout.write(result.stdout)
         sys.stderr.write(result.stderr)
         return result.returncode
+    elif args.command == 'clients':
+        import clients as client_lab
+        # Every client runs, whatever an earlier one did.
+        passed = [client_lab.prove_client(lab, args.host, kind, args.playbooks) for kind in args.client]
+        return 0 if all(passed) else 1
     elif args.command == 'prove':
         if args.scenario in faults.APPLY_SCENARIOS:
             return 0 if faults.APPLY_SCENARIOS[args.scenario](lab, args.host, args.expect, args.apply) else 1

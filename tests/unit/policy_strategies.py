@@ -4,11 +4,11 @@ import ipaddress
 
 from hypothesis import strategies as st
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, IKE_NAT_T_PORT
 
 ports = st.integers(1, 65535)
-# The policy refuses endpoints on DNS ports (see policy._endpoint).
-endpoint_ports = ports.filter(lambda p: p not in DNS_PORTS)
+# The policy refuses endpoints on DNS ports, and udp/4500 without IKE's 500 (see policy._endpoints).
+endpoint_ports = ports.filter(lambda p: p not in DNS_PORTS and p != IKE_NAT_T_PORT)
 protocols = st.sampled_from(['udp', 'tcp'])
 v4 = st.ip_addresses(v=4).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)
 v6 = st.ip_addresses(v=6).filter(lambda a: not (a.is_unspecified or a.is_multicast)).map(str)

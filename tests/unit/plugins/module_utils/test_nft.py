@@ -61,6 +61,22 @@ def test_endpoints_are_only_for_the_tunnels_own_packets():
     assert open_rules == ['ip daddr . meta l4proto . th dport @endpoints_v4 accept']
 
 
+def test_each_endpoint_is_for_its_own_users_and_mark():
+    output = chain(rendered(endpoints=[
+        {'address': '203.0.113.1', 'port': 1194, 'uid': [65534]},
+        {'address': '203.0.113.2', 'port': 443, 'protocols': ['tcp', 'udp'], 'uid': [65534, 0], 'mark': 7},
+        {'address': '2001:db8::1', 'ports': [500, 4500]}]), 'output')
+    assert [r for r in output if 'th dport' in r and 'dns' not in r] == [
+        'ip daddr . meta l4proto . th dport { 203.0.113.1 . udp . 1194 } meta mark 0x0000ca6c accept',
+        'ip daddr . meta l4proto . th dport { 203.0.113.1 . udp . 1194 } meta skuid { 0, 65534 } accept',
+        'ip daddr . meta l4proto . th dport { 203.0.113.2 . tcp . 443, 203.0.113.2 . udp . 443 } '
+        'meta mark 0x00000007 accept',
+        'ip daddr . meta l4proto . th dport { 203.0.113.2 . tcp . 443, 203.0.113.2 . udp . 443 } '
+        'meta skuid { 0, 65534 } accept',
+        'ip6 daddr . meta l4proto . th dport @endpoints_v6 meta mark 0x0000ca6c accept',
+        'ip6 daddr . meta l4proto . th dport @endpoints_v6 meta skuid 0 accept']
+
+
 def test_no_blanket_established_accept_on_the_way_out():
     text = rendered(management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'}], allow_lan=True)
     for rule in chain(text, 'output'):

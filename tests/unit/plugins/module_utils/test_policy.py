@@ -122,7 +122,8 @@ def test_any_other_character_is_refused(name):
 
 @given(st.integers())
 def test_endpoint_ports_outside_the_range_or_on_dns_are_refused(port):
-    raw = {'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': port}]}
+    # tcp: udp/4500 alone is refused for IKE's sake, tested below.
+    raw = {'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': port, 'protocol': 'tcp'}]}
     if 1 <= port <= 65535 and port not in DNS_PORTS:
         assert parse_policy(raw).endpoints[0].port == port
     else:
@@ -141,3 +142,47 @@ def test_an_endpoint_on_a_dns_port_is_refused_by_name(port):
     with pytest.raises(PolicyError) as e:
         parse_policy({'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': port}]})
     assert e.value.setting == 'endpoints[0].port' and 'DNS port' in str(e.value)
+
+
+def test_a_server_on_several_ports_and_protocols_is_one_endpoint_per_pair():
+    policy = parse_policy(with_(endpoints=[
+        {'address': '203.0.113.1', 'ports': [500, 4500]},
+        {'address': '203.0.113.2', 'port': 443, 'protocols': ['tcp', 'udp'], 'uid': 65534, 'mark': 7}]))
+    assert [(str(e.address), e.port, e.protocol) for e in policy.endpoints] == [
+        ('203.0.113.1', 500, 'udp'), ('203.0.113.1', 4500, 'udp'),
+        ('203.0.113.2', 443, 'tcp'), ('203.0.113.2', 443, 'udp')]
+    assert policy.endpoints[0].uids == () and policy.endpoints[0].mark is None
+    assert policy.endpoints[2].uids == (65534,) and policy.endpoints[2].mark == 7
+
+
+@pytest.mark.parametrize('endpoint, setting, words', [
+    ({'address': '203.0.113.1', 'port': 4500}, 'endpoints[0].port', 'udp/500'),
+    ({'address': '203.0.113.1', 'ports': [4500, 1194]}, 'endpoints[0].ports', 'udp/500'),
+    ({'address': '203.0.113.1', 'ports': [1194, 53]}, 'endpoints[0].ports[1]', 'DNS port'),
+    ({'address': '203.0.113.1', 'ports': []}, 'endpoints[0].ports', 'empty'),
+    ({'address': '203.0.113.1', 'port': 1194, 'ports': [1194]}, 'endpoints[0]', 'not both'),
+    ({'address': '203.0.113.1', 'port': 1194, 'uid': [0, -1]}, 'endpoints[0].uid[1]', 'between'),
+    ({'address': '203.0.113.1', 'port': 1194, 'mark': 0}, 'endpoints[0].mark', 'between'),
+    ({'address': '203.0.113.1', 'port': 1194, 'unit': 'openvpn-client@x.service'}, 'endpoints[0].unit', 'uid'),
+    ({'address': '203.0.113.1'}, 'endpoints[0]', 'port'),
+])
+def test_endpoints_that_cannot_work_are_refused_naming_the_setting(endpoint, setting, words):
+    with pytest.raises(PolicyError) as e:
+        parse_policy(with_(endpoints=[endpoint]))
+    assert e.value.setting == setting and words in str(e.value)
+
+
+def test_endpoint_owners_without_the_restriction_are_refused():
+    with pytest.raises(PolicyError) as e:
+        parse_policy(with_(restrict_endpoints_to_tunnel=False,
+                           endpoints=[{'address': '203.0.113.1', 'port': 1194, 'uid': 65534}]))
+    assert e.value.setting == 'endpoints[0].uid' and 'restrict_endpoints_to_tunnel' in str(e.value)
+
+
+@pytest.mark.parametrize('system', ['Darwin', 'Windows'])
+def test_linux_only_endpoint_keys_are_refused_elsewhere(system):
+    raw = with_(exceptions=[], tunnel_interfaces=['utun*'] if system == 'Darwin' else ['WireGuard*'],
+                endpoints=[{'address': '203.0.113.1', 'ports': [500, 4500]}])
+    with pytest.raises(PolicyError) as e:
+        parse_policy(raw, system=system)
+    assert e.value.setting == 'endpoints[0].ports'

@@ -42,8 +42,10 @@ def test_check_mode_changes_nothing_then_apply_then_idempotent(host):
     assert 'unreachable proto vpnguard' in host.sh('ip -4 rule') and 'unreachable proto vpnguard' in host.sh('ip -6 rule')
     assert applied['routing_rules'] == ['ipv4 32765: to 203.0.113.1/32 ipproto udp dport 51820 lookup main',
                                         'ipv4 32765: lookup main suppress_prefixlength 0',
+                                        'ipv4 32765: lookup main suppress_ifgroup 0',
                                         'ipv4 32765: unreachable',
                                         'ipv6 32765: lookup main suppress_prefixlength 0',
+                                        'ipv6 32765: lookup main suppress_ifgroup 0',
                                         'ipv6 32765: unreachable']
 
     again = host.module(**POLICY)
@@ -65,6 +67,63 @@ def test_the_guard_routes_only_the_tunnels_own_packets_to_the_endpoint(host):
     for other in ('203.0.113.1 ipproto icmp', '203.0.113.1 ipproto udp dport 51821', '203.0.113.1 ipproto tcp dport 51820',
                   '198.19.5.5 ipproto tcp sport 2222 dport 22', '198.51.100.10'):
         assert 'unreachable' in route(other), other
+
+
+def test_the_guard_lets_a_tunnels_default_route_in_main_be_used_and_no_physical_one(host):
+    """OpenVPN without def1 and openconnect's vpnc-script put `default dev tun0` in main."""
+    host.sh('ip link add eth0 type veth peer name isp0 && ip addr add 198.18.1.2/24 dev eth0 '
+            '&& ip -6 addr add 2001:db8:1::2/64 dev eth0 nodad && ip link set eth0 up && ip link set isp0 up '
+            '&& ip route add default via 198.18.1.1 dev eth0 metric 100 '
+            '&& ip -6 route add default via 2001:db8:1::1 dev eth0 metric 100')
+    # Stand-ins for tunnel devices (a veth has a carrier, as a running tun0 has).
+    for name in ('tun0', 'tun1', 'ppp0'):
+        host.sh('ip link add %s type veth peer name x%s && ip link set %s up && ip link set x%s up'
+                % (name, name, name, name))
+    host.sh('ip addr add 192.0.2.10/32 dev tun0 && ip -6 addr add 2001:db8:ff::10/128 dev tun0 nodad')
+    policy = dict(POLICY, tunnel_interfaces=['wg0', 'tun*'], exceptions=[{'uid': 4242}])
+    applied = host.module(**policy)
+    assert sorted(applied['regrouped_interfaces']) == ['tun0: group 86', 'tun1: group 86']
+    assert 'group 86' in host.sh('ip link show tun0') and 'group 86' not in host.sh('ip link show ppp0')
+    assert 'tun' in host.sh('cat /etc/udev/rules.d/70-vpnguard-killswitch-tunnels.rules')
+    host.sh('nft delete table inet vpnguard_killswitch')  # the guard alone
+
+    def route(selector, family='-4'):
+        return host.sh('ip %s route get %s 2>&1 || true' % (family, selector))
+    assert 'unreachable' in route('198.51.100.10'), 'the physical default route'
+    assert 'unreachable' in route('2001:db8:2::10', '-6'), 'the physical default route'
+    host.sh('ip route replace default dev tun0 && ip -6 route replace default dev tun0 metric 50')
+    assert 'dev tun0' in route('198.51.100.10') and 'dev tun0' in route('2001:db8:2::10', '-6')
+    # A bypass socket never takes the tunnel's route from main: with only
+    # the tunnel's default route there, it goes on to the rules after it.
+    host.sh('ip route replace default dev tun0 && ip route add 198.51.100.0/24 via 198.18.1.1 dev eth0')
+    assert 'dev eth0' in route('198.51.100.10 mark 0x564b')
+    host.sh('ip route del 198.51.100.0/24')
+    # A tunnel device the kill switch did not group fails closed.
+    host.sh('ip route replace default dev ppp0 && ip -6 route replace default dev ppp0 metric 50')
+    assert 'unreachable' in route('198.51.100.10') and 'unreachable' in route('2001:db8:2::10', '-6')
+    # A physical default route beside the tunnel's wins on metric: refused, nothing flows.
+    host.sh('ip route replace default dev tun0 metric 200 && ip route replace default via 198.18.1.1 dev eth0 metric 100')
+    assert 'unreachable' in route('198.51.100.10')
+
+    again = host.module(**policy)
+    assert again['regrouped_interfaces'] == []
+    removed = host.module(state='absent')
+    assert sorted(removed['regrouped_interfaces']) == ['tun0: group 0', 'tun1: group 0']
+    assert 'group 86' not in host.sh('ip link show')
+    assert host.sh('ls /etc/udev/rules.d/ 2>/dev/null || true').strip() == ''
+
+
+def test_kernel_ipsec_is_refused_before_anything_is_touched(host):
+    host.sh('ip link add eth0 type veth peer name isp0 && ip addr add 198.18.1.2/24 dev eth0 && ip link set eth0 up')
+    host.sh('ip xfrm policy add src 198.18.203.1/32 dst 0.0.0.0/0 dir out '
+            'tmpl src 198.18.1.2 dst 203.0.113.1 proto esp mode tunnel reqid 1')
+    before = host.ruleset()
+    result = host.module(**POLICY)
+    assert result['failed'] and result['setting'] == 'tunnel_interfaces'
+    assert 'kernel-libipsec' in result['msg'] and 'src 198.18.203.1/32' in result['msg']
+    assert host.ruleset() == before
+    host.sh('ip xfrm policy flush')
+    assert not host.module(**POLICY).get('failed')
 
 
 def test_drift_is_seen_and_healed(host):
@@ -129,6 +188,7 @@ def test_boot_files_restore_the_same_kill_switch_and_can_be_run_twice(host, tmp_
     link = '/etc/systemd/system/sysinit.target.wants/vpnguard-killswitch.service'
     assert sorted(applied['persisted_files']) == [
         '/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf', link, unit,
+        '/etc/udev/rules.d/70-vpnguard-killswitch-tunnels.rules',
         persist_dir + '/routing-guard.sh', persist_dir + '/ruleset.nft']
     assert host.sh('readlink %s' % link).strip() == unit
     exec_start = [line.split('=', 1)[1] for line in host.sh('cat %s' % unit).splitlines() if line.startswith('ExecStart=')]
