@@ -74,7 +74,10 @@ def test_each_endpoint_is_for_its_own_users_and_mark():
         'ip daddr . meta l4proto . th dport { 203.0.113.2 . tcp . 443, 203.0.113.2 . udp . 443 } '
         'meta skuid { 0, 65534 } accept',
         'ip6 daddr . meta l4proto . th dport @endpoints_v6 meta mark 0x0000ca6c accept',
-        'ip6 daddr . meta l4proto . th dport @endpoints_v6 meta skuid 0 accept']
+        'ip6 daddr . meta l4proto . th dport @endpoints_v6 meta skuid 0 accept',
+        # Whoever else: refused and counted, over every endpoint of the family.
+        'ip daddr . meta l4proto . th dport @endpoints_v4 counter name "refused_endpoint" drop',
+        'ip6 daddr . meta l4proto . th dport @endpoints_v6 counter name "refused_endpoint" drop']
 
 
 def test_no_blanket_established_accept_on_the_way_out():

@@ -126,8 +126,9 @@ def test_a_forged_packet_for_a_tunnel_connection_never_reaches_its_socket(tmp_pa
     assert received(tmp_path, without_chain(blanket, 'prerouting'))['tunnel v4'] is True
     # The management networks reach a service address on another interface
     # only because the prerouting chain excepts them.
-    unexcepted = ruleset.replace('\t\tip saddr . meta l4proto . th dport @management_v4 accept\n\t\tfib daddr type local drop',
-                                 '\t\tfib daddr type local drop')
+    unexcepted = ruleset.replace('\t\tip saddr . meta l4proto . th dport @management_v4 accept\n'
+                                 '\t\tfib daddr type local counter name "refused_other_interface" drop',
+                                 '\t\tfib daddr type local counter name "refused_other_interface" drop')
     assert unexcepted != ruleset
     assert received(tmp_path, unexcepted)['management to a service address'] is False
 
