@@ -111,7 +111,7 @@ class Tap:
             left = deadline - time.time()
             if left <= 0:
                 break
-            ready, _, _ = select.select([self.sock], [], [], left)
+            ready = select.select([self.sock], [], [], left)[0]
             if not ready:
                 continue
             while True:
@@ -129,7 +129,7 @@ class Tap:
 
 def _is_probe_packet(frame, family, canary, sport):
     """Whether a transmitted frame is the probe's own packet: to canary, from sport."""
-    _, ethertype, data = frame
+    ethertype, data = frame[1], frame[2]
     packed = socket.inet_pton(family, canary)
     if family == socket.AF_INET and ethertype == ETH_P_IP and len(data) >= 24:
         header = (data[0] & 0x0f) * 4
@@ -142,7 +142,7 @@ def _is_probe_packet(frame, family, canary, sport):
 def _asks_link_for(frame, family, canary):
     """Whether a transmitted frame asks the link for canary (ARP who-has, neighbour solicitation):
     the host was about to send to it straight on that link."""
-    _, ethertype, data = frame
+    ethertype, data = frame[1], frame[2]
     packed = socket.inet_pton(family, canary)
     if family == socket.AF_INET and ethertype == ETH_P_ARP:
         return data[24:28] == packed
@@ -203,7 +203,7 @@ def not_run(name, interface, family, protocol, why):
 def run(tunnel_patterns, dns_servers, canary_v4, canary_v6, wait=0.1):
     """Every check's result, and whether any packet of the probe left the host."""
     families = ((socket.AF_INET, 'ipv4', canary_v4), (socket.AF_INET6, 'ipv6', canary_v6))
-    addresses = dict((family, global_addresses(family)) for family, _, _ in families)
+    addresses = dict((f[0], global_addresses(f[0])) for f in families)
     checks, skipped = [], []
     for name, state in sorted(interfaces().items()):
         if name == 'lo' or is_tunnel(name, tunnel_patterns):

@@ -187,6 +187,27 @@ options:
     description: Where the bindings, the DNS servers from before, and the scheduled tasks' script are kept.
     type: path
     default: '%ProgramData%\vpnguard-killswitch'
+  _rendered:
+    description:
+      - Private, set by the action plugin of the same name, never by a task - the filter set rendered and checked
+        on the controller.
+    type: dict
+  _phase:
+    description: Private, set by the action plugin - V(read) binds the tunnels and reads our objects back; V(apply) replaces them.
+    type: str
+    choices: [read, apply]
+    default: read
+  _task_script:
+    description: Private, set by the action plugin - the script the rebind and rollback scheduled tasks run.
+    type: str
+  _csharp_source:
+    description: Private, set by the action plugin - the C# module_util the scheduled tasks load.
+    type: str
+  _boottime_keys:
+    description: Private, set by the action plugin - the fixed keys of the boot-time filters, so that removal needs no saved state.
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     support: full
