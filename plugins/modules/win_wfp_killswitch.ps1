@@ -38,7 +38,7 @@ $spec = @{
         _phase = @{ type = 'str'; choices = 'read', 'apply'; default = 'read' }
         _task_script = @{ type = 'str' }
         _csharp_source = @{ type = 'str' }
-        _boottime_keys = @{ type = 'list'; elements = 'str'; default = @() }
+        _boottime_keys = @{ type = 'list'; elements = 'str'; default = @(); no_log = $false }  # filter keys (GUIDs), no secret
     }
     supports_check_mode = $true
 }
