@@ -51,7 +51,6 @@ _value:
 import re
 
 from ansible.errors import AnsibleFilterError
-from ansible.module_utils.six import string_types
 
 
 def _root(setting):
@@ -63,7 +62,7 @@ def name_variable(message, setting=None, variables=None):
     if not isinstance(variables, dict):
         raise AnsibleFilterError('name_variable: variables must be a mapping of option names to variable names')
     message = '' if message is None else str(message)
-    if setting and isinstance(setting, string_types):
+    if setting and isinstance(setting, str):
         option = _root(setting)
         variable = variables.get(option)
         if not variable:

@@ -56,7 +56,8 @@ def arm(state_dir, rollback_script, timeout):
         with open(script, 'w') as f:
             f.write(rollback_script)
         os.chmod(script, 0o700)
-    timer = subprocess.Popen(
+    # A timer that outlives the module, in a session of its own: run_command waits for what it runs.
+    timer = subprocess.Popen(  # pylint: disable=ansible-bad-function
         ['sh', '-c', 'sleep "$1" && sh "$2"; rm -f "$3"', 'vpnguard-confirm', str(timeout), script, pid_file],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         close_fds=True, start_new_session=True)
