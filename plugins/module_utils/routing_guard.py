@@ -30,6 +30,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import re
 import socket
 from collections import namedtuple
 
@@ -275,12 +276,15 @@ class LinkGroups:
         self._ip = module.get_bin_path('ip', required=True)
 
     def links(self):
-        rc, out, err = self._module.run_command([self._ip, '-o', 'link', 'show'], check_rc=True)
-        names = [line.split(':', 2)[1].strip().split('@')[0] for line in out.splitlines() if ':' in line]
-        rc, out, err = self._module.run_command([self._ip, '-o', 'link', 'show', 'group', str(TUNNEL_IFGROUP)],
-                                                check_rc=True)
-        ours = set(line.split(':', 2)[1].strip().split('@')[0] for line in out.splitlines() if ':' in line)
-        return dict((name, TUNNEL_IFGROUP if name in ours else DEFAULT_IFGROUP) for name in names)
+        """{name: group} of every interface, from one `ip -o -N link show` (numeric groups)."""
+        rc, out, err = self._module.run_command([self._ip, '-o', '-N', 'link', 'show'], check_rc=True)
+        links = {}
+        for line in out.splitlines():
+            fields = line.split(':', 2)
+            group = re.search(r' group (\d+) ', line)
+            if len(fields) == 3 and group:
+                links[fields[1].strip().split('@')[0]] = int(group.group(1))
+        return links
 
     def apply(self, changes):
         for name, group in changes:
