@@ -199,12 +199,14 @@ def test_issue12_point5_the_boot_script_sets_every_service_under_a_real_shell(ma
     store = tmp_path / 'store.json'
     store.write_text(json.dumps(mac.store))
     scutil = tmp_path / 'scutil'
-    scutil.write_text('#!%s\nimport json, sys\nsys.path.insert(0, %r)\n'
+    # conftest first: on ansible-core before 2.19 it supplies what this test module imports.
+    unit_tests = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    scutil.write_text('#!%s\nimport json, sys\nsys.path[:0] = [%r, %r]\nimport conftest\n'
                       'from test_dns_lockdown_macos import FakeScutil\n'
                       'fake = FakeScutil(); fake.store = json.load(open(%r))\n'
                       'rc, out, err = fake([%r], data=sys.stdin.read())\n'
                       'json.dump(fake.store, open(%r, "w")); sys.stdout.write(out)\n'
-                      % (sys.executable, os.path.dirname(__file__), str(store), dns_macos.SCUTIL, str(store)))
+                      % (sys.executable, os.path.dirname(__file__), unit_tests, str(store), dns_macos.SCUTIL, str(store)))
     scutil.chmod(0o755)
     script = dns_macos.boot_shell(['192.0.2.1']).replace(dns_macos.SCUTIL, str(scutil))
     subprocess.run(['sh', '-c', script], check=True, timeout=60,
