@@ -199,16 +199,15 @@ def render(policy, log='none'):
     sets += _set('bypass_uids', 'uid', [str(u) for u in policy.exceptions_by('uid')])
     sets += _set('bypass_gids', 'gid', [str(g) for g in policy.exceptions_by('gid')])
 
+    def cgroup(path):
+        return 'socket cgroupv2 level %d %s' % (path.count('/') + 1, _quoted(path))
+
     bypass = ['meta sk%s @bypass_%ss' % (s, s) for s in ('uid', 'gid') if policy.exceptions_by(s)]
-    bypass += ['socket cgroupv2 level %d %s' % (path.count('/') + 1, _quoted(path))
-               for path in policy.exceptions_by('cgroup')]
+    bypass += [cgroup(path) for path in policy.exceptions_by('cgroup')]
     # One rule per exception, so that each one's use is counted by itself.
     bypass_accepts = []
     for e in policy.exceptions:
-        if e.selector == 'cgroup':
-            match = 'socket cgroupv2 level %d %s' % (e.value.count('/') + 1, _quoted(e.value))
-        else:
-            match = 'meta sk%s %d' % (e.selector, e.value)
+        match = cgroup(e.value) if e.selector == 'cgroup' else 'meta sk%s %d' % (e.selector, e.value)
         # A cgroup path can be longer than a log prefix may be: the counter's name stands for it.
         bypass_accepts += _counted(match, exception_counter(e), 'accept',
                                    exception_counter(e).replace('_', ' ', 2) if log_exceptions else None)
