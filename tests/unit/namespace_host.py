@@ -116,10 +116,21 @@ class UplinkHost(Host):
     def capture(self):
         """tcpdump on the ISP side of the uplink, for what the host put on the wire."""
         path = os.path.join(self.tmp, 'uplink.pcap')
-        proc = subprocess.Popen(['nsenter', '-t', str(self.isp.pid), '-n', '--', 'tcpdump', '-Q', 'in', '-U', '-n',
-                                 '-i', 'up0', '-w', path], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1)
+        log = os.path.join(self.tmp, 'tcpdump.log')
+        with open(log, 'w') as err:
+            proc = subprocess.Popen(['nsenter', '-t', str(self.isp.pid), '-n', '--', 'tcpdump', '-Q', 'in', '-U',
+                                     '--immediate-mode', '-n', '-i', 'up0', '-w', path], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        # Only once tcpdump says it listens does it see what comes next; and only in immediate mode does
+        # it take each packet as it comes, not in blocks a second later (a terminate then lost them).
+        for attempt in range(100):
+            with open(log) as f:
+                if 'listening on' in f.read():
+                    break
+            time.sleep(0.05)
+        else:
+            proc.kill()
+            raise AssertionError('tcpdump did not start listening on up0')
         return proc, path
 
     def captured(self, capture, bpf):
