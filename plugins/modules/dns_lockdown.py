@@ -109,6 +109,26 @@ unrestored:
   type: list
   elements: str
   sample: [/etc/resolv.conf]
+primary_resolvers:
+  description: On macOS, the resolvers C(scutil --dns) asked first (resolver 1) when the run began.
+  returned: on macOS, when O(state=present)
+  type: list
+  elements: str
+  sample: [10.64.0.1]
+resolv_conf:
+  description: On macOS, the nameservers C(/etc/resolv.conf) named when the run began (what tools that read the file ask).
+  returned: on macOS, when O(state=present)
+  type: list
+  elements: str
+  sample: [10.64.0.1]
+dns_drift:
+  description:
+    - On macOS, where the resolvers macOS asked when the run began were not the tunnel's (empty when none);
+      the role reports it as drift.
+  returned: on macOS, when O(state=present)
+  type: list
+  elements: str
+  sample: ["scutil --dns orders 192.168.1.1 first, not the tunnel's resolvers"]
 setting:
   description:
     - The option whose value was refused (C(servers[1]), C(mode)), so that a caller can name what its user
