@@ -38,6 +38,8 @@ import sys
 import tempfile
 import time
 
+from tcpdump import Tcpdump
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_STATE = os.path.join(REPO, '.lab', 'default')
@@ -354,42 +356,16 @@ class Lab:
         return Capture(self, name)
 
 
-class Capture:
+class Capture(Tcpdump):
     """tcpdump on the ISP side of a host's uplink: everything the host sends out of it."""
 
     def __init__(self, lab, name):
-        self.lab, self.name = lab, name
-        fd, self.pcap = tempfile.mkstemp(prefix='capture-', suffix='.pcap', dir=lab.dir)
+        fd, pcap = tempfile.mkstemp(prefix='capture-', suffix='.pcap', dir=lab.dir)
         os.close(fd)
-        self.log = self.pcap + '.log'
-
-    def __enter__(self):
-        iface = self.lab.state['hosts'][self.name]['isp_side']
-        with open(self.log, 'wb') as out:
-            self.proc = subprocess.Popen(
-                ['nsenter', '-t', str(self.lab.pid('isp')), '-n', '-m', '--',
-                 'tcpdump', '-i', iface, '-Q', 'in', '-n', '--immediate-mode', '-U', '-w', self.pcap],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        self.lab._wait('tcpdump', lambda: b'listening on' in open(self.log, 'rb').read())
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(0.5)  # let packets in flight reach the capture
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(lab.pid('isp'), lab.state['hosts'][name]['isp_side'], pcap)
 
     def packets(self, bpf=LEAK_FILTER):
-        out = subprocess.run(['tcpdump', '-r', self.pcap, '-nn', '-tt', bpf],
-                             capture_output=True, text=True, timeout=30, check=False).stdout
-        return out.splitlines()
-
-    def contains(self, marker):
-        with open(self.pcap, 'rb') as f:
-            return marker.encode() in f.read()
+        return super().packets(bpf)
 
 
 # -- traffic from inside a host ---------------------------------------------------

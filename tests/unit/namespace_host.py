@@ -14,6 +14,9 @@ import time
 
 import pytest
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'lab'))
+from tcpdump import Tcpdump  # noqa: E402  (tests/lab is not a package)
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), 'ansible')
 PLAYBOOK = os.path.join(os.path.dirname(sys.executable), 'ansible-playbook')
@@ -115,31 +118,11 @@ class UplinkHost(Host):
 
     def capture(self):
         """tcpdump on the ISP side of the uplink, for what the host put on the wire."""
-        path = os.path.join(self.tmp, 'uplink.pcap')
-        log = os.path.join(self.tmp, 'tcpdump.log')
-        with open(log, 'w') as err:
-            proc = subprocess.Popen(['nsenter', '-t', str(self.isp.pid), '-n', '--', 'tcpdump', '-Q', 'in', '-U',
-                                     '--immediate-mode', '-n', '-i', 'up0', '-w', path], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err)
-        # Only once tcpdump says it listens does it see what comes next; and only in immediate mode does
-        # it take each packet as it comes, not in blocks a second later (a terminate then lost them).
-        for attempt in range(100):
-            with open(log) as f:
-                if 'listening on' in f.read():
-                    break
-            time.sleep(0.05)
-        else:
-            proc.kill()
-            raise AssertionError('tcpdump did not start listening on up0')
-        return proc, path
+        return Tcpdump(self.isp.pid, 'up0', os.path.join(self.tmp, 'uplink.pcap'), mount=False).start()
 
     def captured(self, capture, bpf):
-        proc, path = capture
-        time.sleep(0.5)
-        proc.terminate()
-        proc.wait()
-        return subprocess.run(['tcpdump', '-n', '-r', path, bpf], capture_output=True, text=True,
-                              check=False).stdout.splitlines()
+        capture.stop()
+        return capture.packets(bpf)
 
     def close(self):
         self.isp.close()
