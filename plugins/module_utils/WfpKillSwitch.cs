@@ -1091,6 +1091,32 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
     }
 
     /// <summary>
+    /// The BFE options the counters need (FwpmEngineSetOption0): net events collected (FWPM_ENGINE_COLLECT_NET_EVENTS,
+    /// 1 by default) and, for the exceptions' counters, the CLASSIFY_ALLOW keyword (0x10) in
+    /// FWPM_ENGINE_NET_EVENT_MATCH_ANY_KEYWORDS, without which WFP logs no allow event. Other keywords are kept as
+    /// they were before the module first changed them (saved: collect, keywords).
+    /// </summary>
+    public static class EngineOptions
+    {
+        public const uint KeywordClassifyAllow = 0x10;
+
+        public static Hashtable Targets(uint collect, uint keywords, IDictionary saved, bool countAllows)
+        {
+            uint before = saved != null && saved.Contains("keywords") ? (uint)Values.U64(saved["keywords"]) : keywords;
+            Hashtable t = new Hashtable();
+            t["collect"] = 1u;
+            t["keywords"] = countAllows ? before | KeywordClassifyAllow : before;
+            List<string> drift = new List<string>();
+            if (collect != 1) drift.Add("WFP does not collect net events, so the kill switch's counters cannot count");
+            if (keywords != (uint)t["keywords"])
+                drift.Add(string.Format(CultureInfo.InvariantCulture, "WFP's net event keywords are 0x{0:X}, not 0x{1:X}{2}", keywords,
+                    (uint)t["keywords"], countAllows ? " (the exception counters count allow events)" : " (as they were before the kill switch)"));
+            t["drift"] = drift.ToArray();
+            return t;
+        }
+    }
+
+    /// <summary>
     /// The audit's live probe, decided from what the host reports. Plan lists the checks (sockets bound to each
     /// global address of every up interface that is not a tunnel; TCP, UDP and DNS to the canary; DNS to the
     /// canary as a resolver that is not the tunnel's); Judge decides each from the socket call's Winsock error
@@ -1223,6 +1249,27 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             }
         }
 
+        /// <summary>
+        /// Judges every check Host.Run ran (with its "error", "bind_failed" and "local_port") against the net events
+        /// read after it, and gives each check as the module returns it: check, interface, family, protocol,
+        /// source, verdict, detail.
+        /// </summary>
+        public static List<Hashtable> Finish(IEnumerable checks, IEnumerable events, IDictionary filterNames)
+        {
+            List<Hashtable> results = new List<Hashtable>();
+            foreach (Hashtable c in checks)
+            {
+                if (!c.ContainsKey("verdict"))
+                    Judge(c, c.ContainsKey("error") ? (int)Values.U64(c["error"]) : 0,
+                          c.ContainsKey("bind_failed") && Convert.ToBoolean(c["bind_failed"], CultureInfo.InvariantCulture),
+                          c.ContainsKey("local_port") ? (int)Values.U64(c["local_port"]) : 0, events, filterNames);
+                Hashtable r = new Hashtable();
+                foreach (string k in new[] { "check", "interface", "family", "protocol", "source", "verdict", "detail" }) r[k] = c[k];
+                results.Add(r);
+            }
+            return results;
+        }
+
         /// <summary>The tunnel's adapters, their state and addresses; up when one is up with an address.</summary>
         public static Hashtable Tunnel(IEnumerable interfaces, IEnumerable patterns)
         {
@@ -1312,20 +1359,27 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         }
 
         /// <summary>
-        /// What log (none, exceptions, refused, all) needs of each subcategory, added to what current has:
-        /// GUID -> [success, failure] for the subcategories that must change (empty when none).
+        /// What log (none, exceptions, refused, all) needs of each subcategory, on top of what the host had before the
+        /// module first changed it (saved: GUID -> setting; null or missing: what it has now): GUID -> [success,
+        /// failure] for each subcategory whose setting must change. Going back to none puts the saved setting back.
         /// </summary>
-        public static Hashtable Plan(string log, IDictionary current)
+        public static Hashtable Plan(string log, IDictionary current, IDictionary saved)
         {
             bool refused = log == "refused" || log == "all", exceptions = log == "exceptions" || log == "all";
             Hashtable plan = new Hashtable();
             foreach (string guid in new[] { PacketDrop, Connection })
             {
                 bool[] now = Flags(current.Contains(guid) ? Values.Str(current[guid]) : null);
-                bool success = now[0] || (exceptions && guid == Connection), failure = now[1] || refused;
+                bool[] before = saved != null && saved.Contains(guid) ? Flags(Values.Str(saved[guid])) : now;
+                bool success = before[0] || (exceptions && guid == Connection), failure = before[1] || refused;
                 if (success != now[0] || failure != now[1]) plan[guid] = new[] { success, failure };
             }
             return plan;
+        }
+
+        public static string NameOf(string guid)
+        {
+            return guid == PacketDrop ? "Filtering Platform Packet Drop" : "Filtering Platform Connection";
         }
 
         /// <summary>The auditpol arguments that set a subcategory to [success, failure].</summary>

@@ -176,3 +176,27 @@ def test_logging_adds_only_the_audit_settings_a_level_needs_to_what_the_host_has
         '/set /subcategory:%s /success:disable /failure:enable' % drop,
         '/set /subcategory:%s /success:enable /failure:enable' % connection]
     assert evidence['audit_plan_all'] == evidence['audit_plan_refused']
+
+
+def test_logging_back_to_none_puts_back_what_the_host_had_and_only_that(evidence):
+    drop, connection = '{0CCE9225-69AE-11D9-BED3-505054503030}', '{0CCE9226-69AE-11D9-BED3-505054503030}'
+    assert evidence['audit_plan_back_to_none'].split(';') == [
+        '/set /subcategory:%s /success:disable /failure:disable' % drop,
+        '/set /subcategory:%s /success:enable /failure:disable' % connection], 'Success on connections was the admin\'s'
+    assert evidence['audit_plan_refused_again'] == '', 'in sync: nothing to do'
+
+
+def test_the_bfe_collects_net_events_and_allow_events_only_while_exceptions_need_them(evidence):
+    assert evidence['options_exceptions'] == ("1,16|WFP's net event keywords are 0x0, not 0x10 "
+                                              "(the exception counters count allow events)")
+    collect, _, drift = evidence['options_no_exceptions'].partition('|')
+    assert collect == '1,1', 'collection on; the keywords the host had before, not ours'
+    assert drift.startswith('WFP does not collect net events')
+    assert evidence['options_exceptions_gone'].startswith('1,1|')
+
+
+def test_finished_checks_have_the_shape_of_the_linux_probe_and_a_verdict_each(evidence):
+    finished = dict((c.split('|')[0], c.split('|')[1:]) for c in evidence['finish'].split(';'))
+    assert finished['udp ipv4 bound to Ethernet'] == ['refused', '7'], 'the drop event of port 50000'
+    assert finished['tcp ipv4 bound to Ethernet'] == ['refused', '7'], 'WSAEACCES'
+    assert finished['udp ipv6 bound to Ethernet'] == ['LEAKED', '7'], 'sent, and no drop event'

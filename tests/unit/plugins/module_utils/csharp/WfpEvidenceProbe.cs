@@ -175,12 +175,39 @@ public static class EvidenceProbe
         Hashtable audit = AuditPolicy.Parse(File.ReadAllText(Path.Combine(recorded, "auditpol-filtering-platform.csv")));
         Console.WriteLine("auditpol=" + audit[AuditPolicy.PacketDrop] + "|" + audit[AuditPolicy.Connection]);
         foreach (string level in new[] { "none", "exceptions", "refused", "all" })
+            Console.WriteLine("audit_plan_" + level + "=" + Steps(AuditPolicy.Plan(level, audit, null)));
+        // After refused was applied, back to none: the settings saved before the first change come back.
+        Hashtable applied = Map(AuditPolicy.PacketDrop, "Failure", AuditPolicy.Connection, "Success and Failure");
+        Console.WriteLine("audit_plan_back_to_none=" + Steps(AuditPolicy.Plan("none", applied, audit)));
+        Console.WriteLine("audit_plan_refused_again=" + Steps(AuditPolicy.Plan("refused", applied, audit)));
+
+        Hashtable t = EngineOptions.Targets(1, 0, null, true);
+        Console.WriteLine("options_exceptions=" + t["collect"] + "," + t["keywords"] + "|" + string.Join(";", (string[])t["drift"]));
+        t = EngineOptions.Targets(0, 0x3, Map("collect", 1, "keywords", 0x1), false);
+        Console.WriteLine("options_no_exceptions=" + t["collect"] + "," + t["keywords"] + "|" + string.Join(";", (string[])t["drift"]));
+        t = EngineOptions.Targets(1, 0x11, Map("collect", 1, "keywords", 0x1), false);
+        Console.WriteLine("options_exceptions_gone=" + t["collect"] + "," + t["keywords"] + "|" + string.Join(";", (string[])t["drift"]));
+
+        // Finish: what Host.Run leaves on each check, judged and shaped as the module returns it.
+        List<Hashtable> ran = ProbeVerdict.Plan(interfaces, new[] { "wg*" }, true, "203.0.113.254", "2001:db8:ffff::fe");
+        foreach (Hashtable c in ran)
         {
-            Hashtable p = AuditPolicy.Plan(level, audit);
-            List<string> steps = new List<string>();
-            foreach (string guid in new[] { AuditPolicy.PacketDrop, AuditPolicy.Connection })
-                if (p.ContainsKey(guid)) steps.Add(AuditPolicy.Arguments(guid, (bool[])p[guid]));
-            Console.WriteLine("audit_plan_" + level + "=" + string.Join(";", steps.ToArray()));
+            if (c.ContainsKey("verdict")) continue;
+            c["error"] = c["protocol"].Equals("tcp") ? 10013 : 0;
+            c["bind_failed"] = false;
+            c["local_port"] = c["family"].Equals("ipv4") && c["protocol"].Equals("udp") && c["interface"].Equals("Ethernet") && (int)c["port"] == 9 ? 50000 : 51000;
         }
+        List<string> finished = new List<string>();
+        foreach (Hashtable r in ProbeVerdict.Finish(ran, events, names))
+            if (!r["verdict"].Equals("not run")) finished.Add(r["check"] + "|" + r["verdict"] + "|" + r.Count);
+        Console.WriteLine("finish=" + string.Join(";", finished.ToArray()));
+    }
+
+    static string Steps(Hashtable plan)
+    {
+        List<string> steps = new List<string>();
+        foreach (string guid in new[] { AuditPolicy.PacketDrop, AuditPolicy.Connection })
+            if (plan.ContainsKey(guid)) steps.Add(AuditPolicy.Arguments(guid, (bool[])plan[guid]));
+        return string.Join(";", steps.ToArray());
     }
 }
