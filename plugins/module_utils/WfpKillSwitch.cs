@@ -960,6 +960,22 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         }
     }
 
+    // The evidence (issue 15), from Microsoft's documentation:
+    // - WFP filters keep no hit counts; the BFE logs net events: FWPM_NET_EVENT_CLASSIFY_DROP0/2 carries the run-time
+    //   filterId and layerId of the filter that dropped (learn.microsoft.com/windows/win32/api/fwpmtypes/
+    //   ns-fwpmtypes-fwpm_net_event_classify_drop0), FWPM_NET_EVENT_CLASSIFY_ALLOW0 those of the filter that allowed
+    //   (Windows 8+, .../ns-fwpmtypes-fwpm_net_event_classify_allow0); FwpmNetEventEnum2 returns FWPM_NET_EVENT2 and
+    //   fails with FWP_E_NET_EVENTS_DISABLED when collection is off (.../api/fwpmu/nf-fwpmu-fwpmneteventenum2).
+    // - FwpmEngineSetOption0: FWPM_ENGINE_COLLECT_NET_EVENTS (0) is 1 by default; FWPM_ENGINE_NET_EVENT_MATCH_ANY_KEYWORDS
+    //   (1) selects further events, FWPM_NET_EVENT_KEYWORD_CLASSIFY_ALLOW (0x10) the allow events
+    //   (.../api/fwpmu/nf-fwpmu-fwpmenginesetoption0, fwpmtypes.h).
+    // - ALE_AUTH_CONNECT is matched for TCP connect() and for the first UDP packet to a remote address and port, and in
+    //   a TCP connection it comes before the SYN reaches the transport layer (.../windows/win32/fwp/ale-layers,
+    //   .../fwp/tcp-packet-flows): a probe refused there put nothing on the wire. A connect refused by a filter fails
+    //   with WSAEACCES (10013), as reported for WFP and Windows Firewall outbound blocks (nicocha30/ligolo-ng#11,
+    //   microsoft/WSL#722) and asserted by molecule/windows; the verdict does not rest on it alone (ProbeVerdict.Judge).
+    // - The Security log's audit events: Filtering Platform Packet Drop {0CCE9225-...} (5152) and Filtering Platform
+    //   Connection {0CCE9226-...} (5156 permitted, 5157 blocked) (.../windows/win32/fwp/auditing-and-logging).
     /// <summary>
     /// Reads one FWPM_NET_EVENT2 (fwpmtypes.h, x64 offsets): FWPM_NET_EVENT_HEADER2 (timeStamp 0, flags 8, ipVersion 12,
     /// ipProtocol 16, local address 20, remote address 36, localPort 52, remotePort 54, appId 64/72), type at 104 and
