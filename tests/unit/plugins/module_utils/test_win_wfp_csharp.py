@@ -170,6 +170,7 @@ def test_tunnel_state_and_default_routes_outside_the_tunnel_from_recorded_get_ne
 def test_logging_adds_only_the_audit_settings_a_level_needs_to_what_the_host_has(evidence):
     drop, connection = '{0CCE9225-69AE-11D9-BED3-505054503030}', '{0CCE9226-69AE-11D9-BED3-505054503030}'
     assert evidence['auditpol'] == 'No Auditing|Success'
+    assert evidence['auditpol_crlf'] == evidence['auditpol']
     assert evidence['audit_plan_none'] == '', 'none changes nothing the host had'
     assert evidence['audit_plan_exceptions'] == '', 'Success on connections (5156) is already there'
     assert evidence['audit_plan_refused'].split(';') == [
@@ -189,7 +190,7 @@ def test_logging_back_to_none_puts_back_what_the_host_had_and_only_that(evidence
 def test_the_bfe_collects_net_events_and_allow_events_only_while_exceptions_need_them(evidence):
     assert evidence['options_exceptions'] == ("1,16|WFP's net event keywords are 0x0, not 0x10 "
                                               "(the exception counters count allow events)")
-    collect, _, drift = evidence['options_no_exceptions'].partition('|')
+    collect, drift = evidence['options_no_exceptions'].split('|', 1)
     assert collect == '1,1', 'collection on; the keywords the host had before, not ours'
     assert drift.startswith('WFP does not collect net events')
     assert evidence['options_exceptions_gone'].startswith('1,1|')

@@ -174,6 +174,9 @@ public static class EvidenceProbe
 
         Hashtable audit = AuditPolicy.Parse(File.ReadAllText(Path.Combine(recorded, "auditpol-filtering-platform.csv")));
         Console.WriteLine("auditpol=" + audit[AuditPolicy.PacketDrop] + "|" + audit[AuditPolicy.Connection]);
+        // auditpol writes CRLF line ends on Windows; the file here has LF (the repository's rule).
+        Hashtable crlf = AuditPolicy.Parse(File.ReadAllText(Path.Combine(recorded, "auditpol-filtering-platform.csv")).Replace("\n", "\r\n"));
+        Console.WriteLine("auditpol_crlf=" + crlf[AuditPolicy.PacketDrop] + "|" + crlf[AuditPolicy.Connection]);
         foreach (string level in new[] { "none", "exceptions", "refused", "all" })
             Console.WriteLine("audit_plan_" + level + "=" + Steps(AuditPolicy.Plan(level, audit, null)));
         // After refused was applied, back to none: the settings saved before the first change come back.
