@@ -57,11 +57,11 @@ $SublayerKey = '9e4a6d10-3b7c-4f25-8e19-c6a2b5d7f048'
 $StateDir = [Environment]::ExpandEnvironmentVariables($module.Params.state_dir)
 $StatePath = Join-Path -Path $StateDir -ChildPath 'state.json'
 $RollbackTask = "$Name-rollback"
+$RebindTask = "$Name-rebind"
 $LedgerPath = Join-Path -Path $StateDir -ChildPath 'counters.json'
 $Audit = "$Wfp.AuditPolicy" -as [type]
 $Options = "$Wfp.EngineOptions" -as [type]
 $ProbeVerdict = "$Wfp.ProbeVerdict" -as [type]
-$RebindTask = "$Name-rebind"
 # Chrome and Edge take DnsOverHttpsMode, Firefox its DNSOverHTTPS policy (enterprise policies in HKLM).
 $BrowserPolicies = @(
     @{ Path = 'HKLM:\SOFTWARE\Policies\Google\Chrome'; Name = 'DnsOverHttpsMode'; Type = 'String'; Value = 'off' }
@@ -344,11 +344,19 @@ Function Update-Counter {
         # Ids of filters replaced since the last run still name the events they logged; a reboot gives new ids.
         foreach ($id in @($ledger.filter_ids.Keys)) { if (-not $ids.ContainsKey($id)) { $ids[$id] = $ledger.filter_ids[$id] } }
     }
-    $since = if ($ledger.since) { [datetime]::Parse($ledger.since).ToUniversalTime() } else { [datetime]::FromFileTimeUtc(0) }
-    $events = $engine.NetEvents($since, $Until)
+    # Times are kept as FILETIMEs (UTC): no text to parse in whatever culture the host has.
+    $since = [datetime]::FromFileTimeUtc($(if ($ledger.since) { [long]$ledger.since } else { 0 }))
+    $events = @()
+    try {
+        $events = $engine.NetEvents($since, $Until)
+    }
+    catch {
+        # Net event collection off (FWP_E_NET_EVENTS_DISABLED): reported as drift; the counters stand still.
+        $module.Warn("the kill switch's counters could not read WFP's net events: $($_.Exception.Message)")
+    }
     $totals = ("$Wfp.NetEvents" -as [type])::Tally($events, $ids, $Rendered.counters.filters, $ledger.totals, @($Rendered.counters.names.Keys))
     if (-not (Test-Path -LiteralPath $StateDir)) { New-Item -Path $StateDir -ItemType Directory | Out-Null }
-    $ledger = @{ since = $Until.ToString('o'); totals = $totals; filter_ids = $engine.FilterIds(); boot = $boot }
+    $ledger = @{ since = $Until.ToFileTimeUtc(); totals = $totals; filter_ids = $engine.FilterIds(); boot = $boot }
     Set-Content -LiteralPath "$LedgerPath.tmp" -Value ([Ansible.Basic.AnsibleModule]::ToJson($ledger)) -Encoding UTF8
     Move-Item -LiteralPath "$LedgerPath.tmp" -Destination $LedgerPath -Force
     @{ totals = $totals; ids = $ids }
@@ -371,7 +379,10 @@ Function Get-Evidence {
         ("$Wfp.Host" -as [type])::Run($checks)
         Start-Sleep -Milliseconds 500  # the BFE logs net events asynchronously
         $after = Update-Counter -Rendered $Rendered -Until ([datetime]::UtcNow)
-        $results = $ProbeVerdict::Finish($checks, $engine.NetEvents($start.AddSeconds(-1), [datetime]::UtcNow), $after.ids)
+        $probeEvents = @()
+        try { $probeEvents = $engine.NetEvents($start.AddSeconds(-1), [datetime]::UtcNow) } catch { $probeEvents = @() }
+        # Without events a send that went through counts as LEAKED: the probe fails closed.
+        $results = $ProbeVerdict::Finish($checks, $probeEvents, $after.ids)
         $routes = @(Get-NetRoute -PolicyStore ActiveStore -ErrorAction SilentlyContinue | ForEach-Object {
                 @{ DestinationPrefix = $_.DestinationPrefix; InterfaceAlias = $_.InterfaceAlias; NextHop = $_.NextHop; RouteMetric = $_.RouteMetric } })
         $evidence.probe = @{
