@@ -1142,7 +1142,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
     {
         public const int ProbePort = 9, DnsPort = 53;
         public const int WsaEacces = 10013, WsaEwouldblock = 10035, WsaEaddrnotavail = 10049, WsaEnetunreach = 10051,
-            WsaEhostunreach = 10065;
+            WsaEconnreset = 10054, WsaEtimedout = 10060, WsaEconnrefused = 10061, WsaEhostunreach = 10065;
 
         public static bool IsTunnel(string alias, IEnumerable patterns)
         {
@@ -1242,15 +1242,23 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
                 check["verdict"] = "refused";
                 check["detail"] = "refused by the firewall (WSAEACCES)" + by;
             }
-            else if (error == WsaEnetunreach || error == WsaEhostunreach)
+            else if (error == WsaEnetunreach)
             {
+                // The route is looked up before ALE_AUTH_CONNECT (its conditions name the route's interface).
                 check["verdict"] = "refused";
-                check["detail"] = "refused by routing (" + (error == WsaEnetunreach ? "WSAENETUNREACH" : "WSAEHOSTUNREACH") + ")" + by;
+                check["detail"] = "refused by routing (WSAENETUNREACH)" + by;
+            }
+            else if (error == WsaEconnrefused || error == WsaEconnreset || error == WsaEtimedout || error == WsaEhostunreach)
+            {
+                // The firewall let it through and something answered or was asked: a SYN, or a neighbour request
+                // for the canary on the link, left the host.
+                check["verdict"] = "LEAKED";
+                check["detail"] = "no filter refused it, and it left the host (Winsock error " + error + ")" + by;
             }
             else if (error != 0 && error != WsaEwouldblock)
             {
-                check["verdict"] = "refused";
-                check["detail"] = "the call failed (Winsock error " + error + "), so nothing was sent" + by;
+                check["verdict"] = "not run";
+                check["detail"] = "the call failed for another reason (Winsock error " + error + ")" + by;
             }
             else if (filter != null)
             {
@@ -1470,7 +1478,12 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
                     }
                     catch (System.Net.Sockets.SocketException e)
                     {
-                        c["error"] = e.ErrorCode;
+                        int code = e.ErrorCode;
+                        // A non-blocking connect may report its refusal only once it completes: wait for it briefly
+                        // (a leaking connect gets no answer from the canary and stays in progress).
+                        if (tcp && code == ProbeVerdict.WsaEwouldblock && s.Poll(300000, System.Net.Sockets.SelectMode.SelectError))
+                            code = (int)s.GetSocketOption(System.Net.Sockets.SocketOptionLevel.Socket, System.Net.Sockets.SocketOptionName.Error);
+                        c["error"] = code;
                     }
                 }
                 finally

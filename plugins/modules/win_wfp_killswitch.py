@@ -213,10 +213,11 @@ options:
         interface that is up and not a tunnel nor loopback, sockets bound to its first global IPv4 and IPv6
         address try a UDP send and a TCP connect to port 9 of the canary and a DNS query to port 53 of it; a DNS
         query also goes to the canary as a resolver that is not the tunnel's when O(dns_servers) is set.
-      - A check is C(refused) when the call failed (WSAEACCES when a filter refused it at the ALE connect layer,
-        which decides before the first packet is built) or a drop net event of the BFE names the filter that
-        dropped it; C(LEAKED) when the call went through and no filter dropped it; C(not run) with the reason
-        otherwise (interface down, no global address, address not bindable).
+      - A check is C(refused) when a filter refused the call (WSAEACCES, from the ALE connect layer, which decides
+        before the first packet is built), when routing had no way out (WSAENETUNREACH), or when a drop net event
+        of the BFE names the filter that dropped it; C(LEAKED) when the call went through, or the canary or the
+        link answered (WSAECONNREFUSED, WSAETIMEDOUT, WSAEHOSTUNREACH), and no filter dropped it; C(not run) with
+        the reason otherwise (interface down, no global address, address not bindable, another error).
       - The probe sends only to the canaries. It changes nothing on the host.
     type: bool
     default: false

@@ -157,6 +157,13 @@ def test_a_send_that_went_through_with_no_drop_event_is_a_leak(evidence):
     assert evidence['judge_sent'] == 'LEAKED|sent from 198.18.1.10 (Ethernet) and no filter dropped it'
     assert evidence['judge_connect_in_progress'].startswith('LEAKED|connection attempt in progress')
     assert evidence['judge_allow_event_is_no_drop'].startswith('LEAKED|'), 'an allow event is no refusal'
+    # The canary's RST, a timeout or a failed neighbour request: the SYN or the request left the host.
+    assert evidence['judge_connection_refused'] == 'LEAKED|no filter refused it, and it left the host (Winsock error 10061)'
+    assert evidence['judge_host_unreachable'].startswith('LEAKED|')
+
+
+def test_a_call_that_failed_for_another_reason_proves_nothing_either_way(evidence):
+    assert evidence['judge_other_error'] == 'not run|the call failed for another reason (Winsock error 10047)'
 
 
 def test_tunnel_state_and_default_routes_outside_the_tunnel_from_recorded_get_netroute(evidence):

@@ -163,6 +163,9 @@ public static class EvidenceProbe
         Console.WriteLine("judge_allow_event_is_no_drop=" + judge("tcp", 0, false, 50002, events));
         Console.WriteLine("judge_no_route=" + judge("tcp", 10051, false, 50099, events));
         Console.WriteLine("judge_bind_failed=" + judge("udp", 10049, true, 0, events));
+        Console.WriteLine("judge_connection_refused=" + judge("tcp", 10061, false, 50099, events));
+        Console.WriteLine("judge_host_unreachable=" + judge("tcp", 10065, false, 50099, events));
+        Console.WriteLine("judge_other_error=" + judge("udp", 10047, false, 50099, events));
 
         Hashtable tunnel = ProbeVerdict.Tunnel(interfaces, new[] { "wg*" });
         Console.WriteLine("tunnel=" + tunnel["up"] + "|" + Show((Hashtable)((Hashtable[])tunnel["interfaces"])[0]).Replace("System.String[]", string.Join(" ", (string[])((Hashtable[])tunnel["interfaces"])[0]["addresses"])));
