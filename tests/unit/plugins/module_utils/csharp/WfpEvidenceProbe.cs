@@ -154,18 +154,24 @@ public static class EvidenceProbe
             ProbeVerdict.Judge(c, error, bindFailed, port, seen, names);
             return c["verdict"] + "|" + c["detail"];
         };
-        Console.WriteLine("judge_eacces_with_event=" + judge("udp", 10013, false, 50000, events));
-        Console.WriteLine("judge_eacces_without_event=" + judge("tcp", 10013, false, 50099, events));
-        Console.WriteLine("judge_sent_but_dropped=" + judge("udp", 0, false, 50000, events));
-        Console.WriteLine("judge_sent=" + judge("udp", 0, false, 50099, events));
-        Console.WriteLine("judge_connect_in_progress=" + judge("tcp", 10035, false, 50099, events));
-        Console.WriteLine("judge_other_providers_drop=" + judge("tcp", 0, false, 50007, events));
-        Console.WriteLine("judge_allow_event_is_no_drop=" + judge("tcp", 0, false, 50002, events));
-        Console.WriteLine("judge_no_route=" + judge("tcp", 10051, false, 50099, events));
-        Console.WriteLine("judge_bind_failed=" + judge("udp", 10049, true, 0, events));
-        Console.WriteLine("judge_connection_refused=" + judge("tcp", 10061, false, 50099, events));
-        Console.WriteLine("judge_host_unreachable=" + judge("tcp", 10065, false, 50099, events));
-        Console.WriteLine("judge_other_error=" + judge("udp", 10047, false, 50099, events));
+        // name, protocol, Winsock error, bind failed, local port (50000: the drop event of our filter, 50007: another
+        // provider's, 50002: an allow event, 50099: no event).
+        object[][] cases = {
+            new object[] { "eacces_with_event", "udp", 10013, false, 50000 },
+            new object[] { "eacces_without_event", "tcp", 10013, false, 50099 },
+            new object[] { "sent_but_dropped", "udp", 0, false, 50000 },
+            new object[] { "sent", "udp", 0, false, 50099 },
+            new object[] { "connect_in_progress", "tcp", 10035, false, 50099 },
+            new object[] { "other_providers_drop", "tcp", 0, false, 50007 },
+            new object[] { "allow_event_is_no_drop", "tcp", 0, false, 50002 },
+            new object[] { "no_route", "tcp", 10051, false, 50099 },
+            new object[] { "bind_failed", "udp", 10049, true, 0 },
+            new object[] { "connection_refused", "tcp", 10061, false, 50099 },
+            new object[] { "host_unreachable", "tcp", 10065, false, 50099 },
+            new object[] { "other_error", "udp", 10047, false, 50099 },
+        };
+        foreach (object[] c in cases)
+            Console.WriteLine("judge_" + c[0] + "=" + judge((string)c[1], (int)c[2], (bool)c[3], (int)c[4], events));
 
         Hashtable tunnel = ProbeVerdict.Tunnel(interfaces, new[] { "wg*" });
         Console.WriteLine("tunnel=" + tunnel["up"] + "|" + Show((Hashtable)((Hashtable[])tunnel["interfaces"])[0]).Replace("System.String[]", string.Join(" ", (string[])((Hashtable[])tunnel["interfaces"])[0]["addresses"])));
