@@ -15,6 +15,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ipaddress
 import os
 
 from ansible.errors import AnsibleActionFail
@@ -40,7 +41,13 @@ ARGUMENT_SPEC = dict(
     confirm_timeout=dict(type='int', default=0),
     confirm=dict(type='bool', default=False),
     state_dir=dict(type='str', default='%ProgramData%\\vpnguard-killswitch'),
+    log=dict(type='str', default='none', choices=['none', 'exceptions', 'refused', 'all']),
+    probe=dict(type='bool', default=False),
+    probe_canary_v4=dict(type='str', default='203.0.113.254'),
+    probe_canary_v6=dict(type='str', default='2001:db8:ffff::fe'),
 )
+# What the host's evidence phase returns, carried into the task's result as the other kill switch modules return it.
+EVIDENCE = ('counters', 'probe', 'tunnel', 'routes_outside_tunnel')
 
 
 class ArgumentError(ValueError):
@@ -58,6 +65,13 @@ def render_args(args):
     params = checked.validated_parameters
     if params['confirm_timeout'] < 0:
         raise PolicyError('confirm_timeout', 'must be 0 (off) or a number of seconds, got %d' % params['confirm_timeout'])
+    for key, version in (('probe_canary_v4', 4), ('probe_canary_v6', 6)):
+        try:
+            canary = ipaddress.ip_address(u'%s' % params[key])
+        except ValueError:
+            canary = None
+        if canary is None or canary.version != version:
+            raise PolicyError(key, 'must be an IPv%d address, got %r' % (version, params[key]))
     if params['confirm']:
         return dict(args)
     if params['state'] == 'absent':
@@ -102,11 +116,13 @@ class ActionModule(ActionBase):
             return result
         rendered = module_args['_rendered']
         # What the module can put right, and what it can only report (it still makes a host non-compliant).
-        drift = win_wfp.drift(rendered, read['found']) + list(read.get('dns_drift') or [])
+        drift = (win_wfp.drift(rendered, read['found']) + list(read.get('dns_drift') or [])
+                 + list(read.get('evidence_drift') or []))
         unfixable = (win_wfp.foreign_overrides(read['found'].get('foreign') or [])
                      + win_wfp.environment_drift(read.get('environment'), rendered['vm']['block']))
         result.update(changed=bool(drift), drift=drift + unfixable, environment=read.get('environment'),
                       bindings=read.get('bindings'), rendered=rendered)
+        result.update((k, read[k]) for k in EVIDENCE if k in read)
         for problem in unfixable:
             self._display.warning(problem)
         if self._task.diff:
@@ -119,6 +135,14 @@ class ActionModule(ActionBase):
                 result.update(applied)
                 return result
             result['confirm_pending'] = int(module_args.get('confirm_timeout') or 0) > 0
+            if module_args.get('probe'):
+                # The probe read before the apply tested the filters that were there then: probe the new ones.
+                evidence = self._run_module(dict(module_args, _phase='evidence'), task_vars)
+                if evidence.get('failed'):
+                    result.update(failed=True, msg='the kill switch was applied, but its live probe failed: %s'
+                                  % evidence.get('msg'))
+                    return result
+                result.update((k, evidence[k]) for k in EVIDENCE if k in evidence)
         return result
 
     def _run_module(self, module_args, task_vars):

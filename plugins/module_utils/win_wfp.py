@@ -52,6 +52,7 @@ import ipaddress
 import json
 import uuid
 
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import REFUSED_COUNTERS, exception_counter
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS, PolicyError
 
 NAME = 'vpnguard-killswitch'
@@ -219,7 +220,59 @@ def render(policy, endpoint_programs=(), block_vm_traffic=False):
         tunnel_interfaces=tunnels,
         dns=dict(servers=resolvers, namespace='.', comment=NAME),
         vm=dict(block=bool(block_vm_traffic), rule=VM_BLOCK_RULE),
+        counters=counters(policy, f, bool(apps)),
     )
+
+
+def counter_names(policy, endpoint_programs=False):
+    """The counters the Windows kill switch keeps, with what each counts: Linux's names (module_utils/nft.py).
+
+    refused_other_interface has no Windows filter (the ALE layers see only the host's own addresses), and
+    refused_endpoint exists only when endpoint_programs keeps other programs from the endpoints.
+    """
+    names = dict((k, v) for k, v in REFUSED_COUNTERS.items() if k != 'refused_other_interface')
+    if not endpoint_programs or not policy.endpoints:
+        del names['refused_endpoint']
+    for e in policy.exceptions:
+        names[exception_counter(e)] = 'exception %s: %s used' % (e.selector, e.value)
+    return names
+
+
+def counters(policy, filters, endpoint_programs=False):
+    """Which counter a WFP net event of each of our filters counts in (WFP keeps no hit counts of its own).
+
+    The host reads the net events of its filters (CLASSIFY_DROP for blocks, CLASSIFY_ALLOW for the
+    exceptions' permits) and counts each in the first rule of its filter that the event matches: a rule
+    with 'remote' (networks), 'remote_port' or 'protocol' matches only events with those fields; one
+    without matches every event. Filters that are not listed (the tunnel's permits, loopback) count nothing.
+    """
+    names = counter_names(policy, endpoint_programs)
+    resolvers = [str(ipaddress.ip_network(a)) for a in policy.dns_servers]
+    rules = {}
+    for f in filters:
+        slug = f['name'][len(NAME) + 1:]
+        version = 6 if f['layer'].endswith('V6') else 4
+        if slug.startswith('dns-block-'):
+            # The tunnel's resolvers are refused only outside the tunnel; any other resolver anywhere.
+            rules[f['name']] = ([dict(counter='refused_dns_outside', remote=resolvers),
+                                 dict(counter='refused_dns_resolver')] if resolvers
+                                else [dict(counter='refused_dns_outside')])
+        elif slug.startswith('doh-block-'):
+            rules[f['name']] = [dict(counter='refused_doh')]
+        elif slug.startswith(('block-all-out-', 'lan-names-block-out-')):
+            # With endpoint_programs, another program's packet to an endpoint falls through to block-all.
+            rules[f['name']] = [dict(counter='refused_endpoint', remote=[str(ipaddress.ip_network(e.address))],
+                                     remote_port=e.port, protocol=IP_PROTOCOLS[e.protocol])
+                                for e in policy.endpoints if e.address.version == version
+                                and 'refused_endpoint' in names and slug.startswith('block-all-out-')]
+            rules[f['name']].append(dict(counter='refused_out_v%d' % version))
+        elif slug.startswith(('block-all-in-', 'lan-names-block-in-')):
+            rules[f['name']] = [dict(counter='refused_in_v%d' % version)]
+        elif slug.startswith('forward-block-'):
+            rules[f['name']] = [dict(counter='refused_forward_v%d' % version)]
+        elif slug.startswith('exception-'):
+            rules[f['name']] = [dict(counter=exception_counter(policy.exceptions[int(slug.split('-')[1])]))]
+    return dict(names=names, filters=rules)
 
 
 def _link(weight):

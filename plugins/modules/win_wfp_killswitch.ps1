@@ -13,6 +13,7 @@
 #                 the resolver settings and what the host runs beside them;
 #   _phase=apply  replaces our WFP objects in one BFE transaction (with the
 #                 commit-confirmed task first), then sets the resolver;
+#   _phase=evidence  (after an apply, when probe is on) the counters and the live probe again;
 #   confirm       removes the commit-confirmed task;
 #   state=absent  removes everything of ours and restores DNS.
 # Windows Firewall's own policy (profiles, rules, stores) is never touched.
@@ -34,8 +35,12 @@ $spec = @{
         confirm_timeout = @{ type = 'int'; default = 0 }
         confirm = @{ type = 'bool'; default = $false }
         state_dir = @{ type = 'path'; default = '%ProgramData%\vpnguard-killswitch' }
+        log = @{ type = 'str'; choices = 'none', 'exceptions', 'refused', 'all'; default = 'none' }
+        probe = @{ type = 'bool'; default = $false }
+        probe_canary_v4 = @{ type = 'str'; default = '203.0.113.254' }
+        probe_canary_v6 = @{ type = 'str'; default = '2001:db8:ffff::fe' }
         _rendered = @{ type = 'dict' }
-        _phase = @{ type = 'str'; choices = 'read', 'apply'; default = 'read' }
+        _phase = @{ type = 'str'; choices = 'read', 'apply', 'evidence'; default = 'read' }
         _task_script = @{ type = 'str' }
         _csharp_source = @{ type = 'str' }
         _boottime_keys = @{ type = 'list'; elements = 'str'; default = @(); no_log = $false }  # filter keys (GUIDs), no secret
@@ -53,6 +58,10 @@ $StateDir = [Environment]::ExpandEnvironmentVariables($module.Params.state_dir)
 $StatePath = Join-Path -Path $StateDir -ChildPath 'state.json'
 $RollbackTask = "$Name-rollback"
 $RebindTask = "$Name-rebind"
+$LedgerPath = Join-Path -Path $StateDir -ChildPath 'counters.json'
+$Audit = "$Wfp.AuditPolicy" -as [type]
+$Options = "$Wfp.EngineOptions" -as [type]
+$ProbeVerdict = "$Wfp.ProbeVerdict" -as [type]
 # Chrome and Edge take DnsOverHttpsMode, Firefox its DNSOverHTTPS policy (enterprise policies in HKLM).
 $BrowserPolicies = @(
     @{ Path = 'HKLM:\SOFTWARE\Policies\Google\Chrome'; Name = 'DnsOverHttpsMode'; Type = 'String'; Value = 'off' }
@@ -274,6 +283,119 @@ Function Remove-LegacyPolicy {
     }
 }
 
+Function Get-AuditSetting {
+    # The two Filtering Platform subcategories, by GUID, from auditpol's CSV report.
+    $Audit::Parse((& auditpol.exe /get "/subcategory:$($Audit::PacketDrop),$($Audit::Connection)" /r) -join "`n")
+}
+
+Function Get-EvidenceSetting {
+    # What the counters and the log need of the host (net events, allow events, audit policy), and the drift.
+    param($Rendered, $State)
+    $saved = $State.evidence_settings
+    $countAllows = @($Rendered.counters.names.Keys | Where-Object { $_ -like 'exception_*' }).Count -gt 0
+    $options = $Options::Targets($engine.GetOption(0), $engine.GetOption(1), $saved, $countAllows)
+    $audit = Get-AuditSetting
+    $plan = $Audit::Plan($module.Params.log, $audit, $(if ($saved) { $saved.audit }))
+    @{
+        options = $options
+        audit = $audit
+        plan = $plan
+        drift = @($options.drift) + @($plan.Keys | ForEach-Object { "the Security log does not audit $($Audit::NameOf($_)) as killswitch_log: $($module.Params.log) asks" })
+    }
+}
+
+Function Set-EvidenceSetting {
+    # Records what the host had before the first change (put back on state=absent), then sets what is needed.
+    param($Rendered, $State)
+    $wanted = Get-EvidenceSetting -Rendered $Rendered -State $State
+    if (-not $State.evidence_settings) {
+        $State.evidence_settings = @{ collect = $engine.GetOption(0); keywords = $engine.GetOption(1); audit = $wanted.audit }
+        Save-State -State $State
+    }
+    $engine.SetOption(0, $wanted.options.collect)
+    $engine.SetOption(1, $wanted.options.keywords)
+    foreach ($guid in $wanted.plan.Keys) { Invoke-Auditpol -Guid $guid -Flags $wanted.plan[$guid] }
+}
+
+Function Invoke-Auditpol {
+    param([string]$Guid, [bool[]]$Flags)
+    $out = & auditpol.exe ($Audit::Arguments($Guid, $Flags) -split ' ')
+    if ($LASTEXITCODE -ne 0) { throw "auditpol $($Audit::Arguments($Guid, $Flags)) failed: $out" }
+}
+
+Function Restore-EvidenceSetting {
+    param($State)
+    $saved = $State.evidence_settings
+    if (-not $saved) { return }
+    $engine.SetOption(0, [uint32]$saved.collect)
+    $engine.SetOption(1, [uint32]$saved.keywords)
+    foreach ($guid in @($saved.audit.Keys)) { Invoke-Auditpol -Guid $guid -Flags $Audit::Flags($saved.audit[$guid]) }
+}
+
+Function Update-Counter {
+    # Counts our filters' net events since the last run into the ledger kept on the host (counters.json): the
+    # BFE keeps them in a bounded buffer only. Returns the ledger's totals and our filters' run-time ids.
+    param($Rendered, [datetime]$Until)
+    $ledger = if (Test-Path -LiteralPath $LedgerPath) { [Ansible.Basic.AnsibleModule]::FromJson((Get-Content -LiteralPath $LedgerPath -Raw)) }
+    else { @{ since = $null; totals = @{}; filter_ids = @{}; boot = $null } }
+    $boot = [string](Get-CimInstance -ClassName Win32_OperatingSystem).LastBootUpTime.ToUniversalTime().ToString('o')
+    $ids = $engine.FilterIds()
+    if ($ledger.boot -eq $boot) {
+        # Ids of filters replaced since the last run still name the events they logged; a reboot gives new ids.
+        foreach ($id in @($ledger.filter_ids.Keys)) { if (-not $ids.ContainsKey($id)) { $ids[$id] = $ledger.filter_ids[$id] } }
+    }
+    # Times are kept as FILETIMEs (UTC): no text to parse in whatever culture the host has.
+    $since = [datetime]::FromFileTimeUtc($(if ($ledger.since) { [long]$ledger.since } else { 0 }))
+    $events = @()
+    try {
+        $events = $engine.NetEvents($since, $Until)
+    }
+    catch {
+        # Net event collection off (FWP_E_NET_EVENTS_DISABLED): reported as drift; the counters stand still.
+        $module.Warn("the kill switch's counters could not read WFP's net events: $($_.Exception.Message)")
+    }
+    $totals = ("$Wfp.NetEvents" -as [type])::Tally($events, $ids, $Rendered.counters.filters, $ledger.totals, @($Rendered.counters.names.Keys))
+    if (-not (Test-Path -LiteralPath $StateDir)) { New-Item -Path $StateDir -ItemType Directory | Out-Null }
+    $ledger = @{ since = $Until.ToFileTimeUtc(); totals = $totals; filter_ids = $engine.FilterIds(); boot = $boot }
+    Set-Content -LiteralPath "$LedgerPath.tmp" -Value ([Ansible.Basic.AnsibleModule]::ToJson($ledger)) -Encoding UTF8
+    Move-Item -LiteralPath "$LedgerPath.tmp" -Destination $LedgerPath -Force
+    @{ totals = $totals; ids = $ids }
+}
+
+Function Get-Evidence {
+    # The counters (always), and with probe the live probe, the tunnel and the default routes outside it.
+    param($Rendered)
+    $before = Update-Counter -Rendered $Rendered -Until ([datetime]::UtcNow)
+    $counters = @{}
+    foreach ($name in @($Rendered.counters.names.Keys)) {
+        $counters[$name] = @{ packets = $before.totals[$name]; bytes = $null; counts = $Rendered.counters.names[$name] }
+    }
+    $evidence = @{ counters = $counters }
+    if ($module.Params.probe) {
+        $interfaces = ("$Wfp.Host" -as [type])::Interfaces()
+        $checks = $ProbeVerdict::Plan($interfaces, @($Rendered.tunnel_interfaces), @($Rendered.dns.servers).Count -gt 0,
+            $module.Params.probe_canary_v4, $module.Params.probe_canary_v6)
+        $start = [datetime]::UtcNow
+        ("$Wfp.Host" -as [type])::Run($checks)
+        Start-Sleep -Milliseconds 500  # the BFE logs net events asynchronously
+        $after = Update-Counter -Rendered $Rendered -Until ([datetime]::UtcNow)
+        $probeEvents = @()
+        try { $probeEvents = $engine.NetEvents($start.AddSeconds(-1), [datetime]::UtcNow) } catch { $probeEvents = @() }
+        # Without events a send that went through counts as LEAKED: the probe fails closed.
+        $results = $ProbeVerdict::Finish($checks, $probeEvents, $after.ids)
+        $routes = @(Get-NetRoute -PolicyStore ActiveStore -ErrorAction SilentlyContinue | ForEach-Object {
+                @{ DestinationPrefix = $_.DestinationPrefix; InterfaceAlias = $_.InterfaceAlias; NextHop = $_.NextHop; RouteMetric = $_.RouteMetric } })
+        $evidence.probe = @{
+            checks = $results
+            leaked = @($results | Where-Object { $_.verdict -eq 'LEAKED' }).Count -gt 0
+            counters_after = $after.totals
+        }
+        $evidence.tunnel = $ProbeVerdict::Tunnel($interfaces, @($Rendered.tunnel_interfaces))
+        $evidence.routes_outside_tunnel = $ProbeVerdict::RoutesOutsideTunnel($routes, @($Rendered.tunnel_interfaces))
+    }
+    $evidence
+}
+
 Function Register-HostTask {
     # The task script (rendered on the controller) and the C# it loads live in the state directory, so that
     # the rollback and the rebind run without Ansible. Both run as SYSTEM; both fail closed (see the script).
@@ -318,12 +440,19 @@ try {
         $programs = [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.Engine]::AppIds(@(Get-Program -Rendered $rendered))
         $bootKeys = @($rendered.boottime | ForEach-Object { $_.key })
         if ($module.Params._phase -eq 'read') {
-            $module.Result.found = $engine.Read($bindings, $programs, $bootKeys)
+            $found = $engine.Read($bindings, $programs, $bootKeys)
+            $module.Result.found = $found
             $legacy = Get-LegacyPolicy
             $module.Result.dns_drift = @(Get-DnsDrift -Rendered $rendered) + @(Get-VmDrift -Rendered $rendered) +
             @(if ($legacy.saved -or $legacy.rules.Count) { 'the Windows Firewall rules and profile settings of 0.x are still in the local policy store' })
             $module.Result.environment = Get-Environment
             $module.Result.bindings = $bindings
+            $module.Result.evidence_drift = @((Get-EvidenceSetting -Rendered $rendered -State $state).drift)
+            # The ledger of counters is the only file a read writes, in check mode too: it is the audit's record.
+            if ($found.provider) { foreach ($item in (Get-Evidence -Rendered $rendered).GetEnumerator()) { $module.Result[$item.Key] = $item.Value } }
+        }
+        elseif ($module.Params._phase -eq 'evidence') {
+            foreach ($item in (Get-Evidence -Rendered $rendered).GetEnumerator()) { $module.Result[$item.Key] = $item.Value }
         }
         elseif (-not $module.CheckMode) {
             if ($module.Params.confirm_timeout -gt 0 -and $state.applied) {
@@ -340,6 +469,7 @@ try {
             Set-VmBlock -Rendered $rendered
             Set-Resolver -Rendered $rendered -State $state
             if ($module.Params.block_browser_doh) { Set-BrowserPolicy -State $state }
+            Set-EvidenceSetting -Rendered $rendered -State $state
             Clear-DnsClientCache
             $module.Result.changed = $true
         }
@@ -370,6 +500,7 @@ try {
                 }
             }
             Restore-BrowserPolicy -State $state
+            Restore-EvidenceSetting -State $state
             Clear-DnsClientCache
             Remove-Item -LiteralPath $StateDir -Recurse -Force -ErrorAction SilentlyContinue
         }

@@ -54,7 +54,11 @@ description:
     servers set by hand before the first change are saved by adapter GUID; O(state=absent) sets them back, resets
     adapters whose servers came from DHCP to automatic, and skips adapters that are gone.
   - O(state=absent) removes the provider, the sublayer, their filters, the boot-time filters, the tasks and the NRPT
-    rule, restores DNS and the browser policies; run twice, it changes nothing the second time.
+    rule, restores DNS, the browser policies, and the net event and audit settings the module changed for its
+    counters and O(log); run twice, it changes nothing the second time.
+  - The counters (RV(counters)) are always kept. For them the module has the BFE collect net events (the default)
+    and, while the policy has O(exceptions), log allow events as well (the C(CLASSIFY_ALLOW) keyword); a host
+    where either was off reports it as drift until the module puts it right.
   - Proven on the controller only (no Windows host in CI) by the exact filter set per policy, a model of WFP
     arbitration the filters are run against (tests/unit/win_model.py), the C# compiled with mono and its host-side
     decisions run under mono, and the PowerShell parsed. The C(windows) Molecule scenario covers boot, the firewall
@@ -187,15 +191,55 @@ options:
     description: Where the bindings, the DNS servers from before, and the scheduled tasks' script are kept.
     type: path
     default: '%ProgramData%\vpnguard-killswitch'
+  log:
+    description:
+      - What the kill switch has the Security log record, through the Windows Filtering Platform audit events
+        (opt-in; the counters in RV(counters) are kept whatever this says). V(refused) turns on failure auditing
+        of the C(Filtering Platform Packet Drop) and C(Filtering Platform Connection) subcategories (events 5152
+        and 5157, each with the process, the addresses and the C(Filter Run-Time ID) of the filter that refused;
+        RV(counters) and C(netsh wfp show filters) map that id to the filter's name, C(vpnguard-killswitch-<reason>)).
+        V(exceptions) turns on success auditing of C(Filtering Platform Connection) (event 5156, permitted
+        connections, the exceptions' among all others). V(all) both; V(none) neither.
+      - The module only adds to the audit policy the host had. What it had before the first change is recorded in
+        O(state_dir) and put back by V(none) and by O(state=absent).
+      - The Security log has no per-rule rate limit; it is bounded by its own size and retention, which the
+        module leaves to the admin.
+    type: str
+    choices: [none, exceptions, refused, all]
+    default: none
+  probe:
+    description:
+      - Probe the host live, as the audit does (after enforcing, or in check mode after comparing). For every
+        interface that is up and not a tunnel nor loopback, sockets bound to its first global IPv4 and IPv6
+        address try a UDP send and a TCP connect to port 9 of the canary and a DNS query to port 53 of it; a DNS
+        query also goes to the canary as a resolver that is not the tunnel's when O(dns_servers) is set.
+      - A check is C(refused) when a filter refused the call (WSAEACCES, from the ALE connect layer, which decides
+        before the first packet is built), when routing had no way out (WSAENETUNREACH), or when a drop net event
+        of the BFE names the filter that dropped it; C(LEAKED) when the call went through, or the canary or the
+        link answered (WSAECONNREFUSED, WSAETIMEDOUT, WSAEHOSTUNREACH), and no filter dropped it; C(not run) with
+        the reason otherwise (interface down, no global address, address not bindable, another error).
+      - The probe sends only to the canaries. It changes nothing on the host.
+    type: bool
+    default: false
+  probe_canary_v4:
+    description: The IPv4 address the probe sends to; a documentation address leads nowhere.
+    type: str
+    default: 203.0.113.254
+  probe_canary_v6:
+    description: The IPv6 address the probe sends to.
+    type: str
+    default: "2001:db8:ffff::fe"
   _rendered:
     description:
       - Private, set by the action plugin of the same name, never by a task - the filter set rendered and checked
         on the controller.
     type: dict
   _phase:
-    description: Private, set by the action plugin - V(read) binds the tunnels and reads our objects back; V(apply) replaces them.
+    description:
+      - Private, set by the action plugin - V(read) binds the tunnels and reads our objects back (with the counters
+        and, with O(probe), the probe); V(apply) replaces them; V(evidence) counts and probes again after an apply.
     type: str
-    choices: [read, apply]
+    choices: [read, apply, evidence]
     default: read
   _task_script:
     description: Private, set by the action plugin - the script the rebind and rollback scheduled tasks run.
@@ -211,7 +255,9 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Reads the host back and reports what would change, changing nothing.
+    description:
+      - Reads the host back and reports what would change, changing nothing of the kill switch. It does update the
+        counters' ledger (C(counters.json) in O(state_dir)), so that the next audit counts from this one.
   diff_mode:
     support: partial
     description: The diff lists the drift found, not the filter set.
@@ -275,7 +321,50 @@ confirm_pending:
   returned: when a change was applied
   type: bool
 rendered:
-  description: The provider, sublayer, filters and boot-time filters rendered from the policy on the controller.
+  description:
+    - The provider, sublayer, filters and boot-time filters rendered from the policy on the controller, and
+      C(counters) - which counter each of our filters' net events count in.
   returned: when O(state=present)
   type: dict
+counters:
+  description:
+    - The kill switch's counters, one per verdict class and one per bypass exception, with the names the Linux
+      module uses, each with what it counts. WFP filters keep no hit counts - each counter counts the net events the
+      BFE logged for the filters mapped to it (C(CLASSIFY_DROP) for the blocks, C(CLASSIFY_ALLOW) for the
+      exceptions), read at every run into a ledger on the host and added up there since the kill switch was first
+      loaded; C(packets) is that number of events (a connection attempt is one event) and C(bytes) is null.
+    - The BFE keeps net events in a bounded buffer, so events overwritten between two runs are not counted - every
+      count is a lower bound.
+  returned: when O(state=present) and the kill switch was in place when the module read the host
+  type: dict
+  sample:
+    refused_out_v4: {packets: 12, bytes: null, counts: outbound IPv4 refused outside the tunnel}
+    exception_program_0cd9c065f6d4: {packets: 3, bytes: null, counts: "exception program: C:\\Tools\\backup.exe used"}
+probe:
+  description:
+    - With O(probe=true), each check of the live probe (C(check), C(interface), C(family), C(protocol), C(source),
+      C(verdict) - C(refused), C(LEAKED) or C(not run) - and C(detail), which names the filter that refused where
+      a drop event names it), whether any leaked, and C(counters_after), the counters after the probe (its own
+      refusals counted too; RV(counters) are from before it).
+  returned: when O(probe=true), O(state=present) and the kill switch was in place
+  type: dict
+  sample:
+    leaked: false
+    checks:
+      - {check: udp ipv4 bound to Ethernet, interface: Ethernet, family: ipv4, protocol: udp, source: 198.18.1.10,
+         verdict: refused, detail: refused by the firewall (WSAEACCES) at vpnguard-killswitch-block-all-out-v4}
+    counters_after: {refused_out_v4: 14}
+tunnel:
+  description: With O(probe=true), the adapters matching O(tunnel_interfaces), their state and addresses.
+  returned: when O(probe=true), O(state=present) and the kill switch was in place
+  type: dict
+  sample: {up: true, interfaces: [{interface: wg0, state: Up, addresses: [192.0.2.11]}]}
+routes_outside_tunnel:
+  description:
+    - With O(probe=true), the default routes (and C(0.0.0.0/1)-style halves) of the active store that leave through
+      an adapter that is not a tunnel.
+  returned: when O(probe=true), O(state=present) and the kill switch was in place
+  type: list
+  elements: str
+  sample: [0.0.0.0/0 via 198.18.1.1 dev Ethernet metric 0]
 '''

@@ -35,6 +35,10 @@ hold under each.
   - ALE_AUTH_CONNECT authorizes outbound connections and the first
     datagram to a remote; ALE_AUTH_RECV_ACCEPT inbound ones; the packets of
     an authorized flow are not classified there again.
+  - ALE_AUTH_CONNECT comes before the first packet of the flow is built
+    (TCP: before the SYN reaches OUTBOUND_TRANSPORT, "TCP Packet Flows",
+    https://learn.microsoft.com/windows/win32/fwp/tcp-packet-flows): what it
+    blocks puts nothing on the wire (the audit's probe, issue 15).
   - Traffic the host routes for others (ICS, forwarding on) is not the
     host's own: it only reaches the IP forward layers
     (FWPM_LAYER_IPFORWARD_V4/V6, "Filtering Layer Identifiers").

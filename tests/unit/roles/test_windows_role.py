@@ -49,3 +49,12 @@ def test_the_audit_sees_the_modules_drift():
 def test_point7_the_role_can_block_vm_traffic():
     args = module_task()['vpnguard.killswitch.win_wfp_killswitch']
     assert args['block_vm_traffic'] == '{{ killswitch_windows_block_vm_traffic }}'
+
+
+def test_issue15_the_role_hands_windows_the_log_level_and_the_audits_probe():
+    args = module_task()['vpnguard.killswitch.win_wfp_killswitch']
+    assert args['log'] == '{{ killswitch_log }}'
+    assert args['probe'] == "{{ killswitch_auditing and killswitch_audit_probe and killswitch_state == 'present' }}"
+    assert args['probe_canary_v4'] == '{{ killswitch_audit_probe_canary_v4 }}'
+    assert args['probe_canary_v6'] == '{{ killswitch_audit_probe_canary_v6 }}'
+    assert module_task()['register'] == 'killswitch_wfp_result', 'what the audit playbook reads the evidence from'

@@ -222,3 +222,78 @@ def test_the_task_cannot_set_the_internal_arguments():
     from ansible.errors import AnsibleActionFail
     with pytest.raises(AnsibleActionFail):
         run_action(dict(ARGS, _task_script='Remove-Item C:\\'), FakeHost({}))
+
+
+# The evidence (issue 15): counters always, the probe on request, both carried into the task's result -----------
+
+@pytest.mark.parametrize('change, setting', [
+    ({'probe_canary_v4': '2001:db8::1'}, 'probe_canary_v4'),
+    ({'probe_canary_v6': '203.0.113.254'}, 'probe_canary_v6'),
+    ({'probe_canary_v4': 'canary.example'}, 'probe_canary_v4'),
+])
+def test_a_canary_that_is_not_an_address_of_its_family_is_refused_naming_it(change, setting):
+    with pytest.raises(PolicyError) as error:
+        action.render_args(dict(ARGS, **change))
+    assert error.value.setting == setting
+
+
+def test_a_log_level_the_module_does_not_know_is_refused():
+    with pytest.raises(action.ArgumentError):
+        action.render_args(dict(ARGS, log='everything'))
+
+
+class EvidenceHost(FakeHost):
+    """A host whose read also returns the evidence, and whose evidence phase probes the new filters."""
+
+    def __init__(self, found, evidence_drift=()):
+        super(EvidenceHost, self).__init__(found)
+        self.evidence_drift = list(evidence_drift)
+
+    def __call__(self, module_name, module_args, task_vars):
+        out = super(EvidenceHost, self).__call__(module_name, module_args, task_vars)
+        phase = module_args.get('_phase')
+        if phase in ('read', 'evidence'):
+            out.update(counters={'refused_out_v4': {'packets': 3, 'bytes': None, 'counts': 'x'}},
+                       probe={'leaked': phase == 'read', 'checks': [{'check': phase}]},
+                       tunnel={'up': False, 'interfaces': []}, routes_outside_tunnel=['0.0.0.0/0 dev Ethernet'])
+            if phase == 'read':
+                out['evidence_drift'] = self.evidence_drift
+        return out
+
+
+def test_the_evidence_the_host_read_reaches_the_result_without_another_call():
+    rendered = action.render_args(ARGS)['_rendered']
+    host = EvidenceHost(compliant(rendered))
+    result = run_action(dict(ARGS, probe=True), host, check_mode=True)
+    assert [c['_phase'] for c in host.calls] == ['read'], 'the audit costs no extra round trip'
+    assert result['counters']['refused_out_v4']['packets'] == 3
+    assert result['probe']['checks'] == [{'check': 'read'}]
+    assert result['routes_outside_tunnel'] == ['0.0.0.0/0 dev Ethernet'] and result['tunnel']['up'] is False
+
+
+def test_counters_that_cannot_count_are_drift_that_the_apply_puts_right_and_the_new_filters_are_probed():
+    rendered = action.render_args(ARGS)['_rendered']
+    host = EvidenceHost(compliant(rendered), evidence_drift=['WFP does not collect net events, so the kill '
+                                                             "switch's counters cannot count"])
+    result = run_action(dict(ARGS, probe=True, log='refused'), host)
+    assert [c['_phase'] for c in host.calls] == ['read', 'apply', 'evidence']
+    assert result['drift'] == ["WFP does not collect net events, so the kill switch's counters cannot count"]
+    assert host.calls[1]['log'] == 'refused'
+    assert result['probe']['checks'] == [{'check': 'evidence'}], 'the probe of the filters now in place'
+
+
+def test_without_the_probe_an_apply_is_not_followed_by_an_evidence_call():
+    rendered = action.render_args(ARGS)['_rendered']
+    host = EvidenceHost(dict(compliant(rendered), provider=False))
+    run_action(ARGS, host)
+    assert [c['_phase'] for c in host.calls] == ['read', 'apply']
+
+
+def test_the_module_audits_only_the_two_filtering_platform_subcategories():
+    with open(os.path.join(REPO, 'plugins', 'modules', 'win_wfp_killswitch.ps1'), 'rb') as f:
+        source = f.read()
+    assert 'auditpol.exe' in commands(source)
+    text = source.decode()
+    assert text.count('& auditpol.exe') == 2, 'one /get of our two subcategories, one /set built by AuditPolicy.Arguments'
+    assert '& auditpol.exe /get "/subcategory:$($Audit::PacketDrop),$($Audit::Connection)" /r' in text
+    assert "& auditpol.exe ($Audit::Arguments($Guid, $Flags) -split ' ')" in text

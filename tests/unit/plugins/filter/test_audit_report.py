@@ -60,3 +60,34 @@ def test_the_markdown_answers_the_fleet_question_first():
                     'Not audited: c.']
     assert '| b | no | LEAKED (0 refused, 1 not run) | 0 | up |  | LEAKED: udp ipv4 bound to eth0 |' in md
     assert '| c | no | not run |  |  |  | unreachable |' in md
+
+
+def windows_result(refused=0, leaked=False, after=None):
+    """win_wfp_killswitch's evidence: counters from net events (bytes null), checks with the filter that refused."""
+    counters = {'refused_out_v4': {'packets': refused, 'bytes': None, 'counts': 'outbound IPv4 refused outside the tunnel'},
+                'exception_program_0cd9c065f6d4': {'packets': 1, 'bytes': None,
+                                                   'counts': 'exception program: C:\\Tools\\backup.exe used'}}
+    checks = [{'check': 'udp ipv4 bound to Ethernet', 'interface': 'Ethernet', 'family': 'ipv4', 'protocol': 'udp',
+               'source': '198.18.1.10', 'verdict': 'LEAKED' if leaked else 'refused',
+               'detail': 'sent from 198.18.1.10 (Ethernet) and no filter dropped it' if leaked else
+               'refused by the firewall (WSAEACCES) at vpnguard-killswitch-block-all-out-v4'}]
+    return {'counters': counters, 'drift': [],
+            'probe': {'leaked': leaked, 'checks': checks,
+                      'counters_after': after or {'refused_out_v4': refused + 3, 'exception_program_0cd9c065f6d4': 1}},
+            'tunnel': {'up': True, 'interfaces': [{'interface': 'wg0', 'state': 'Up', 'addresses': ['192.0.2.11']}]},
+            'routes_outside_tunnel': ['0.0.0.0/0 via 198.18.1.1 dev Ethernet metric 0']}
+
+
+def test_issue15_a_windows_host_reports_the_same_evidence_and_its_leak_makes_it_not_compliant():
+    first = audit_report({'win': {'drift': [], 'result': windows_result(refused=5)},
+                          'win-leaky': {'drift': [], 'result': windows_result(leaked=True)}})
+    assert first['hosts']['win']['compliant'] and not first['hosts']['win-leaky']['compliant']
+    assert first['hosts']['win-leaky']['drift'] == ['LEAKED: udp ipv4 bound to Ethernet']
+    assert first['summary']['leaked'] == ['win-leaky']
+    assert first['summary']['exceptions_used'] == {'exception program: C:\\Tools\\backup.exe used': ['win', 'win-leaky']}
+    assert first['hosts']['win']['routes_outside_tunnel'] == ['0.0.0.0/0 via 198.18.1.1 dev Ethernet metric 0']
+    # The next audit counts from the ledger's totals after the previous probe (its own 3 refusals are no attempt).
+    second = audit_report({'win': {'drift': [], 'result': windows_result(refused=10)}}, first)
+    assert second['hosts']['win']['counters']['refused_out_v4'] == {
+        'packets': 2, 'total': 10, 'counts': 'outbound IPv4 refused outside the tunnel'}
+    assert '| win | yes | refused (1 refused, 0 not run) | 2 | up |' in audit_markdown(second)

@@ -91,3 +91,120 @@ def test_point6_dns_rollback_restores_dhcp_as_dhcp_by_guid_and_skips_missing_ada
 def test_ipv6_read_back_is_written_as_python_writes_it(probe):
     import ipaddress
     assert probe['ipv6_text'] == str(ipaddress.ip_address('ff02::1:ff00:0'))
+
+
+# The evidence: counters from net events, the live probe's verdicts, the tunnel, the routes, the audit policy.
+
+EVIDENCE = os.path.join(HERE, 'csharp', 'WfpEvidenceProbe.cs')
+RECORDED = os.path.join(HERE, 'csharp', 'recorded')
+
+
+@pytest.fixture(scope='module')
+def evidence(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp('evidence')
+    result, exe = _mcs(tmp_path, UTIL, EVIDENCE, target='exe', out='evidence.exe')
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = subprocess.run([_tool('mono'), exe, RECORDED], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return dict(line.split('=', 1) for line in run.stdout.splitlines())
+
+
+def test_net_events_are_read_at_the_documented_offsets(evidence):
+    assert evidence['event_drop_v4'] == (
+        'family:ipv4,filter_id:70001,layer_id:48,local:198.18.1.10,local_port:50000,'
+        'program:\\device\\harddiskvolume3\\tools\\probe.exe,protocol:17,remote:203.0.113.254,remote_port:9,'
+        'time:2026-12-02T06:00:00.0000000Z,type:drop')
+    assert evidence['event_drop_v6'].startswith('family:ipv6,filter_id:70011,layer_id:48,local:2001:db8:1:1::10,')
+    assert 'remote:2001:db8:ffff::fe,' in evidence['event_drop_v6']
+    assert evidence['event_allow'].endswith(',type:allow')
+    assert evidence['event_ike_failure'] == 'null', 'only classify drops and allows are counted'
+
+
+def test_counters_count_our_filters_events_by_the_renderers_rules_on_top_of_the_ledger(evidence):
+    # 40 from the ledger + the probe's drop; the endpoint drop counts as refused_endpoint, not refused_out_v4;
+    # DNS to the tunnel's resolver outside the tunnel vs to another resolver; another provider's drop and the
+    # tunnel's allow count nothing.
+    assert evidence['tally'] == ('refused_out_v4:41,refused_out_v6:1,refused_dns_outside:1,refused_dns_resolver:2,'
+                                 'refused_endpoint:1,exception_program_0cd9c065f6d4:1')
+    assert evidence['tally_keeps_only_the_policys_counters'] == 'False'
+
+
+def test_the_probe_binds_to_every_global_address_of_every_non_tunnel_interface_and_says_why_it_skips(evidence):
+    plan = [c.split('|') for c in evidence['plan'].split(';')]
+    ran = [c[0] for c in plan if c[3] == 'run']
+    assert ran == ['udp ipv4 bound to Ethernet', 'tcp ipv4 bound to Ethernet', 'dns ipv4 bound to Ethernet',
+                   'udp ipv6 bound to Ethernet', 'tcp ipv6 bound to Ethernet', 'dns ipv6 bound to Ethernet',
+                   "dns ipv4 to a resolver that is not the tunnel's", "dns ipv6 to a resolver that is not the tunnel's"]
+    assert [c[1] for c in plan if c[0].endswith('bound to Ethernet')] == ['198.18.1.10'] * 3 + ['2001:db8:1:1::10'] * 3
+    assert not [c for c in plan if 'wg0' in c[0] or 'Loopback' in c[0]], 'the tunnel and loopback are not probed'
+    assert {c[4] for c in plan if 'Wi-Fi' in c[0]} == {'interface down'}
+    assert {c[4] for c in plan if 'WSL' in c[0]} == {'no global ipv4 address', 'no global ipv6 address'}
+    assert all(c[2].startswith(('203.0.113.254:', '2001:db8:ffff::fe:')) for c in plan), 'only the canaries'
+    assert evidence['plan_any_resolver'] == 'not run|the policy lets DNS reach any resolver through the tunnel'
+
+
+def test_a_check_is_refused_only_when_the_call_failed_or_a_filter_dropped_it(evidence):
+    assert evidence['judge_eacces_with_event'] == ('refused|refused by the firewall (WSAEACCES) at '
+                                                   'vpnguard-killswitch-block-all-out-v4')
+    assert evidence['judge_eacces_without_event'] == 'refused|refused by the firewall (WSAEACCES)'
+    assert evidence['judge_sent_but_dropped'].startswith('refused|the call went through but the firewall dropped it')
+    assert evidence['judge_other_providers_drop'].endswith('at filter 999 of another provider')
+    assert evidence['judge_no_route'] == 'refused|refused by routing (WSAENETUNREACH)'
+    assert evidence['judge_bind_failed'].startswith('not run|could not bind to 198.18.1.10')
+
+
+def test_a_send_that_went_through_with_no_drop_event_is_a_leak(evidence):
+    assert evidence['judge_sent'] == 'LEAKED|sent from 198.18.1.10 (Ethernet) and no filter dropped it'
+    assert evidence['judge_connect_in_progress'].startswith('LEAKED|connection attempt in progress')
+    assert evidence['judge_allow_event_is_no_drop'].startswith('LEAKED|'), 'an allow event is no refusal'
+    # The canary's RST, a timeout or a failed neighbour request: the SYN or the request left the host.
+    assert evidence['judge_connection_refused'] == 'LEAKED|no filter refused it, and it left the host (Winsock error 10061)'
+    assert evidence['judge_host_unreachable'].startswith('LEAKED|')
+
+
+def test_a_call_that_failed_for_another_reason_proves_nothing_either_way(evidence):
+    assert evidence['judge_other_error'] == 'not run|the call failed for another reason (Winsock error 10047)'
+
+
+def test_tunnel_state_and_default_routes_outside_the_tunnel_from_recorded_get_netroute(evidence):
+    assert evidence['tunnel'] == 'True|addresses:192.0.2.11,interface:wg0,state:Up'
+    assert evidence['tunnel_down'] == 'False'
+    assert evidence['routes_outside_tunnel'].split(';') == [
+        '0.0.0.0/0 dev Wi-Fi metric 25', '0.0.0.0/0 via 198.18.1.1 dev Ethernet metric 0',
+        '::/0 via 2001:db8:1:1::1 dev Ethernet metric 256']
+
+
+def test_logging_adds_only_the_audit_settings_a_level_needs_to_what_the_host_has(evidence):
+    drop, connection = '{0CCE9225-69AE-11D9-BED3-505054503030}', '{0CCE9226-69AE-11D9-BED3-505054503030}'
+    assert evidence['auditpol'] == 'No Auditing|Success'
+    assert evidence['auditpol_crlf'] == evidence['auditpol']
+    assert evidence['audit_plan_none'] == '', 'none changes nothing the host had'
+    assert evidence['audit_plan_exceptions'] == '', 'Success on connections (5156) is already there'
+    assert evidence['audit_plan_refused'].split(';') == [
+        '/set /subcategory:%s /success:disable /failure:enable' % drop,
+        '/set /subcategory:%s /success:enable /failure:enable' % connection]
+    assert evidence['audit_plan_all'] == evidence['audit_plan_refused']
+
+
+def test_logging_back_to_none_puts_back_what_the_host_had_and_only_that(evidence):
+    drop, connection = '{0CCE9225-69AE-11D9-BED3-505054503030}', '{0CCE9226-69AE-11D9-BED3-505054503030}'
+    assert evidence['audit_plan_back_to_none'].split(';') == [
+        '/set /subcategory:%s /success:disable /failure:disable' % drop,
+        '/set /subcategory:%s /success:enable /failure:disable' % connection], 'Success on connections was the admin\'s'
+    assert evidence['audit_plan_refused_again'] == '', 'in sync: nothing to do'
+
+
+def test_the_bfe_collects_net_events_and_allow_events_only_while_exceptions_need_them(evidence):
+    assert evidence['options_exceptions'] == ("1,16|WFP's net event keywords are 0x0, not 0x10 "
+                                              "(the exception counters count allow events)")
+    collect, drift = evidence['options_no_exceptions'].split('|', 1)
+    assert collect == '1,1', 'collection on; the keywords the host had before, not ours'
+    assert drift.startswith('WFP does not collect net events')
+    assert evidence['options_exceptions_gone'].startswith('1,1|')
+
+
+def test_finished_checks_have_the_shape_of_the_linux_probe_and_a_verdict_each(evidence):
+    finished = dict((c.split('|')[0], c.split('|')[1:]) for c in evidence['finish'].split(';'))
+    assert finished['udp ipv4 bound to Ethernet'] == ['refused', '7'], 'the drop event of port 50000'
+    assert finished['tcp ipv4 bound to Ethernet'] == ['refused', '7'], 'WSAEACCES'
+    assert finished['udp ipv6 bound to Ethernet'] == ['LEAKED', '7'], 'sent, and no drop event'
