@@ -37,12 +37,14 @@ table <vpnguard_endpoint_udp_51820> const { 203.0.113.1 }
 pass quick on lo0 no state
 # DNS only to the tunnel's resolvers and only through it, decided before the tunnel is passed.
 pass out quick on $tunnels proto { udp tcp } to <vpnguard_dns> port { 53 853 } flags any keep state (if-bound)
-block drop out quick proto { udp tcp } to port { 53 853 }
+block drop out quick on $tunnels proto { udp tcp } to port { 53 853 } label "refused_dns_resolver"
+block drop out quick proto { udp tcp } to port { 53 853 } label "refused_dns_outside"
 # The tunnel carries everything else out; in, only replies, bound to the tunnel interface.
 pass out quick on $tunnels all flags any keep state (if-bound)
 # The VPN servers, exactly: address, port and protocol, for root's sockets only.
 pass out quick proto udp to <vpnguard_endpoint_udp_51820> port 51820 user 0 keep state
 pass in quick proto udp from <vpnguard_endpoint_udp_51820> port 51820 no state
+block drop out quick proto udp to <vpnguard_endpoint_udp_51820> port 51820 label "refused_endpoint"
 # DHCP and neighbour discovery: the link must work for the tunnel to come up.
 pass out quick inet proto udp from port 68 to 255.255.255.255 port 67 no state
 pass in quick inet proto udp from port 67 to port 68 no state
@@ -50,9 +52,11 @@ pass out quick inet6 proto udp from fe80::/10 port 546 to port 547 no state
 pass in quick inet6 proto udp from port 547 to fe80::/10 port 546 no state
 pass out quick inet6 proto icmp6 icmp6-type { 133 135 136 143 } no state
 pass in quick inet6 proto icmp6 icmp6-type { 130 134 135 136 137 } no state
-# Everything else, both ways.
-block drop out quick all
-block drop in quick all
+# Everything else, both ways, counted per direction and family.
+block drop out quick inet all label "refused_out_v4"
+block drop out quick inet6 all label "refused_out_v6"
+block drop in quick inet all label "refused_in_v4"
+block drop in quick inet6 all label "refused_in_v6"
 '''
 
 
@@ -61,7 +65,8 @@ def test_every_rule_is_quick_so_later_rules_cannot_undo_it():
                                management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'},
                                            {'cidr': '198.18.0.0/24', 'port': 161, 'protocol': 'udp'}]))
     assert all(rule.quick for rule in ruleset.rules)
-    assert [r.text for r in ruleset.rules[-2:]] == ['block drop out quick all', 'block drop in quick all']
+    assert [(r.action, r.direction, r.af) for r in ruleset.rules[-4:]] == [
+        ('block', 'out', 4), ('block', 'out', 6), ('block', 'in', 4), ('block', 'in', 6)]
 
 
 def test_a_driver_wildcard_is_expanded_because_xnu_has_no_interface_groups():
@@ -92,8 +97,8 @@ def test_exceptions_pf_cannot_select_are_refused_with_their_setting(exception, s
 
 def test_uid_and_gid_exceptions_become_user_and_group():
     text = rendered(exceptions=[{'uid': 501}, {'gid': 100}])
-    assert 'pass out quick proto { udp tcp } user 501 flags any keep state\n' in text
-    assert 'pass out quick proto { udp tcp } group 100 flags any keep state\n' in text
+    assert 'pass out quick proto { udp tcp } user 501 flags any keep state label "exception_uid_501"\n' in text
+    assert 'pass out quick proto { udp tcp } group 100 flags any keep state label "exception_gid_100"\n' in text
 
 
 def test_endpoints_sharing_a_service_share_a_table_and_stay_exact():

@@ -126,7 +126,7 @@ def test_apply_loads_one_anchor_hooks_pf_conf_and_enables_pf_then_is_idempotent(
     result = run(mac, **POLICY)
     assert result['changed'] and result['summary']['anchor_changed']
     assert mac.enabled and len(mac.tokens) == 1
-    assert 'block drop out quick all' in mac.anchors[pf.ANCHOR][0]
+    assert 'block drop out quick inet all label "refused_out_v4"' in mac.anchors[pf.ANCHOR][0]
     assert mac.main.endswith('anchor "com.vpnguard.killswitch" all\n')
     assert open(pf.PF_CONF).read() == pf.with_hook(STOCK_PF_CONF)
     assert open(pf.ANCHOR_FILE).read() == result['ruleset']
