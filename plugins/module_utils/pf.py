@@ -45,6 +45,7 @@ PF_CONF = '/etc/pf.conf'
 PFCTL = '/sbin/pfctl'
 WILDCARD_UNITS = 32
 LOOPBACK = 'lo0'
+PFLOG = 'pflog0'
 
 # Neighbour discovery and MLD (router/neighbour solicitation, neighbour
 # advertisement, MLDv2 report out; router advertisement, solicitation and

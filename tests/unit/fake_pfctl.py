@@ -48,6 +48,11 @@ class FakePf:
         self.nat = {}            # anchor ('' for main) -> nat rules text, as `-s nat` prints them
         self.jobs = set()        # launchd labels bootstrapped
         self.rule_packets = {}   # (anchor, rule index) -> [packets in, bytes in, packets out, bytes out]
+        # The rest of the Mac the probe reads: ifconfig -a, netstat -rn, kern.boottime, cloned interfaces.
+        from macos_outputs import IFCONFIG_A, NETSTAT_RN
+        self.ifconfig, self.netstat = IFCONFIG_A, NETSTAT_RN
+        self.boottime = '{ sec = 1764650000, usec = 0 } Wed Dec  2 04:33:20 2026'
+        self.cloned = set()
 
     root = None
 
@@ -85,7 +90,8 @@ class FakePf:
         """PF as the kernel starts: disabled, no rules, no tokens, no states; launchd jobs not yet run."""
         self.anchors, self.parsed, self.main_ruleset = {}, {}, Ruleset('')
         self.switch, self.table, self.jobs = Switch(), StateTable(), set()
-        self.rule_packets = {}
+        self.rule_packets, self.cloned = {}, set()
+        self.boottime = self.boottime.replace('sec = ', 'sec = 1')
 
     def _load_anchor(self, name, text):
         if name != OURS and not name.startswith('vpnguard.test'):  # others' syntax is theirs; the model knows ours
@@ -149,6 +155,12 @@ class FakePf:
         self.calls.append(list(argv))
         if argv[0].endswith('launchctl'):
             return self._launchctl(argv[1:])
+        if argv[0] == '/sbin/ifconfig':
+            return self._ifconfig(argv[1:])
+        if argv == ['/usr/sbin/netstat', '-rn']:
+            return 0, self.netstat, ''
+        if argv == ['/usr/sbin/sysctl', '-n', 'kern.boottime']:
+            return 0, self.boottime + '\n', ''
         if not argv[0].endswith('pfctl'):
             return 127, '', 'not pfctl'
         if self.fail_on and self.fail_on in argv:
@@ -224,6 +236,18 @@ class FakePf:
         if args == ['-s', 'rules']:
             return 0, self.main, ''
         return 1, '', 'fake pfctl does not know %r' % argv
+
+    def _ifconfig(self, args):
+        if args == ['-a']:
+            return 0, self.ifconfig, ''
+        if args == ['pflog0', 'create']:
+            self.cloned.add('pflog0')
+            return 0, '', ''
+        if args == ['pflog0']:
+            if 'pflog0' in self.cloned:
+                return 0, 'pflog0: flags=0<> mtu 33172\n', ''
+            return 1, '', 'ifconfig: interface pflog0 does not exist\n'
+        return 1, '', 'fake ifconfig does not know %r' % args
 
     def _launchctl(self, args):
         if args[:1] == ['bootout']:
