@@ -162,23 +162,33 @@ def verdict(error, delta):
         'went through' if error is None else 'ended with %s' % errno.errorcode.get(error, error)))
 
 
+class SetupError(Exception):
+    pass
+
+
 class Check:
     def __init__(self, name, family, kind, interface, index, source, destination):
         self.name, self.family, self.kind, self.interface = name, family, kind, interface
         self.index, self.source, self.destination = index, source, destination
 
-    def attempt(self, make_socket=socket.socket):
-        """The errno of the socket call, or None when it went through (a TCP connect in progress included)."""
-        sock = make_socket(self.family, socket.SOCK_STREAM if self.kind == 'tcp' else socket.SOCK_DGRAM)
+    def attempt(self, make_socket=None):
+        """The errno of the socket call, or None when it went through (a TCP connect in progress included).
+
+        SetupError when the socket could not be bound: nothing was sent.
+        """
+        sock = (make_socket or socket.socket)(self.family, socket.SOCK_STREAM if self.kind == 'tcp' else socket.SOCK_DGRAM)
         try:
-            sock.setblocking(False)
-            if self.index is not None:
-                if self.family == socket.AF_INET:
-                    sock.setsockopt(socket.IPPROTO_IP, IP_BOUND_IF, self.index)
-                else:
-                    sock.setsockopt(IPPROTO_IPV6, IPV6_BOUND_IF, self.index)
-            if self.source:
-                sock.bind((self.source, 0) if self.family == socket.AF_INET else (self.source, 0, 0, 0))
+            try:
+                sock.setblocking(False)
+                if self.index is not None:
+                    if self.family == socket.AF_INET:
+                        sock.setsockopt(socket.IPPROTO_IP, IP_BOUND_IF, self.index)
+                    else:
+                        sock.setsockopt(IPPROTO_IPV6, IPV6_BOUND_IF, self.index)
+                if self.source:
+                    sock.bind((self.source, 0) if self.family == socket.AF_INET else (self.source, 0, 0, 0))
+            except (IOError, OSError) as e:
+                raise SetupError('could not bind a socket to %s %s: %s' % (self.interface, self.source, e))
             try:
                 if self.kind == 'tcp':
                     sock.connect(self.destination)
@@ -233,12 +243,16 @@ def plan(interfaces, tunnels, dns_servers, canary_v4, canary_v6, index_of=None):
     return checks, skipped
 
 
-def run(checks, skipped, read_labels, make_socket=socket.socket):
+def run(checks, skipped, read_labels, make_socket=None):
     """Every check's result, one at a time between two readings of the labels, and whether any leaked."""
     results = []
     for check in checks:
         before = read_labels()
-        error = check.attempt(make_socket)
+        try:
+            error = check.attempt(make_socket)
+        except SetupError as e:
+            results.append(check.result('not run', str(e)))
+            continue
         results.append(check.result(*verdict(error, refused_delta(before, read_labels()))))
     results += skipped
     return results, any(r['verdict'] == 'LEAKED' for r in results)

@@ -150,3 +150,14 @@ def test_each_check_is_judged_by_what_pf_counted_during_it_alone():
                                  ('203.0.113.254', 9)) for _ in range(2)]
     results, leaked = probe_darwin.run(checks, [], lambda: next(readings), RecordingSocket)
     assert [r['verdict'] for r in results] == ['refused', 'LEAKED'] and leaked
+
+
+def test_a_socket_that_cannot_be_bound_sent_nothing_and_is_not_run():
+    class Unbindable(RecordingSocket):
+        def bind(self, address):
+            raise OSError(errno.EADDRNOTAVAIL, 'Cannot assign requested address')
+
+    check = probe_darwin.Check('udp ipv4 bound to en0', socket.AF_INET, 'udp', 'en0', 11, '198.18.0.2',
+                               ('203.0.113.254', 9))
+    results, leaked = probe_darwin.run([check], [], dict, Unbindable)
+    assert results[0]['verdict'] == 'not run' and 'could not bind' in results[0]['detail'] and not leaked
