@@ -36,7 +36,8 @@ __metaclass__ = type
 import hashlib
 import re
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import LOG_LEVELS, REFUSED_COUNTERS, exception_counter
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.evidence import LOG_LEVELS
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import REFUSED_COUNTERS, exception_counter
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS, PolicyError
 
 ANCHOR = 'com.vpnguard.killswitch'

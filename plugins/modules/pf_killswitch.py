@@ -236,14 +236,8 @@ options:
       - The probe sends only to the canaries. It changes nothing on the host, so it also runs in check mode.
     type: bool
     default: false
-  probe_canary_v4:
-    description: The IPv4 address the probe sends to; a documentation address leads nowhere.
-    type: str
-    default: 203.0.113.254
-  probe_canary_v6:
-    description: The IPv6 address the probe sends to.
-    type: str
-    default: "2001:db8:ffff::fe"
+extends_documentation_fragment:
+  - vpnguard.killswitch.evidence
 requirements:
   - macOS with C(/sbin/pfctl), run as root
 attributes:
@@ -398,7 +392,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils import file_snapshot, pf, probe_darwin
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import evidence, file_snapshot, pf, probe_darwin
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
     ID_MAX, POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
 
@@ -657,9 +651,7 @@ def present(module, policy, ruleset, pfctl, state_path):
     changed = bool(not anchor_in_sync or not main_in_sync or not token_held or changed_files or pflog_created)
     counted = pf.carried_counters(base, pfctl.labels())
     return dict(
-        counters=dict((name, dict(packets=counted.get(name, (0, 0))[0], bytes=counted.get(name, (0, 0))[1],
-                                  counts=meaning))
-                      for name, meaning in pf.counter_names(policy).items()),
+        counters=evidence.counters(counted, pf.counter_names(policy)),
         counter_base=base,
         changed=changed, ruleset=ruleset, confirm_pending=os.path.exists(pf.CONFIRM_PLIST), live_rules=live,
         changed_files=changed_files, diff=diff, drift=drift,
@@ -755,11 +747,7 @@ def main():
             confirm_timeout=dict(type='int', default=0),
             confirm=dict(type='bool', default=False),
             state_dir=dict(type='path', default='/var/db/vpnguard-killswitch'),
-            log=dict(type='str', default='none', choices=list(pf.LOG_LEVELS)),
-            probe=dict(type='bool', default=False),
-            probe_canary_v4=dict(type='str', default='203.0.113.254'),
-            probe_canary_v6=dict(type='str', default='2001:db8:ffff::fe'),
-            **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int')))
+            **dict(evidence.argument_spec(), **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int'))))
         ),
         supports_check_mode=True,
     )
