@@ -146,8 +146,8 @@ class FakePf:
         for index, rule in enumerate(ruleset.rules if ruleset else []):
             if getattr(rule, 'label', None):
                 pin, bin_, pout, bout = self.rule_packets.get((anchor, index), [0, 0, 0, 0])
-                lines.append('%s %d %d %d %d %d %d %d\n' % (rule.label, pin + pout, pin + pout, bin_ + bout,
-                                                             pin, bin_, pout, bout))
+                numbers = (pin + pout, pin + pout, bin_ + bout, pin, bin_, pout, bout)
+                lines.append('%s %d %d %d %d %d %d %d\n' % ((rule.label,) + numbers))
         return ''.join(lines)
 
     def __call__(self, argv):

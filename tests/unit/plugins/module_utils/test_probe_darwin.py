@@ -146,9 +146,9 @@ def test_the_errno_of_the_call_is_handed_to_the_verdict(fail):
 
 def test_each_check_is_judged_by_what_pf_counted_during_it_alone():
     readings = iter([{}, {'refused_out_v4': (1, 60)}, {'refused_out_v4': (1, 60)}, {'refused_out_v4': (1, 60)}])
-    checks = [probe_darwin.Check('udp ipv4 bound to en0', socket.AF_INET, 'udp', 'en0', 11, '198.18.0.2',
-                                 ('203.0.113.254', 9)) for _ in range(2)]
-    results, leaked = probe_darwin.run(checks, [], lambda: next(readings), RecordingSocket)
+    check = probe_darwin.Check('udp ipv4 bound to en0', socket.AF_INET, 'udp', 'en0', 11, '198.18.0.2',
+                               ('203.0.113.254', 9))
+    results, leaked = probe_darwin.run([check, check], [], lambda: next(readings), RecordingSocket)
     assert [r['verdict'] for r in results] == ['refused', 'LEAKED'] and leaked
 
 

@@ -447,8 +447,8 @@ def test_counters_are_the_anchors_labels_named_as_on_linux(mac):
 
 def test_counters_count_on_when_the_module_reloads_the_anchor_and_start_again_after_a_reboot(mac):
     run(mac, **POLICY)
-    for _ in range(3):
-        mac.send(packet(iface='en0', dst='198.51.100.7', uid=4242))
+    for sport in (40001, 40002, 40003):
+        mac.send(packet(iface='en0', dst='198.51.100.7', sport=sport, uid=4242))
     # A policy change reloads the anchor: PF zeroes its labels, the module carries them on.
     result = run(mac, **with_(allow_lan=True))
     assert result['summary']['anchor_changed']
