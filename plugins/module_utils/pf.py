@@ -208,6 +208,7 @@ def render(policy, units=WILDCARD_UNITS, endpoint_users=(0,), log='none'):
     if policy.doh_servers:
         rules += ['# DNS-over-HTTPS resolvers only through the tunnel, whatever is passed below.',
                   refused('out', 'to <vpnguard_doh>', 'refused_doh')]
+    endpoint_refusals = []
     if endpoints:
         # The VPN client's sockets only; no other process may use the endpoint to get round the tunnel.
         users = sorted(set(endpoint_users))
@@ -221,8 +222,10 @@ def render(policy, units=WILDCARD_UNITS, endpoint_users=(0,), log='none'):
             rules += ['pass out quick proto %s to %s port %d%s%s keep state' % (protocol, table, port, owner, flags),
                       'pass in quick proto %s from %s port %d no state' % (protocol, table, port)]
             if owner:
-                # Anyone else trying the endpoint's address and port: refused, and told apart.
-                rules.append(refused('out', 'proto %s to %s port %d' % (protocol, table, port), 'refused_endpoint'))
+                # Anyone else trying the endpoint's address and port, that nothing below lets out either:
+                # refused, and told apart from the rest.
+                endpoint_refusals.append(refused('out', 'proto %s to %s port %d' % (protocol, table, port),
+                                                 'refused_endpoint'))
     rules += [
         '# DHCP and neighbour discovery: the link must work for the tunnel to come up.',
         'pass out quick inet proto udp from port 68 to %s port 67 no state' % DHCP4_BROADCAST,
@@ -242,6 +245,7 @@ def render(policy, units=WILDCARD_UNITS, endpoint_users=(0,), log='none'):
         rules += [_counted('pass', 'out', 'proto { udp tcp } %s %d %s keep state' % (
             'user' if e.selector == 'uid' else 'group', e.value, FLAGS_ANY), exception_counter(e), log_exceptions)
             for e in policy.exceptions]
+    rules += endpoint_refusals
     rules += ['# Everything else, both ways, counted per direction and family.']
     rules += [refused(direction, 'inet%s all' % ('' if version == 4 else '6'), 'refused_%s_v%d' % (direction, version))
               for direction in ('out', 'in') for version in (4, 6)]

@@ -44,7 +44,6 @@ pass out quick on $tunnels all flags any keep state (if-bound)
 # The VPN servers, exactly: address, port and protocol, for root's sockets only.
 pass out quick proto udp to <vpnguard_endpoint_udp_51820> port 51820 user 0 keep state
 pass in quick proto udp from <vpnguard_endpoint_udp_51820> port 51820 no state
-block drop out quick proto udp to <vpnguard_endpoint_udp_51820> port 51820 label "refused_endpoint"
 # DHCP and neighbour discovery: the link must work for the tunnel to come up.
 pass out quick inet proto udp from port 68 to 255.255.255.255 port 67 no state
 pass in quick inet proto udp from port 67 to port 68 no state
@@ -52,6 +51,7 @@ pass out quick inet6 proto udp from fe80::/10 port 546 to port 547 no state
 pass in quick inet6 proto udp from port 547 to fe80::/10 port 546 no state
 pass out quick inet6 proto icmp6 icmp6-type { 133 135 136 143 } no state
 pass in quick inet6 proto icmp6 icmp6-type { 130 134 135 136 137 } no state
+block drop out quick proto udp to <vpnguard_endpoint_udp_51820> port 51820 label "refused_endpoint"
 # Everything else, both ways, counted per direction and family.
 block drop out quick inet all label "refused_out_v4"
 block drop out quick inet6 all label "refused_out_v6"
@@ -344,6 +344,38 @@ def test_the_anchor_decides_every_outbound_packet_as_the_policy_means(scenario):
     raw, policy, p = scenario
     fw = Firewall(pf.render(policy, units=8))
     assert fw.send(p) == intended(policy, pf.tunnel_names(policy, units=8), p), (p, fw.ruleset.decide(p).text)
+
+
+@PROPERTY
+@given(scenarios(), st.sampled_from(['exceptions', 'refused', 'all']))
+def test_logs_and_labels_decide_nothing(scenario, log):
+    raw, policy, p = scenario
+    assert Firewall(pf.render(policy, units=8, log=log)).send(p) == Firewall(pf.render(policy, units=8)).send(p)
+
+
+@PROPERTY
+@given(scenarios())
+def test_every_packet_the_anchor_refuses_is_counted_under_a_label_of_its_class(scenario):
+    raw, policy, p = scenario
+    rule = Firewall(pf.render(policy, units=8)).ruleset.decide(p)
+    if rule.action == 'block':
+        assert rule.label in pf.counter_names(policy)
+        if p.proto in ('tcp', 'udp') and p.dport in (53, 853) and p.iface != 'lo0':
+            assert rule.label in ('refused_dns_resolver', 'refused_dns_outside')
+        elif rule.label.startswith('refused_out_'):
+            assert rule.label == 'refused_out_v%d' % p.af
+
+
+def test_the_endpoint_refusal_only_tells_apart_what_the_final_block_would_refuse():
+    # An exception's socket and the LAN still reach the endpoint's service as before labels (issue 12).
+    policy = policy_of(allow_lan=True, exceptions=[{'uid': 501}],
+                       endpoints=[{'address': '192.168.1.9', 'port': 1194, 'protocol': 'udp'},
+                                  {'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}])
+    fw = Firewall(pf.render(policy))
+    assert fw.send(packet(iface='en0', proto='udp', dst='192.168.1.9', dport=1194, uid=4242))
+    assert fw.send(packet(iface='en0', proto='udp', dst='203.0.113.1', dport=51820, uid=501))
+    refused = packet(iface='en0', proto='udp', dst='203.0.113.1', sport=40404, dport=51820, uid=4242)
+    assert not fw.send(refused) and fw.ruleset.decide(refused).label == 'refused_endpoint'
 
 
 @PROPERTY
