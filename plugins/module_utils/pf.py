@@ -47,6 +47,7 @@ PFCTL = '/sbin/pfctl'
 WILDCARD_UNITS = 32
 LOOPBACK = 'lo0'
 PFLOG = 'pflog0'
+IFCONFIG = '/sbin/ifconfig'
 
 # Neighbour discovery and MLD (router/neighbour solicitation, neighbour
 # advertisement, MLDv2 report out; router advertisement, solicitation and
@@ -347,7 +348,7 @@ def fallback_ruleset(policy):
     return '\n'.join(lines) + '\n'
 
 
-def watchdog_script(state_dir, fallback):
+def watchdog_script(state_dir, fallback, pflog=False):
     """/bin/sh, run by launchd at boot, when /etc/pf.conf changes and every WATCHDOG_INTERVAL seconds.
 
     It re-asserts three things and changes nothing that already holds:
@@ -362,7 +363,8 @@ def watchdog_script(state_dir, fallback):
       PF stops when the last reference goes (DIOCSTOPREF), so a reference of
       our own keeps it on whatever another holder releases.
     The token is written where the module finds it, so that state=absent
-    releases it.
+    releases it. With pflog, it also creates pflog0 (a cloned interface,
+    gone after a reboot) for the rules' `log`.
     """
     token = '%s/%s' % (state_dir.rstrip('/'), WATCHDOG_TOKEN)
     return '''#!/bin/sh
@@ -375,14 +377,15 @@ if ! "$pfctl" -s rules 2>/dev/null | grep -q "^anchor \\"$anchor\\"" ||
     "$pfctl" -f %(ruleset)s || "$pfctl" -f - <<'VPNGUARD_FALLBACK'
 %(fallback)sVPNGUARD_FALLBACK
 fi
-token=$(cat "$token_file" 2>/dev/null)
+%(pflog)stoken=$(cat "$token_file" 2>/dev/null)
 if [ -z "$token" ] || ! "$pfctl" -s References 2>/dev/null | grep -qw "$token"; then
     token=$("$pfctl" -E 2>&1 | sed -n 's/^Token : *\\([0-9][0-9]*\\).*/\\1/p')
     [ -n "$token" ] || exit 1
     mkdir -p "${token_file%%/*}" && printf '%%s\\n' "$token" > "$token_file.new" && mv "$token_file.new" "$token_file"
 fi
 ''' % dict(pfctl=PFCTL, anchor=ANCHOR, token=token, ruleset=RULESET_FILE,
-           fallback=fallback.replace('%', '%%'))
+           fallback=fallback.replace('%', '%%'),
+           pflog='%s %s >/dev/null 2>&1 || %s %s create\n' % (IFCONFIG, PFLOG, IFCONFIG, PFLOG) if pflog else '')
 
 
 def launchd_plist(interval=WATCHDOG_INTERVAL):

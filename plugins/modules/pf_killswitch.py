@@ -217,7 +217,8 @@ options:
         The socket's owner is in the log header when a C(user) rule had looked it up.
       - PF has no log rate limit of its own. A packet is copied only while C(pflog0) exists and something reads
         it (xnu C(pflog_packet) returns at once otherwise), and the reader's bpf buffer bounds what it keeps.
-        The module creates C(pflog0) (C(ifconfig pflog0 create)) when this is not V(none).
+        The module creates C(pflog0) (C(ifconfig pflog0 create)) when this is not V(none), and so does the
+        watchdog at boot with O(persist=true); a run that finds it missing reports that in RV(drift).
       - The counters in RV(counters) are kept whatever this says.
     type: str
     choices: [none, exceptions, refused, all]
@@ -397,7 +398,7 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import 
     ID_MAX, POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
 
 STATE_FILE = 'pf_killswitch.json'
-IFCONFIG = '/sbin/ifconfig'
+IFCONFIG = pf.IFCONFIG
 NETSTAT = '/usr/sbin/netstat'
 SYSCTL = '/usr/sbin/sysctl'
 
@@ -590,7 +591,7 @@ def present(module, policy, ruleset, pfctl, state_path):
         pfctl.check_text(private.replace(pf.ANCHOR_FILE, '/dev/null'), pf.load_conf_argv)
 
     files = {pf.ANCHOR_FILE: ruleset, pf.RULESET_FILE: private,
-             pf.WATCHDOG_SCRIPT: pf.watchdog_script(state_dir, pf.fallback_ruleset(policy)) if params['persist'] else None,
+             pf.WATCHDOG_SCRIPT: pf.watchdog_script(state_dir, pf.fallback_ruleset(policy), params['log'] != 'none') if params['persist'] else None,
              pf.LAUNCHD_PLIST: pf.launchd_plist(params['watchdog_interval']) if params['persist'] else None}
     before = dict((path, file_snapshot.read_text(path)) for path in files)
     changed_files = sorted(path for path in files if not file_snapshot.holds(path, files[path]))

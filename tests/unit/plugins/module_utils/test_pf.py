@@ -186,6 +186,15 @@ def test_the_watchdog_script_loads_before_it_enables_and_falls_back_closed():
     assert subprocess.run(['sh', '-n'], input=script.encode(), check=False).returncode == 0
 
 
+def test_the_watchdog_creates_pflog0_only_when_the_kill_switch_logs():
+    # pflog0 is a cloned interface (xnu bsd/net/if_pflog.c), gone after a reboot.
+    assert 'pflog0' not in pf.watchdog_script('/var/db/vpnguard-killswitch', 'block drop out quick all\n')
+    script = pf.watchdog_script('/var/db/vpnguard-killswitch', 'block drop out quick all\n', pflog=True)
+    assert '/sbin/ifconfig pflog0 >/dev/null 2>&1 || /sbin/ifconfig pflog0 create\n' in script
+    assert script.index('pflog0 create') < script.index('token=$(cat')  # before the token step can exit
+    assert subprocess.run(['/bin/sh', '-n'], input=script, text=True).returncode == 0
+
+
 def test_the_fallback_keeps_loopback_and_management_and_blocks_the_rest():
     policy = policy_of(management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'}])
     fw = Firewall(pf.fallback_ruleset(policy))
