@@ -230,7 +230,11 @@ def plan(interfaces, tunnels, dns_servers, canary_v4, canary_v6, index_of=None):
             elif not data[label]:
                 skipped += [not_run(n, name, label, n.split()[0], 'no global %s address' % label) for n in names]
             else:
-                index, source = index_of(name), data[label][0]
+                try:
+                    index, source = index_of(name), data[label][0]
+                except (IOError, OSError) as e:  # gone since ifconfig listed it
+                    skipped += [not_run(n, name, label, n.split()[0], 'no interface index: %s' % e) for n in names]
+                    continue
                 checks += [Check(names[0], family, 'udp', name, index, source, (canary, PROBE_PORT)),
                            Check(names[1], family, 'tcp', name, index, source, (canary, PROBE_PORT)),
                            Check(names[2], family, 'dns', name, index, source, (canary, DNS_PORT))]

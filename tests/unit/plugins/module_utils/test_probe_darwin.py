@@ -161,3 +161,14 @@ def test_a_socket_that_cannot_be_bound_sent_nothing_and_is_not_run():
                                ('203.0.113.254', 9))
     results, leaked = probe_darwin.run([check], [], dict, Unbindable)
     assert results[0]['verdict'] == 'not run' and 'could not bind' in results[0]['detail'] and not leaked
+
+
+def test_an_interface_gone_since_ifconfig_listed_it_is_not_run():
+    def gone(name):
+        raise OSError(errno.ENXIO, 'Device not configured')
+
+    checks, skipped = probe_darwin.plan(probe_darwin.parse_ifconfig(IFCONFIG_A), TUNNELS, [], '203.0.113.254',
+                                        '2001:db8:ffff::fe', index_of=gone)
+    assert checks == []
+    assert [s['detail'] for s in skipped if s['check'] == 'udp ipv4 bound to en0'] == [
+        'no interface index: [Errno 6] Device not configured']
