@@ -68,7 +68,7 @@ def _host(name, data, previous_hosts):
     probe = result.get('probe')
     host = dict(drift=list(drift))
     if probe is None:
-        host['probe'] = dict(leaked=False, checks=[], not_run='killswitch_audit_probe is off, or this OS has no probe yet')
+        host['probe'] = dict(leaked=False, checks=[], not_run='the probe did not run (killswitch_audit_probe is off)')
     else:
         host['probe'] = dict((k, v) for k, v in probe.items() if k != 'counters_after')
         leaked = [c['check'] for c in probe.get('checks', []) if c.get('verdict') == 'LEAKED']

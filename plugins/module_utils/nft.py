@@ -17,6 +17,7 @@ import ipaddress
 import json
 import re
 
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import evidence
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS
 
 TABLE_FAMILY = 'inet'
@@ -49,7 +50,7 @@ ICMPV6_IN = (
 
 # What the kill switch may write to the kernel log (killswitch_log): nothing,
 # the bypass exceptions' use, what it refused, or both and the endpoints' use.
-LOG_LEVELS = ('none', 'exceptions', 'refused', 'all')
+LOG_LEVELS = evidence.LOG_LEVELS
 # At most this many log lines a second per rule, so that a process hammering
 # the firewall cannot flood the journal.
 LOG_RATE = 'limit rate 10/second burst 20 packets'

@@ -36,6 +36,8 @@ __metaclass__ = type
 import hashlib
 import re
 
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.evidence import LOG_LEVELS
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import REFUSED_COUNTERS, exception_counter
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS, PolicyError
 
 ANCHOR = 'com.vpnguard.killswitch'
@@ -44,6 +46,8 @@ PF_CONF = '/etc/pf.conf'
 PFCTL = '/sbin/pfctl'
 WILDCARD_UNITS = 32
 LOOPBACK = 'lo0'
+PFLOG = 'pflog0'
+IFCONFIG = '/sbin/ifconfig'
 
 # Neighbour discovery and MLD (router/neighbour solicitation, neighbour
 # advertisement, MLDv2 report out; router advertisement, solicitation and
@@ -69,6 +73,16 @@ STATE_IF_BOUND = 'keep state (if-bound)'
 FLAGS_ANY = 'flags any'
 # Seconds between two runs of the watchdog (launchd StartInterval).
 WATCHDOG_INTERVAL = 60
+
+# Named counters: PF `label`s on every rule that refuses, or that lets an
+# exception through, named as the Linux counters are where the verdict class
+# is the same. PF keeps packets and bytes per rule and `pfctl -s labels` sums
+# them by label (see parse_labels). PF has no forward hook of its own: a
+# forwarded packet is filtered in on one interface and out on another, so it is
+# counted as refused in or out; nor a strong host model rule
+# (refused_other_interface).
+PF_REFUSED = ('refused_out_v4', 'refused_out_v6', 'refused_in_v4', 'refused_in_v6', 'refused_dns_resolver',
+              'refused_dns_outside', 'refused_doh', 'refused_endpoint')
 
 HEADER = ('# vpnguard.killswitch: managed by Ansible, loaded whole by `pfctl -a %s -f`; edits are reverted.\n'
           % ANCHOR)
@@ -111,12 +125,47 @@ def _by_service(entries, address):
     return sorted(groups.items())
 
 
-def render(policy, units=WILDCARD_UNITS, endpoint_users=(0,)):
+def counter_names(policy):
+    """Every label the anchor of policy counts, with what it counts (the Linux counters' words)."""
+    names = dict((name, REFUSED_COUNTERS[name]) for name in PF_REFUSED)
+    if not policy.dns_servers:
+        del names['refused_dns_resolver']
+    if not policy.doh_servers:
+        del names['refused_doh']
+    if not policy.restrict_endpoints_to_tunnel or not policy.endpoints:
+        del names['refused_endpoint']
+    for e in policy.exceptions:
+        names[exception_counter(e)] = 'exception %s: %s used' % (e.selector, e.value)
+    return names
+
+
+def _counted(action, direction, match, label, log):
+    """One rule that decides, counts under label and, when log, copies the packet to pflog0.
+
+    PF writes `log` between the direction and `quick` (pf.conf(5) GRAMMAR:
+    action [direction] [log] [quick] ...). Plain `log`: xnu's PF would fill
+    the socket owner into the pflog header for `log (user)` too (bsd/net/if_pflog.c:
+    PF_LOG_SOCKET_LOOKUP), but whether Apple's pfctl parses that option cannot
+    be checked, its source not being published; a rule that matched on `user`
+    has looked the owner up already, and pflog carries it then.
+    """
+    return ' '.join(filter(None, [action, direction, 'log' if log else None, 'quick', match, 'label "%s"' % label]))
+
+
+def render(policy, units=WILDCARD_UNITS, endpoint_users=(0,), log='none'):
     """The anchor's rules as pfctl(8) input text.
 
     endpoint_users: the uids whose sockets may reach the endpoints when the
     policy restricts them (the VPN client's; see endpoint_user_preflight()).
+    log: one of LOG_LEVELS, what is copied to pflog0.
     """
+    if log not in LOG_LEVELS:
+        raise PolicyError('log', 'must be one of %s' % ', '.join(LOG_LEVELS))
+    log_refused, log_exceptions = log in ('refused', 'all'), log in ('exceptions', 'all')
+
+    def refused(direction, match, label):
+        return _counted('block drop', direction, match, label, log_refused)
+
     tunnels = tunnel_names(policy, units)
     for i, exception in enumerate(policy.exceptions):
         if exception.selector not in ('uid', 'gid'):
@@ -147,13 +196,20 @@ def render(policy, units=WILDCARD_UNITS, endpoint_users=(0,)):
         'pass quick on %s no state' % LOOPBACK,
         '# DNS only to the tunnel\'s resolvers and only through it, decided before the tunnel is passed.',
         'pass out quick on $tunnels %s %s %s' % (dns, FLAGS_ANY, STATE_IF_BOUND),
-        'block drop out quick proto { udp tcp } to port %s' % _list(DNS_PORTS),
+    ]
+    dns_ports = 'proto { udp tcp } to port %s' % _list(DNS_PORTS)
+    if policy.dns_servers:
+        # Through the tunnel, but to a resolver that is not the tunnel's: told apart from DNS outside it.
+        rules.append(refused('out', 'on $tunnels ' + dns_ports, 'refused_dns_resolver'))
+    rules += [
+        refused('out', dns_ports, 'refused_dns_outside'),
         '# The tunnel carries everything else out; in, only replies, bound to the tunnel interface.',
         'pass out quick on $tunnels all %s %s' % (FLAGS_ANY, STATE_IF_BOUND),
     ]
     if policy.doh_servers:
         rules += ['# DNS-over-HTTPS resolvers only through the tunnel, whatever is passed below.',
-                  'block drop out quick to <vpnguard_doh>']
+                  refused('out', 'to <vpnguard_doh>', 'refused_doh')]
+    endpoint_refusals = []
     if endpoints:
         # The VPN client's sockets only; no other process may use the endpoint to get round the tunnel.
         users = sorted(set(endpoint_users))
@@ -166,6 +222,11 @@ def render(policy, units=WILDCARD_UNITS, endpoint_users=(0,)):
             flags = ' ' + FLAGS_ANY if protocol == 'tcp' else ''
             rules += ['pass out quick proto %s to %s port %d%s%s keep state' % (protocol, table, port, owner, flags),
                       'pass in quick proto %s from %s port %d no state' % (protocol, table, port)]
+            if owner:
+                # Anyone else trying the endpoint's address and port, that nothing below lets out either:
+                # refused, and told apart from the rest.
+                endpoint_refusals.append(refused('out', 'proto %s to %s port %d' % (protocol, table, port),
+                                                 'refused_endpoint'))
     rules += [
         '# DHCP and neighbour discovery: the link must work for the tunnel to come up.',
         'pass out quick inet proto udp from port 68 to %s port 67 no state' % DHCP4_BROADCAST,
@@ -180,11 +241,15 @@ def render(policy, units=WILDCARD_UNITS, endpoint_users=(0,)):
                   'pass out quick to <vpnguard_lan> no state',
                   'pass in quick from <vpnguard_lan> no state']
     rules += management_rules(management)
-    bypass = ['%s %d' % ('user' if e.selector == 'uid' else 'group', e.value) for e in policy.exceptions]
-    if bypass:
-        rules.append('# Bypass exceptions: PF knows the owner of TCP and UDP sockets only.')
-        rules += ['pass out quick proto { udp tcp } %s %s keep state' % (b, FLAGS_ANY) for b in bypass]
-    rules += ['# Everything else, both ways.', 'block drop out quick all', 'block drop in quick all']
+    if policy.exceptions:
+        rules.append('# Bypass exceptions, each counted by itself: PF knows the owner of TCP and UDP sockets only.')
+        rules += [_counted('pass', 'out', 'proto { udp tcp } %s %d %s keep state' % (
+            'user' if e.selector == 'uid' else 'group', e.value, FLAGS_ANY), exception_counter(e), log_exceptions)
+            for e in policy.exceptions]
+    rules += endpoint_refusals
+    rules += ['# Everything else, both ways, counted per direction and family.']
+    rules += [refused(direction, 'inet%s all' % ('' if version == 4 else '6'), 'refused_%s_v%d' % (direction, version))
+              for direction in ('out', 'in') for version in (4, 6)]
     return '\n'.join(lines + [''] + rules) + '\n'
 
 
@@ -283,7 +348,7 @@ def fallback_ruleset(policy):
     return '\n'.join(lines) + '\n'
 
 
-def watchdog_script(state_dir, fallback):
+def watchdog_script(state_dir, fallback, pflog=False):
     """/bin/sh, run by launchd at boot, when /etc/pf.conf changes and every WATCHDOG_INTERVAL seconds.
 
     It re-asserts three things and changes nothing that already holds:
@@ -298,7 +363,8 @@ def watchdog_script(state_dir, fallback):
       PF stops when the last reference goes (DIOCSTOPREF), so a reference of
       our own keeps it on whatever another holder releases.
     The token is written where the module finds it, so that state=absent
-    releases it.
+    releases it. With pflog, it also creates pflog0 (a cloned interface,
+    gone after a reboot) for the rules' `log`.
     """
     token = '%s/%s' % (state_dir.rstrip('/'), WATCHDOG_TOKEN)
     return '''#!/bin/sh
@@ -311,14 +377,15 @@ if ! "$pfctl" -s rules 2>/dev/null | grep -q "^anchor \\"$anchor\\"" ||
     "$pfctl" -f %(ruleset)s || "$pfctl" -f - <<'VPNGUARD_FALLBACK'
 %(fallback)sVPNGUARD_FALLBACK
 fi
-token=$(cat "$token_file" 2>/dev/null)
+%(pflog)stoken=$(cat "$token_file" 2>/dev/null)
 if [ -z "$token" ] || ! "$pfctl" -s References 2>/dev/null | grep -qw "$token"; then
     token=$("$pfctl" -E 2>&1 | sed -n 's/^Token : *\\([0-9][0-9]*\\).*/\\1/p')
     [ -n "$token" ] || exit 1
     mkdir -p "${token_file%%/*}" && printf '%%s\\n' "$token" > "$token_file.new" && mv "$token_file.new" "$token_file"
 fi
 ''' % dict(pfctl=PFCTL, anchor=ANCHOR, token=token, ruleset=RULESET_FILE,
-           fallback=fallback.replace('%', '%%'))
+           fallback=fallback.replace('%', '%%'),
+           pflog='%s %s >/dev/null 2>&1 || %s %s create\n' % (IFCONFIG, PFLOG, IFCONFIG, PFLOG) if pflog else '')
 
 
 def launchd_plist(interval=WATCHDOG_INTERVAL):
@@ -374,6 +441,45 @@ def load_conf_argv(path, check=False):
 def listing_argvs():
     """What `live listing` is made of: the anchor's rules and its tables."""
     return pfctl('-a', ANCHOR, '-s', 'rules'), pfctl('-a', ANCHOR, '-s', 'Tables')
+
+
+def labels_argv():
+    """`pfctl -a ANCHOR -s labels`: a line per labelled rule of the anchor (the -a path, not the main ruleset)."""
+    return pfctl('-a', ANCHOR, '-s', 'labels')
+
+
+_LABEL_LINE = re.compile(r'^(\S+) (\d+) (\d+) (\d+) \d+ \d+ \d+ \d+\s*$')
+
+
+def parse_labels(output):
+    """{label: (packets, bytes)} from `pfctl -s labels`, summed over the rules that share a label.
+
+    pfctl_show_rules(), format PFCTL_SHOW_LABELS, prints for each rule with a
+    label "%s " then "%llu %llu %llu %llu %llu %llu %llu\n": evaluations,
+    packets (in + out), bytes (in + out), packets in, bytes in, packets out,
+    bytes out (OpenBSD pfctl.c of the 4.x era that xnu's PF comes from; macOS's
+    /sbin/pfctl prints the same seven numbers). One policy rule with a list
+    ({ udp tcp }, $tunnels) is several PF rules, hence the sum. The kernel
+    zeroes a rule's counters when it is added (xnu bsd/net/pf_ioctl.c), so
+    every load of the anchor starts them again from 0. A line of any other
+    shape (a header, a warning) is skipped.
+    """
+    counted = {}
+    for line in (output or '').splitlines():
+        match = _LABEL_LINE.match(line)
+        if match:
+            packets, octets = counted.get(match.group(1), (0, 0))
+            counted[match.group(1)] = (packets + int(match.group(3)), octets + int(match.group(4)))
+    return counted
+
+
+def carried_counters(base, live):
+    """base + live, label by label: what the anchor counted before the module reloaded it, and since."""
+    total = dict((name, tuple(value)) for name, value in (base or {}).items())
+    for name, (packets, octets) in live.items():
+        before = total.get(name, (0, 0))
+        total[name] = (before[0] + packets, before[1] + octets)
+    return total
 
 
 def table_argv(name):

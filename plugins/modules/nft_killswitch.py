@@ -254,14 +254,6 @@ options:
         on the host, so it also runs in check mode.
     type: bool
     default: false
-  probe_canary_v4:
-    description: The IPv4 address the probe sends to; a documentation address leads nowhere.
-    type: str
-    default: 203.0.113.254
-  probe_canary_v6:
-    description: The IPv6 address the probe sends to.
-    type: str
-    default: "2001:db8:ffff::fe"
   confirm:
     description:
       - Confirm the pending change and stop the rollback timer; run it over a fresh connection
@@ -271,6 +263,7 @@ options:
     default: false
 extends_documentation_fragment:
   - vpnguard.killswitch.attributes
+  - vpnguard.killswitch.evidence
 attributes:
   platform:
     support: full
@@ -440,9 +433,9 @@ from ansible.module_utils.common.respawn import has_respawned, probe_interpreter
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
     POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
-from ansible_collections.vpnguard.killswitch.plugins.module_utils import probe
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import evidence, probe
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
-    BYPASS_FWMARK, LOG_LEVELS, TABLE, Nft, NftError, counter_names, digest, render, replace_transaction,
+    BYPASS_FWMARK, TABLE, Nft, NftError, counter_names, digest, render, replace_transaction,
     with_counter_values, without_counter_values)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
     DEFAULT_PRIORITY, LinkGroups, RoutingGuard, boot_script, describe, desired_rules, guard_commands,
@@ -629,9 +622,7 @@ def present(module, policy, nft, guard, state_path, nft_command):
     live_counters = nft.counters()
 
     return dict(
-        counters=dict((name, dict(packets=live_counters.get(name, (0, 0))[0], bytes=live_counters.get(name, (0, 0))[1],
-                                  counts=meaning))
-                      for name, meaning in counter_names(policy).items()),
+        counters=evidence.counters(live_counters, counter_names(policy)),
         changed=not in_sync or bool(persisted) or unit_activated or bool(regroup),
         regrouped_interfaces=['%s: group %d' % change for change in regroup],
         confirm_pending=commit_confirm.pending(params['state_dir']),
@@ -693,12 +684,8 @@ def main():
             persist_dir=dict(type='path', default='/etc/vpnguard-killswitch'),
             confirm_timeout=dict(type='int', default=0),
             confirm=dict(type='bool', default=False),
-            log=dict(type='str', default='none', choices=list(LOG_LEVELS)),
-            probe=dict(type='bool', default=False),
-            probe_canary_v4=dict(type='str', default='203.0.113.254'),
-            probe_canary_v6=dict(type='str', default='2001:db8:ffff::fe'),
-            **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int'), cgroup=dict(type='str')),
-                                   endpoint_owners=True)
+            **dict(evidence.argument_spec(), **policy_argument_spec(
+                dict(uid=dict(type='int'), gid=dict(type='int'), cgroup=dict(type='str')), endpoint_owners=True))
         ),
         supports_check_mode=True,
     )

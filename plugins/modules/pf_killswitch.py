@@ -206,6 +206,39 @@ options:
     description: Where the module records what it applied and its PF enable token.
     type: path
     default: /var/db/vpnguard-killswitch
+  log:
+    description:
+      - What the kill switch copies to PF's log interface C(pflog0) (PF C(log) on the rules), read with
+        C(tcpdump -n -e -ttt -i pflog0). V(none) logs nothing; V(exceptions) the first packet of each
+        connection a bypass exception lets through; V(refused) every packet the kill switch refused; V(all) both.
+      - PF names no reason in its log; each logged packet carries the number of the rule that decided it
+        (C(rule N.com.vpnguard.ki...) in tcpdump), and C(pfctl -a com.vpnguard.killswitch -vv -s rules) shows
+        rule N with its C(label), the reason (C(refused_out_v4), C(refused_dns_resolver), C(exception_uid_501)...).
+        The socket's owner is in the log header when a C(user) rule had looked it up.
+      - PF has no log rate limit of its own. A packet is copied only while C(pflog0) exists and something reads
+        it (xnu C(pflog_packet) returns at once otherwise), and the reader's bpf buffer bounds what it keeps.
+        The module creates C(pflog0) (C(ifconfig pflog0 create)) when this is not V(none), and so does the
+        watchdog at boot with O(persist=true); a run that finds it missing reports that in RV(drift).
+      - The counters in RV(counters) are kept whatever this says.
+    type: str
+    choices: [none, exceptions, refused, all]
+    default: none
+  probe:
+    description:
+      - After enforcing (or, in check mode, comparing), probe the host live, as the audit does. For every interface
+        that is up, has a global address and is not a tunnel, sockets bound to it (C(IP_BOUND_IF) or C(IPV6_BOUND_IF),
+        and its address) try a UDP send, a TCP connect and a DNS query to the canary addresses, IPv4 and IPv6, and a
+        DNS query goes to the canary as a resolver that is not the tunnel's. Results in RV(probe), RV(tunnel) and
+        RV(routes_outside_tunnel).
+      - Each check runs alone between two readings of the anchor's labels. It is refused when a refusing label
+        counted a packet meanwhile, or when the kernel found no route; it LEAKED when the socket call went through
+        and PF counted no refusal. xnu hides PF's drop of an IPv4 packet from the sender, so the count decides,
+        not the error. macOS has no capture without bpf, so the probe infers from PF's counters that nothing left.
+      - The probe sends only to the canaries. It changes nothing on the host, so it also runs in check mode.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - vpnguard.killswitch.evidence
 requirements:
   - macOS with C(/sbin/pfctl), run as root
 attributes:
@@ -290,6 +323,47 @@ changed_files:
   type: list
   elements: str
   sample: [/etc/pf.anchors/com.vpnguard.killswitch, /etc/pf.conf]
+counters:
+  description:
+    - The anchor's labels after this run, one per verdict class and one per bypass exception, each with what it
+      counts, named as on Linux where the class is the same (PF has no forward hook, so a forwarded packet is
+      counted in C(refused_in_*) or C(refused_out_*)). Read with C(pfctl -a com.vpnguard.killswitch -s labels).
+    - PF starts a rule's counters from 0 whenever the anchor is loaded; when this module reloads it, it adds what
+      the labels had counted to a base kept in O(state_dir), so they count on across policy changes. A reboot
+      starts them again (the base is dropped when C(kern.boottime) changed); a reload by anyone else (the watchdog
+      after the anchor vanished) restarts them too, which the audit report takes as a reset.
+  returned: when O(state=present)
+  type: dict
+  sample:
+    refused_out_v4: {packets: 12, bytes: 720, counts: outbound IPv4 refused outside the tunnel}
+    exception_uid_501: {packets: 3, bytes: 180, counts: "exception uid: 501 used"}
+probe:
+  description:
+    - With O(probe=true), each check of the live probe and whether any leaked. C(verdict) is C(refused) (C(detail)
+      says whether PF, and which label, or routing refused), C(LEAKED) or C(not run) (and why).
+      C(counters_after) are the labels' packets after the probe, the base added (its own refusals are counted
+      too; RV(counters) are from before it).
+  returned: when O(probe=true) and O(state=present)
+  type: dict
+  sample:
+    leaked: false
+    checks:
+      - {check: udp ipv4 bound to en0, interface: en0, family: ipv4, protocol: udp, verdict: refused,
+         detail: "refused by PF (refused_out_v4 +1); nothing was captured (macOS has no capture without bpf)..."}
+    counters_after: {refused_out_v4: 14}
+tunnel:
+  description: With O(probe=true), the interfaces of O(tunnel_interfaces) the host has, their state and addresses.
+  returned: when O(probe=true) and O(state=present)
+  type: dict
+  sample: {up: true, interfaces: [{interface: utun4, state: up, addresses: [10.8.0.2]}]}
+routes_outside_tunnel:
+  description:
+    - With O(probe=true), the default routes (and C(0/1)-style halves) of C(netstat -rn) that leave through an
+      interface that is not a tunnel; a route scoped to its interface (flag C(I)) serves only sockets bound to it.
+  returned: when O(probe=true) and O(state=present)
+  type: list
+  elements: str
+  sample: [default via 192.168.1.1 dev en0 ipv4]
 summary:
   description: What the kill switch enforces and what this run changed.
   returned: always
@@ -319,11 +393,14 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils import file_snapshot, pf
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import evidence, file_snapshot, pf, probe_darwin
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import (
     ID_MAX, POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
 
 STATE_FILE = 'pf_killswitch.json'
+IFCONFIG = pf.IFCONFIG
+NETSTAT = '/usr/sbin/netstat'
+SYSCTL = '/usr/sbin/sysctl'
 
 
 class PfError(Exception):
@@ -354,6 +431,10 @@ class Pfctl:
             addresses = ' '.join(self.query(pf.table_argv(name)).split())
             text += 'table <%s> { %s }\n' % (name, addresses)
         return text
+
+    def labels(self):
+        """{label: (packets, bytes)} the anchor's rules have counted since it was loaded."""
+        return pf.parse_labels(self.query(pf.labels_argv()))
 
     def check_text(self, text, argv_for):
         """Have pfctl -n parse text; the temporary file goes whatever happens."""
@@ -412,7 +493,7 @@ def validate(module):
         if not 10 <= params['watchdog_interval'] <= 3600:
             raise PolicyError('watchdog_interval', 'must be between 10 and 3600 seconds')
         users = endpoint_users(module)
-        ruleset = pf.render(policy, params['wildcard_units'], users)
+        ruleset = pf.render(policy, params['wildcard_units'], users, params['log'])
     except PolicyError as e:
         module.fail_json(msg='Invalid kill switch policy, nothing was changed: %s' % e, setting=e.setting)
     return policy, ruleset
@@ -495,6 +576,11 @@ def present(module, policy, ruleset, pfctl, state_path):
     private = pf.private_ruleset(pf_conf)
     token_held = seen['enabled'] and saved.get('token') in seen['references']
 
+    # PF zeroes the labels when the anchor is loaded: what they counted is kept in a base, until a reboot.
+    boot = pfctl.query([SYSCTL, '-n', 'kern.boottime']).strip()
+    base = (saved.get('counter_base') or {}) if saved.get('boot') == boot else {}
+    labels_before = pfctl.labels()
+
     anchor_in_sync = (bool(live) and anchor_file == ruleset and saved.get('digest') == pf.digest(ruleset)
                       and saved.get('listing') == live)
     main_in_sync = seen['main_references'] and file_snapshot.read_text(pf.RULESET_FILE) == private
@@ -505,7 +591,7 @@ def present(module, policy, ruleset, pfctl, state_path):
         pfctl.check_text(private.replace(pf.ANCHOR_FILE, '/dev/null'), pf.load_conf_argv)
 
     files = {pf.ANCHOR_FILE: ruleset, pf.RULESET_FILE: private,
-             pf.WATCHDOG_SCRIPT: pf.watchdog_script(state_dir, pf.fallback_ruleset(policy)) if params['persist'] else None,
+             pf.WATCHDOG_SCRIPT: pf.watchdog_script(state_dir, pf.fallback_ruleset(policy), params['log'] != 'none') if params['persist'] else None,
              pf.LAUNCHD_PLIST: pf.launchd_plist(params['watchdog_interval']) if params['persist'] else None}
     before = dict((path, file_snapshot.read_text(path)) for path in files)
     changed_files = sorted(path for path in files if not file_snapshot.holds(path, files[path]))
@@ -521,7 +607,10 @@ def present(module, policy, ruleset, pfctl, state_path):
     confirm = params['confirm_timeout'] > 0 and not anchor_in_sync
     if confirm and not module.check_mode:
         arm_confirm(pfctl, anchor_file if live else None, params['confirm_timeout'])
+    pflog_created = params['log'] != 'none' and ensure_pflog(module)
     if not module.check_mode:
+        if not main_in_sync or not anchor_in_sync:
+            base = pf.carried_counters(base, labels_before)
         file_snapshot.sync(files, False, own_directory=pf.OWN_DIR)
         if wanted_conf != pf_conf:
             file_snapshot.write_text(pf.PF_CONF, wanted_conf)
@@ -537,7 +626,8 @@ def present(module, policy, ruleset, pfctl, state_path):
         if not token_held:
             # A reference of our own, whoever else holds one: without it another holder's -X stops PF.
             saved['token'] = pf.parse_token(pfctl.run(pf.pfctl('-E'), 'pfctl failed to enable PF'))
-        saved.update(digest=pf.digest(ruleset), listing=pfctl.listing(), states=states)
+        saved.update(digest=pf.digest(ruleset), listing=pfctl.listing(), states=states, boot=boot,
+                     counter_base=dict((name, list(value)) for name, value in base.items()))
         file_snapshot.save(state_path, saved)
         if job_changed:
             for argv in pf.launchd_argvs(params['persist']):
@@ -547,6 +637,8 @@ def present(module, policy, ruleset, pfctl, state_path):
                     pfctl.run(argv, 'launchctl failed to start the watchdog')
 
     drift = drift_of(seen, token_held, pf.has_hook(pf_conf), anchor_in_sync)
+    if pflog_created:
+        drift.append('%s was missing, so PF logged nothing of what log asks for' % pf.PFLOG)
     for line in drift:
         if line.startswith(('foreign', 'translation')):
             module.warn(line)
@@ -557,8 +649,11 @@ def present(module, policy, ruleset, pfctl, state_path):
         module.warn('PF matches a gid exception against the socket owner\'s effective (primary) group only, '
                     'never supplementary groups')
 
-    changed = bool(not anchor_in_sync or not main_in_sync or not token_held or changed_files)
+    changed = bool(not anchor_in_sync or not main_in_sync or not token_held or changed_files or pflog_created)
+    counted = pf.carried_counters(base, pfctl.labels())
     return dict(
+        counters=evidence.counters(counted, pf.counter_names(policy)),
+        counter_base=base,
         changed=changed, ruleset=ruleset, confirm_pending=os.path.exists(pf.CONFIRM_PLIST), live_rules=live,
         changed_files=changed_files, diff=diff, drift=drift,
         summary=dict(
@@ -569,6 +664,34 @@ def present(module, policy, ruleset, pfctl, state_path):
             dns_servers=len(policy.dns_servers), allow_lan=policy.allow_lan,
             management=len(policy.management), exceptions=len(policy.exceptions)),
     )
+
+
+def ensure_pflog(module):
+    """pflog0, where PF's `log` copies packets: a cloned interface that exists only once created."""
+    rc, out, err = module.run_command([IFCONFIG, pf.PFLOG])
+    if rc == 0:
+        return False
+    if not module.check_mode:
+        rc, out, err = module.run_command([IFCONFIG, pf.PFLOG, 'create'])
+        if rc != 0:
+            raise PfError('ifconfig could not create %s for the kill switch\'s log: %s' % (pf.PFLOG, (err or out).strip()))
+    return True
+
+
+def probe_host(module, policy, pfctl, base):
+    """The live probe's evidence: does PF refuse traffic outside the tunnel right now?"""
+    params = module.params
+    tunnels = pf.tunnel_names(policy, params['wildcard_units'])
+    interfaces = probe_darwin.parse_ifconfig(pfctl.query([IFCONFIG, '-a']))
+    routes = probe_darwin.parse_netstat_routes(pfctl.query([NETSTAT, '-rn']))
+    checks, skipped = probe_darwin.plan(interfaces, tunnels, policy.dns_servers,
+                                        params['probe_canary_v4'], params['probe_canary_v6'])
+    results, leaked = probe_darwin.run(checks, skipped, pfctl.labels)
+    # The probe's own refusals are counted too: the next audit counts from here.
+    after = dict((name, value[0]) for name, value in pf.carried_counters(base, pfctl.labels()).items())
+    return dict(probe=dict(checks=results, leaked=leaked, counters_after=after),
+                tunnel=probe_darwin.tunnel_state(interfaces, tunnels),
+                routes_outside_tunnel=probe_darwin.routes_outside_tunnel(routes, tunnels))
 
 
 def absent(module, pfctl, state_path):
@@ -625,7 +748,7 @@ def main():
             confirm_timeout=dict(type='int', default=0),
             confirm=dict(type='bool', default=False),
             state_dir=dict(type='path', default='/var/db/vpnguard-killswitch'),
-            **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int')))
+            **dict(evidence.argument_spec(), **policy_argument_spec(dict(uid=dict(type='int'), gid=dict(type='int'))))
         ),
         supports_check_mode=True,
     )
@@ -653,8 +776,11 @@ def main():
             result = present(module, policy, ruleset, pfctl, state_path)
         else:
             result = absent(module, pfctl, state_path)
+        if policy and module.params['probe']:
+            result.update(probe_host(module, policy, pfctl, result.pop('counter_base')))
     except PfError as e:
         module.fail_json(msg=str(e))
+    result.pop('counter_base', None)
     module.exit_json(**result)
 
 

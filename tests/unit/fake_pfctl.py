@@ -47,6 +47,12 @@ class FakePf:
         self.fail_on = None
         self.nat = {}            # anchor ('' for main) -> nat rules text, as `-s nat` prints them
         self.jobs = set()        # launchd labels bootstrapped
+        self.rule_packets = {}   # (anchor, rule index) -> [packets in, bytes in, packets out, bytes out]
+        # The rest of the Mac the probe reads: ifconfig -a, netstat -rn, kern.boottime, cloned interfaces.
+        from macos_outputs import IFCONFIG_A, NETSTAT_RN
+        self.ifconfig, self.netstat = IFCONFIG_A, NETSTAT_RN
+        self.boottime = '{ sec = 1764650000, usec = 0 } Wed Dec  2 04:33:20 2026'
+        self.cloned = set()
 
     root = None
 
@@ -84,6 +90,8 @@ class FakePf:
         """PF as the kernel starts: disabled, no rules, no tokens, no states; launchd jobs not yet run."""
         self.anchors, self.parsed, self.main_ruleset = {}, {}, Ruleset('')
         self.switch, self.table, self.jobs = Switch(), StateTable(), set()
+        self.rule_packets, self.cloned = {}, set()
+        self.boottime = self.boottime.replace('sec = ', 'sec = 1')
 
     def _load_anchor(self, name, text):
         if name != OURS and not name.startswith('vpnguard.test'):  # others' syntax is theirs; the model knows ours
@@ -95,6 +103,8 @@ class FakePf:
         rules = [r.text.replace('$tunnels', '') for r in ruleset.rules]
         self.anchors[name] = (rules, dict((k, [str(a) for a in v]) for k, v in ruleset.tables.items()))
         self.parsed[name] = ruleset
+        # Adding a rule zeroes its counters (xnu bsd/net/pf_ioctl.c): a load counts from 0.
+        self.rule_packets = dict((k, v) for k, v in self.rule_packets.items() if k[0] != name)
 
     def _load_conf(self, text, check):
         """A main ruleset: all or nothing, as pfctl loads it in one transaction."""
@@ -121,13 +131,36 @@ class FakePf:
         if rule is None:
             return True
         self.table.create(rule, p)
+        for name, ruleset in self.parsed.items():
+            if any(r is rule for r in ruleset.rules):
+                index = [i for i, r in enumerate(ruleset.rules) if r is rule][0]
+                counted = self.rule_packets.setdefault((name, index), [0, 0, 0, 0])
+                counted[0 if p.direction == 'in' else 2] += 1
+                counted[1 if p.direction == 'in' else 3] += 60
         return rule.action == 'pass'
+
+    def labels(self, anchor):
+        """`pfctl -a anchor -s labels`: per labelled rule, as pfctl_show_rules(PFCTL_SHOW_LABELS) prints it."""
+        ruleset = self.parsed.get(anchor)
+        lines = []
+        for index, rule in enumerate(ruleset.rules if ruleset else []):
+            if getattr(rule, 'label', None):
+                pin, bin_, pout, bout = self.rule_packets.get((anchor, index), [0, 0, 0, 0])
+                numbers = (pin + pout, pin + pout, bin_ + bout, pin, bin_, pout, bout)
+                lines.append('%s %d %d %d %d %d %d %d\n' % ((rule.label,) + numbers))
+        return ''.join(lines)
 
     def __call__(self, argv):
         """run_command's (rc, out, err) for argv."""
         self.calls.append(list(argv))
         if argv[0].endswith('launchctl'):
             return self._launchctl(argv[1:])
+        if argv[0] == '/sbin/ifconfig':
+            return self._ifconfig(argv[1:])
+        if argv == ['/usr/sbin/netstat', '-rn']:
+            return 0, self.netstat, ''
+        if argv == ['/usr/sbin/sysctl', '-n', 'kern.boottime']:
+            return 0, self.boottime + '\n', ''
         if not argv[0].endswith('pfctl'):
             return 127, '', 'not pfctl'
         if self.fail_on and self.fail_on in argv:
@@ -187,6 +220,8 @@ class FakePf:
             hosts = [ipaddress.ip_network(args[i + 1]) for i, a in enumerate(args) if a == '-k']
             self.table.kill(hosts[0], hosts[1] if len(hosts) > 1 else None)
             return 0, '', ''
+        if anchor and args[-2:] == ['-s', 'labels']:
+            return 0, self.labels(anchor), ''
         if anchor and args[-2:] == ['-s', 'rules']:
             return 0, ''.join(r + '\n' for r in self.anchors.get(anchor, ([], {}))[0]), ''
         if anchor and args[-2:] == ['-s', 'Tables']:
@@ -201,6 +236,18 @@ class FakePf:
         if args == ['-s', 'rules']:
             return 0, self.main, ''
         return 1, '', 'fake pfctl does not know %r' % argv
+
+    def _ifconfig(self, args):
+        if args == ['-a']:
+            return 0, self.ifconfig, ''
+        if args == ['pflog0', 'create']:
+            self.cloned.add('pflog0')
+            return 0, '', ''
+        if args == ['pflog0']:
+            if 'pflog0' in self.cloned:
+                return 0, 'pflog0: flags=0<> mtu 33172\n', ''
+            return 1, '', 'ifconfig: interface pflog0 does not exist\n'
+        return 1, '', 'fake ifconfig does not know %r' % args
 
     def _launchctl(self, args):
         if args[:1] == ['bootout']:

@@ -24,6 +24,11 @@ of being trusted blindly. Semantics follow pf.conf(5):
   states are not modelled (ICMP decides by the rules here);
 - `anchor "name"` evaluates that anchor's rules in place; a quick rule that
   matches inside it ends the whole evaluation (pf.conf(5) ANCHORS);
+- `log` and `label` decide nothing: the first copies a packet to pflog0
+  (xnu bsd/net/if_pflog.c pflog_packet), the second names the rule's
+  counters, which count the packets of the rule that decided (xnu
+  bsd/net/pf.c pf_test: `r->packets[dirndx]++` when the action is pass or
+  the rule drops) and start from 0 whenever the rule is loaded;
 - PF enabled or not, with xnu's references (Switch below), and the state
   table's flush (-F states, optionally for one interface: DIOCCLRSTATES
   compares psk_ifname with the state's kif) and kill (-k: DIOCKILLSTATES).
@@ -51,7 +56,7 @@ class Unsupported(ValueError):
 
 
 Rule = namedtuple('Rule', ('action direction quick ifaces af protos src sport dst dport icmp6 user group flags state '
-                           'if_bound text'))
+                           'if_bound log label text'))
 
 
 def _tokens(line):
@@ -140,7 +145,7 @@ class Ruleset:
 
         f = dict(action=None, direction=None, quick=False, ifaces=None, af=None, protos=None, src=None, sport=None,
                  dst=None, dport=None, icmp6=None, user=None, group=None, flags=None, state=None, if_bound=False,
-                 text=line)
+                 log=False, label=None, text=line)
         f['action'] = take()
         if f['action'] not in ('pass', 'block'):
             raise Unsupported(line)
@@ -152,6 +157,15 @@ class Ruleset:
                 f['direction'] = token
             elif token == 'quick':
                 f['quick'] = True
+            elif token == 'log':
+                # Logging copies the packet to pflog0 (xnu bsd/net/if_pflog.c); it decides nothing.
+                f['log'] = True
+                if peek() == '(':
+                    while take() != ')':
+                        pass
+            elif token == 'label':
+                # A name the rule's counters are shown under (pfctl -s labels); it decides nothing.
+                f['label'] = take().strip('"')
             elif token == 'on':
                 f['ifaces'] = items()
             elif token in ('inet', 'inet6'):
@@ -370,4 +384,4 @@ class Firewall:
         self.table.flush()
 
 
-KEYWORDS = {'port', 'icmp6-type', 'user', 'group', 'flags', 'keep', 'no', 'to', 'from', 'all'}
+KEYWORDS = {'port', 'icmp6-type', 'user', 'group', 'flags', 'keep', 'no', 'to', 'from', 'all', 'label'}

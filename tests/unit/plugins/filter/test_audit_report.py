@@ -26,7 +26,7 @@ def test_hosts_are_told_apart_and_a_leak_is_not_compliant():
     assert s['compliant'] == ['mac', 'ok'] and s['leaked'] == ['leaky'] and s['not_audited'] == ['gone', 'refused']
     assert report['hosts']['leaky']['drift'] == ['LEAKED: udp ipv4 bound to eth0']
     assert report['hosts']['gone'] == {'compliant': False, 'unreachable': True, 'drift': ['unreachable']}
-    assert report['hosts']['mac']['probe']['not_run'] == 'killswitch_audit_probe is off, or this OS has no probe yet'
+    assert report['hosts']['mac']['probe']['not_run'] == 'the probe did not run (killswitch_audit_probe is off)'
     assert 'counters_after' not in report['hosts']['ok']['probe']
 
 

@@ -37,7 +37,8 @@ table <vpnguard_endpoint_udp_51820> const { 203.0.113.1 }
 pass quick on lo0 no state
 # DNS only to the tunnel's resolvers and only through it, decided before the tunnel is passed.
 pass out quick on $tunnels proto { udp tcp } to <vpnguard_dns> port { 53 853 } flags any keep state (if-bound)
-block drop out quick proto { udp tcp } to port { 53 853 }
+block drop out quick on $tunnels proto { udp tcp } to port { 53 853 } label "refused_dns_resolver"
+block drop out quick proto { udp tcp } to port { 53 853 } label "refused_dns_outside"
 # The tunnel carries everything else out; in, only replies, bound to the tunnel interface.
 pass out quick on $tunnels all flags any keep state (if-bound)
 # The VPN servers, exactly: address, port and protocol, for root's sockets only.
@@ -50,9 +51,12 @@ pass out quick inet6 proto udp from fe80::/10 port 546 to port 547 no state
 pass in quick inet6 proto udp from port 547 to fe80::/10 port 546 no state
 pass out quick inet6 proto icmp6 icmp6-type { 133 135 136 143 } no state
 pass in quick inet6 proto icmp6 icmp6-type { 130 134 135 136 137 } no state
-# Everything else, both ways.
-block drop out quick all
-block drop in quick all
+block drop out quick proto udp to <vpnguard_endpoint_udp_51820> port 51820 label "refused_endpoint"
+# Everything else, both ways, counted per direction and family.
+block drop out quick inet all label "refused_out_v4"
+block drop out quick inet6 all label "refused_out_v6"
+block drop in quick inet all label "refused_in_v4"
+block drop in quick inet6 all label "refused_in_v6"
 '''
 
 
@@ -61,7 +65,8 @@ def test_every_rule_is_quick_so_later_rules_cannot_undo_it():
                                management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'},
                                            {'cidr': '198.18.0.0/24', 'port': 161, 'protocol': 'udp'}]))
     assert all(rule.quick for rule in ruleset.rules)
-    assert [r.text for r in ruleset.rules[-2:]] == ['block drop out quick all', 'block drop in quick all']
+    assert [(r.action, r.direction, r.af) for r in ruleset.rules[-4:]] == [
+        ('block', 'out', 4), ('block', 'out', 6), ('block', 'in', 4), ('block', 'in', 6)]
 
 
 def test_a_driver_wildcard_is_expanded_because_xnu_has_no_interface_groups():
@@ -92,8 +97,8 @@ def test_exceptions_pf_cannot_select_are_refused_with_their_setting(exception, s
 
 def test_uid_and_gid_exceptions_become_user_and_group():
     text = rendered(exceptions=[{'uid': 501}, {'gid': 100}])
-    assert 'pass out quick proto { udp tcp } user 501 flags any keep state\n' in text
-    assert 'pass out quick proto { udp tcp } group 100 flags any keep state\n' in text
+    assert 'pass out quick proto { udp tcp } user 501 flags any keep state label "exception_uid_501"\n' in text
+    assert 'pass out quick proto { udp tcp } group 100 flags any keep state label "exception_gid_100"\n' in text
 
 
 def test_endpoints_sharing_a_service_share_a_table_and_stay_exact():
@@ -179,6 +184,15 @@ def test_the_watchdog_script_loads_before_it_enables_and_falls_back_closed():
     assert script.index('-f /etc/vpnguard-killswitch/pf.conf') < script.index('"$pfctl" -E')
     assert 'token_file=/var/db/vpnguard-killswitch/watchdog.token\n' in script
     assert subprocess.run(['sh', '-n'], input=script.encode(), check=False).returncode == 0
+
+
+def test_the_watchdog_creates_pflog0_only_when_the_kill_switch_logs():
+    # pflog0 is a cloned interface (xnu bsd/net/if_pflog.c), gone after a reboot.
+    assert 'pflog0' not in pf.watchdog_script('/var/db/vpnguard-killswitch', 'block drop out quick all\n')
+    script = pf.watchdog_script('/var/db/vpnguard-killswitch', 'block drop out quick all\n', pflog=True)
+    assert '/sbin/ifconfig pflog0 >/dev/null 2>&1 || /sbin/ifconfig pflog0 create\n' in script
+    assert script.index('pflog0 create') < script.index('token=$(cat')  # before the token step can exit
+    assert subprocess.run(['/bin/sh', '-n'], input=script, text=True, check=False).returncode == 0
 
 
 def test_the_fallback_keeps_loopback_and_management_and_blocks_the_rest():
@@ -339,6 +353,38 @@ def test_the_anchor_decides_every_outbound_packet_as_the_policy_means(scenario):
     raw, policy, p = scenario
     fw = Firewall(pf.render(policy, units=8))
     assert fw.send(p) == intended(policy, pf.tunnel_names(policy, units=8), p), (p, fw.ruleset.decide(p).text)
+
+
+@PROPERTY
+@given(scenarios(), st.sampled_from(['exceptions', 'refused', 'all']))
+def test_logs_and_labels_decide_nothing(scenario, log):
+    raw, policy, p = scenario
+    assert Firewall(pf.render(policy, units=8, log=log)).send(p) == Firewall(pf.render(policy, units=8)).send(p)
+
+
+@PROPERTY
+@given(scenarios())
+def test_every_packet_the_anchor_refuses_is_counted_under_a_label_of_its_class(scenario):
+    raw, policy, p = scenario
+    rule = Firewall(pf.render(policy, units=8)).ruleset.decide(p)
+    if rule.action == 'block':
+        assert rule.label in pf.counter_names(policy)
+        if p.proto in ('tcp', 'udp') and p.dport in (53, 853) and p.iface != 'lo0':
+            assert rule.label in ('refused_dns_resolver', 'refused_dns_outside')
+        elif rule.label.startswith('refused_out_'):
+            assert rule.label == 'refused_out_v%d' % p.af
+
+
+def test_the_endpoint_refusal_only_tells_apart_what_the_final_block_would_refuse():
+    # An exception's socket and the LAN still reach the endpoint's service as before labels (issue 12).
+    policy = policy_of(allow_lan=True, exceptions=[{'uid': 501}],
+                       endpoints=[{'address': '192.168.1.9', 'port': 1194, 'protocol': 'udp'},
+                                  {'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}])
+    fw = Firewall(pf.render(policy))
+    assert fw.send(packet(iface='en0', proto='udp', dst='192.168.1.9', dport=1194, uid=4242))
+    assert fw.send(packet(iface='en0', proto='udp', dst='203.0.113.1', dport=51820, uid=501))
+    refused = packet(iface='en0', proto='udp', dst='203.0.113.1', sport=40404, dport=51820, uid=4242)
+    assert not fw.send(refused) and fw.ruleset.decide(refused).label == 'refused_endpoint'
 
 
 @PROPERTY

@@ -1,8 +1,10 @@
 """pf_killswitch run in-process against a fake pfctl, with the macOS paths moved into a temporary directory."""
 
+import errno
 import json
 import os
 import plistlib
+import socket
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils import pf
+from ansible_collections.vpnguard.killswitch.plugins.module_utils import pf, probe_darwin
 from ansible_collections.vpnguard.killswitch.plugins.modules import pf_killswitch
 
 import fake_pfctl
@@ -126,7 +128,7 @@ def test_apply_loads_one_anchor_hooks_pf_conf_and_enables_pf_then_is_idempotent(
     result = run(mac, **POLICY)
     assert result['changed'] and result['summary']['anchor_changed']
     assert mac.enabled and len(mac.tokens) == 1
-    assert 'block drop out quick all' in mac.anchors[pf.ANCHOR][0]
+    assert 'block drop out quick inet all label "refused_out_v4"' in mac.anchors[pf.ANCHOR][0]
     assert mac.main.endswith('anchor "com.vpnguard.killswitch" all\n')
     assert open(pf.PF_CONF).read() == pf.with_hook(STOCK_PF_CONF)
     assert open(pf.ANCHOR_FILE).read() == result['ruleset']
@@ -424,3 +426,161 @@ def test_issue12_commit_confirmed_an_unconfirmed_change_is_rolled_back_by_the_jo
     run_job(mac, pf.CONFIRM_PLIST, now=True)  # the controller never confirmed
     assert mac.anchors[pf.ANCHOR][0] == listing and open(pf.ANCHOR_FILE).read() == previous
     assert pf.CONFIRM_LABEL not in mac.jobs and not os.path.exists(pf.CONFIRM_PLIST)
+
+
+# Issue 15: the evidence in the audit (counters, log, live probe) on macOS.
+
+def test_counters_are_the_anchors_labels_named_as_on_linux(mac):
+    result = run(mac, **with_(exceptions=[{'uid': 501}], doh_servers=['198.51.100.53']))
+    assert sorted(result['counters']) == ['exception_uid_501', 'refused_dns_outside', 'refused_dns_resolver',
+                                          'refused_doh', 'refused_endpoint', 'refused_in_v4', 'refused_in_v6',
+                                          'refused_out_v4', 'refused_out_v6']
+    assert all(c['packets'] == 0 for c in result['counters'].values())
+    assert result['counters']['refused_out_v4']['counts'] == 'outbound IPv4 refused outside the tunnel'
+    assert not mac.send(packet(iface='en0', dst='198.51.100.7', uid=4242))
+    assert not mac.send(packet(iface='en0', proto='udp', dst='198.18.0.1', dport=53, uid=4242))
+    assert mac.send(packet(iface='en0', dst='198.51.100.7', uid=501))
+    counters = run(mac, check=True, **with_(exceptions=[{'uid': 501}], doh_servers=['198.51.100.53']))['counters']
+    assert (counters['refused_out_v4']['packets'], counters['refused_dns_outside']['packets'],
+            counters['exception_uid_501']['packets']) == (1, 1, 1)
+
+
+def test_counters_count_on_when_the_module_reloads_the_anchor_and_start_again_after_a_reboot(mac):
+    run(mac, **POLICY)
+    for sport in (40001, 40002, 40003):
+        mac.send(packet(iface='en0', dst='198.51.100.7', sport=sport, uid=4242))
+    # A policy change reloads the anchor: PF zeroes its labels, the module carries them on.
+    result = run(mac, **with_(allow_lan=True))
+    assert result['summary']['anchor_changed']
+    assert mac.labels(pf.ANCHOR).startswith('refused_dns_resolver 0 0 0')
+    assert result['counters']['refused_out_v4']['packets'] == 3
+    mac.send(packet(iface='en0', dst='198.51.100.7', uid=4242))
+    assert run(mac, check=True, **with_(allow_lan=True))['counters']['refused_out_v4']['packets'] == 4
+    mac.reboot()
+    assert run(mac, **with_(allow_lan=True))['counters']['refused_out_v4']['packets'] == 0
+
+
+def test_log_marks_the_rules_its_level_names_and_creates_pflog0(mac):
+    result = run(mac, **with_(exceptions=[{'uid': 501}], log='refused'))
+    assert 'block drop out log quick inet all label "refused_out_v4"' in result['ruleset']
+    assert 'pass out quick proto { udp tcp } user 501 flags any keep state label "exception_uid_501"' in result['ruleset']
+    assert 'pflog0' in mac.cloned and result['changed']
+    result = run(mac, **with_(exceptions=[{'uid': 501}], log='exceptions'))
+    assert 'block drop out quick inet all label "refused_out_v4"' in result['ruleset']
+    assert 'pass out log quick proto { udp tcp } user 501' in result['ruleset']
+    assert ' log ' not in run(mac, **POLICY)['ruleset']
+    mac.cloned.clear()
+    audit = run(mac, check=True, **with_(log='all'))
+    assert 'pflog0 was missing, so PF logged nothing of what log asks for' in audit['drift']
+    assert not mac.cloned
+
+
+# The tunnel the recorded ifconfig has (macos_outputs.IFCONFIG_A).
+ON_UTUN4 = with_(tunnel_interfaces=['utun4'])
+
+
+class MacSocket:
+    """A socket whose packets go through the fake Mac's PF as xnu sends them.
+
+    Bound (IP_BOUND_IF) packets leave by their interface, others by `routes`. A packet PF drops:
+    IPv4 senders are not told (ip_output drops pf_af_hook()'s error), IPv6 ones get EHOSTUNREACH
+    (pf_inet6_hook). A non-blocking connect is in progress once its SYN went to the interface.
+    """
+
+    names = {11: 'en0'}
+    routes = {socket.AF_INET: 'utun4', socket.AF_INET6: 'en0'}
+
+    def __init__(self, mac, family, kind):
+        self.mac, self.family, self.kind, self.iface, self.source = mac, family, kind, None, None
+
+    def setblocking(self, flag):
+        pass
+
+    def setsockopt(self, level, option, value):
+        self.iface = self.names[value]
+
+    def bind(self, address):
+        self.source = address[0]
+
+    def _send(self, destination, proto):
+        iface = self.iface or self.routes.get(self.family)
+        if iface is None:
+            raise OSError(errno.ENETUNREACH, 'no route')
+        p = packet(iface=iface, proto=proto, src=self.source, dst=destination[0], dport=destination[1], uid=0, gid=0)
+        if not self.mac.send(p) and self.family == socket.AF_INET6:
+            raise OSError(errno.EHOSTUNREACH, 'pf')
+
+    def connect(self, destination):
+        self._send(destination, 'tcp')
+        raise OSError(errno.EINPROGRESS, 'in progress')
+
+    def sendto(self, data, destination):
+        self._send(destination, 'udp')
+        return len(data)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def mac_sockets(mac, monkeypatch):
+    monkeypatch.setattr(probe_darwin, 'interface_index', lambda name: {'en0': 11}[name])
+    monkeypatch.setattr(probe_darwin.socket, 'socket', lambda family, kind: MacSocket(mac, family, kind))
+    return mac
+
+
+def test_the_probe_finds_pf_refusing_every_check_and_reports_tunnel_and_routes(mac_sockets):
+    mac = mac_sockets
+    result = run(mac, **dict(ON_UTUN4, probe=True))
+    checks = dict((c['check'], c) for c in result['probe']['checks'])
+    assert not result['probe']['leaked']
+    assert checks['udp ipv4 bound to en0']['verdict'] == 'refused'
+    assert 'refused_out_v4 +1' in checks['udp ipv4 bound to en0']['detail']
+    assert 'refused_out_v6 +1' in checks['tcp ipv6 bound to en0']['detail']
+    assert 'EHOSTUNREACH' in checks['tcp ipv6 bound to en0']['detail']
+    assert 'refused_dns_outside +1' in checks['dns ipv4 bound to en0']['detail']
+    # Unbound, IPv4 DNS goes by the tunnel's 0/1 route to a resolver that is not the tunnel's.
+    assert 'refused_dns_resolver +1' in checks["dns ipv4 to a resolver that is not the tunnel's"]['detail']
+    assert checks['udp ipv4 bound to en1']['verdict'] == 'not run'
+    assert len([c for c in checks.values() if c['verdict'] == 'refused']) == 8
+    assert result['tunnel']['up'] and result['tunnel']['interfaces'][0]['interface'] == 'utun4'
+    assert result['routes_outside_tunnel'][0] == 'default via 198.18.0.1 dev en0 ipv4'
+    # Its own refusals are counted after it, for the next audit's baseline; the counters are from before it.
+    assert result['probe']['counters_after']['refused_out_v4'] == 2
+    assert result['counters']['refused_out_v4']['packets'] == 0
+
+
+def test_the_probe_says_leaked_when_pf_passes_it_and_the_report_fails_the_host(mac_sockets):
+    from ansible_collections.vpnguard.killswitch.plugins.filter.audit_report import audit_report
+    mac = mac_sockets
+    run(mac, **ON_UTUN4)
+    # The control: another tool's anchor flushed ours (the main ruleset still references it, so it is drift).
+    mac.anchors[pf.ANCHOR] = ([], {})
+    mac.parsed.pop(pf.ANCHOR)
+    result = run(mac, check=True, **dict(ON_UTUN4, probe=True))
+    checks = dict((c['check'], c) for c in result['probe']['checks'])
+    assert result['probe']['leaked']
+    assert checks['udp ipv4 bound to en0']['verdict'] == 'LEAKED'
+    report = audit_report({'mac': {'drift': result['drift'], 'result': result}})
+    assert not report['hosts']['mac']['compliant'] and report['summary']['leaked'] == ['mac']
+    assert 'LEAKED: udp ipv4 bound to en0' in report['hosts']['mac']['drift']
+
+
+def test_the_report_counts_a_macs_attempts_since_the_previous_audit(mac_sockets):
+    from ansible_collections.vpnguard.killswitch.plugins.filter.audit_report import audit_report
+    mac = mac_sockets
+    run(mac, **ON_UTUN4)
+    first = run(mac, check=True, **dict(ON_UTUN4, probe=True))
+    report = audit_report({'mac': {'drift': first['drift'], 'result': first}})
+    assert report['hosts']['mac']['compliant'], report['hosts']['mac']
+    assert report['hosts']['mac']['tunnel']['up'] and report['hosts']['mac']['routes_outside_tunnel']
+    mac.send(packet(iface='en0', dst='198.51.100.7', uid=4242))
+    mac.send(packet(iface='en0', proto='udp', dst='203.0.113.1', dport=51820, uid=4242))
+    # A policy change between the audits reloads the anchor; the carried counters keep the count.
+    run(mac, **dict(ON_UTUN4, allow_lan=True))
+    second = run(mac, check=True, **dict(ON_UTUN4, allow_lan=True, probe=True))
+    report = audit_report({'mac': {'drift': second['drift'], 'result': second}}, report)
+    counters = report['hosts']['mac']['counters']
+    assert counters['refused_out_v4']['packets'] == 1 and counters['refused_endpoint']['packets'] == 1
+    assert report['hosts']['mac']['counters_since'] == 'the previous audit'
+    assert report['summary']['refused_attempts'] == 2
