@@ -335,8 +335,9 @@ def pin_process(pid, cpu):
 # whole intervals that began after the switch was done (see run_slots).
 INTERVAL_S = 0.25
 SLOT_INTERVALS = 3
-# Pairs of (off, state) per repetition: more for the two states the targets are about.
-PAIRS_PER_REP = {'on': 3, 'entries': 2}
+# Pairs of (off, state) per repetition: more for the states the targets are about, and for
+# the two that tell conntrack's share apart.
+PAIRS_PER_REP = {'on': 3, 'entries': 2, 'noct': 2, 'ct': 2}
 TABLE = 'inet vpnguard_killswitch'
 CT_TABLE = 'inet bench_ct'
 # Diagnostic, no kill switch: one table with one rule that makes the kernel
