@@ -419,8 +419,9 @@ class StateSwitch:
         return time.perf_counter() - start
 
 
-def check_states_match_module(lab, payloads, switch):
-    """The bench's 'on' and 'off' are what the module itself lays: same table, same ip rules."""
+def check_states_match_module(lab, payloads, switch, entries):
+    """The bench's 'on' and 'off' are what the module itself lays (same table, same ip rules), and
+    'entries' holds its entries."""
     def live():
         table = lab.run(['nft', '-s', 'list', 'table'] + TABLE.split(), check=False).stdout
         rules = lab.run(['sh', '-c', 'ip -4 -N rule show; ip -6 -N rule show']).stdout
@@ -433,6 +434,10 @@ def check_states_match_module(lab, payloads, switch):
         if live() != by_module:
             raise RuntimeError('state %s: the bench ruleset or ip rules differ from what the module lays:\n%s\n%s'
                                % (state, by_module, live()))
+    switch('entries')
+    if table_elements(lab) != entries:
+        raise RuntimeError('state entries: doh_v4 holds %r elements, expected %d' % (table_elements(lab), entries))
+    switch('off')
 
 
 INTERVAL_LINE = re.compile(r'^\[\s*\d+\]\s+([\d.]+)-([\d.]+)\s+sec\s+\S+\s+\S+\s+([\d.]+) Mbits/sec')
@@ -556,7 +561,7 @@ def datapath(args, out_dir, log_path):
         payloads.make('off', {'state': 'absent'})
         payloads.make('on', policy(0))
         switch = StateSwitch(lab, states)
-        check_states_match_module(lab, payloads, switch)
+        check_states_match_module(lab, payloads, switch, args.entries)
         processes = lab.lab.state['processes']
         pin_process(processes['wgs'], RECEIVER_CPU)
         pin_process(processes[HOST + ':wg0'], SENDER_CPU)
