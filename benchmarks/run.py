@@ -454,9 +454,9 @@ class ServerLog:
     def lines(self):
         with open(self.path, 'rb') as f:
             f.seek(self.offset)
-            chunk = f.read().decode(errors='replace')
-        self.offset += len(chunk.encode())
-        text = self.partial + chunk
+            chunk = f.read()
+        self.offset += len(chunk)
+        text = self.partial + chunk.decode(errors='replace')
         lines = text.split('\n')
         self.partial = lines.pop()
         return lines
@@ -632,7 +632,8 @@ def summarize_datapath(results):
                 ratios = [p[s] / p['off'] for p in by_pair.values() if s in p and 'off' in p]
                 if not ratios:
                     continue
-                entry['pairs_' + s] = len(ratios)
+                if metric == 'mbps':
+                    entry['pairs_' + s] = len(ratios)
                 entry[prefix + s] = median(ratios)
                 entry[prefix + 'ci95_' + s] = bootstrap_interval(ratios)
     return summary
