@@ -1,7 +1,7 @@
 """Benchmarks of vpnguard.killswitch on the namespace lab (tests/lab/vpnlab.py).
 
     benchmarks/run [--small] [--hosts 1,10,50] [--entries 10000] [--repeat N]
-                   [--fleet-repeat N] [--iperf-seconds S] [--phases datapath,apply,fleet]
+                   [--fleet-repeat N] [--phases datapath,apply,fleet]
                    [--out DIR] [--state DIR] [--keep-other-phases]
 
 Phases, each on a lab of its own made here with vpnlab's Lab class and
@@ -9,11 +9,16 @@ destroyed afterwards, also on failure or SIGTERM/SIGINT:
 
 datapath  TCP and UDP throughput through the WireGuard tunnel (iperf3 server in
           the isp namespace on the tunnel address 192.0.2.1, client in
-          lab-host1) in three states, interleaved and rotated every repetition:
-          off (no kill switch), on (the default policy) and on+N (N addresses in
-          doh_servers, the set the output chain looks every tunnelled packet up
-          in). Each state is set by the module's own payload (see apply).
-          Reported: median Mbit/s per state, ratios on/off and on+N/off.
+          lab-host1). The states (DATAPATH_STATES: no kill switch, the default
+          policy, N doh_servers entries, without counters, killswitch_log: all,
+          and diagnostics) are switched by one nft transaction each while one
+          iperf3 stream runs; every state's slot sits next to a slot without the
+          kill switch, in random order, and the receiver's 0.25 s intervals
+          that began after the switch was done make the slot's figure. The
+          bench's rulesets are checked first against what the module lays.
+          Reported: per pair, state / off for Mbit/s and for Mbit per CPU
+          second of the datapath's processes; the median of the pairs with a
+          bootstrap 95 % interval.
 apply     The module's payload as Ansible ships it (AnsiballZ, kept on the host
           with ANSIBLE_KEEP_REMOTE_FILES=1 after one run of benchmarks/module.yml)
           run by itself with the host's /usr/bin/python3 inside the host's
@@ -67,7 +72,7 @@ DOH_BASE = (198 << 24) | (18 << 16) | (128 << 8)
 DOH_MAX = 1 << 15
 HOSTS_MAX = 127
 
-TARGETS = {'ratio_default': 0.98, 'ratio_entries': 0.95, 'apply_entries_s': 1.0}
+TARGETS = {'ratio_default': 0.99, 'ratio_entries': 0.99, 'apply_entries_s': 1.0}
 BASE_POLICY = {
     'tunnel_interfaces': ['wg*'],
     'endpoints': [{'address': vpnlab.ENDPOINT, 'port': vpnlab.WG_PORT, 'protocol': 'udp'}],
@@ -325,88 +330,271 @@ def pin_process(pid, cpu):
             pass  # the thread ended meanwhile
 
 
-def iperf(lab, udp, seconds):
-    command = pinned(SENDER_CPU) + ['iperf3', '-c', TUNNEL_SERVER, '-p', str(IPERF_PORT), '-t', str(seconds), '-J']
-    if seconds >= 3:
-        command += ['-O', '1']  # leave TCP's slow start out
+# iperf3 reports what the receiver got every INTERVAL_S; the states are
+# switched while one stream runs, and each slot of a state is SLOT_INTERVALS
+# whole intervals that began after the switch was done (see run_slots).
+INTERVAL_S = 0.25
+SLOT_INTERVALS = 3
+# Pairs of (off, state) per repetition: more for the states the targets are about, and for
+# the two that tell conntrack's share apart.
+PAIRS_PER_REP = {'on': 3, 'entries': 2, 'noct': 2, 'ct': 2}
+TABLE = 'inet vpnguard_killswitch'
+CT_TABLE = 'inet bench_ct'
+# Diagnostic, no kill switch: one table with one rule that makes the kernel
+# track connections (any ct expression turns conntrack on in the namespace,
+# for every packet, whatever chain it is in).
+CT_ONLY = ('table %s {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n'
+           '\t\tct state established accept\n\t}\n}\n' % CT_TABLE)
+DATAPATH_STATES = ('off', 'on', 'entries', 'nocounters', 'logall', 'noprerouting', 'noguard', 'noct', 'ct')
+
+
+def collection_utils():
+    """The collection's renderer, policy model and routing guard, as the module uses them."""
+    if COLLECTIONS not in sys.path:
+        sys.path.insert(0, COLLECTIONS)
+    from ansible_collections.vpnguard.killswitch.plugins.module_utils import nft, policy as model, routing_guard
+    return nft, model, routing_guard
+
+
+def without_counters(ruleset):
+    """The table with no counter at all: the named counters' objects and every rule's reference to one."""
+    text = re.sub(r'\tcounter \w+ \{\n\t\}\n\n?', '', ruleset)
+    return re.sub(r' ?counter name "\w+"', '', text)
+
+
+def without_conntrack(ruleset):
+    """The table without its rules that ask conntrack (so that the kernel tracks nothing)."""
+    return ''.join(line for line in ruleset.splitlines(True) if not re.search(r'\bct (state|mark|direction)\b', line))
+
+
+def without_chain(ruleset, chain):
+    return re.sub(r'\tchain %s \{\n.*?\n\t\}\n\n?' % chain, '', ruleset, flags=re.S)
+
+
+def datapath_states(entries):
+    """{state: (what it is, nft ruleset or '', routing guard on)}; every state replaces the whole of the others."""
+    nft, model, _ = collection_utils()
+    default = nft.render(model.parse_policy(policy(0)))
+    return {
+        'off': ('no kill switch', '', False),
+        'on': ('kill switch, default policy', default, True),
+        'entries': ('kill switch, %d doh_servers entries' % entries,
+                    nft.render(model.parse_policy(policy(entries))), True),
+        'nocounters': ('diagnostic: the kill switch without its counters', without_counters(default), True),
+        'logall': ('the kill switch with killswitch_log: all', nft.render(model.parse_policy(policy(0)), log='all'), True),
+        'noprerouting': ('diagnostic: the kill switch without its prerouting chain',
+                         without_chain(default, 'prerouting'), True),
+        'noguard': ('diagnostic: the kill switch, routing guard off', default, False),
+        'noct': ('diagnostic: the kill switch without its ct rules (conntrack off)', without_conntrack(default), True),
+        'ct': ('diagnostic: no kill switch, one table with one ct rule (conntrack on)', CT_ONLY, False),
+    }
+
+
+class StateSwitch:
+    """Sets a datapath state in the host in one nft transaction (plus the guard's ip rules when they change)."""
+
+    def __init__(self, lab, states):
+        _, model, routing_guard = collection_utils()
+        rules = routing_guard.desired_rules(model.parse_policy(policy(0)))
+        self.guard_on = '\n'.join(routing_guard.guard_commands(rules))
+        self.guard_off = '\n'.join(routing_guard.ip_command(r, 'del') + ' 2>/dev/null || true' for r in rules)
+        self.lab, self.files, self.guard = lab, {}, None
+        for state, (_, ruleset, _) in states.items():
+            path = os.path.join(lab.dir, 'state-%s.nft' % state)
+            with open(path, 'w') as f:
+                # Declared first, so that the deletes are valid whether or not the tables are there.
+                f.write('add table %s\ndelete table %s\nadd table %s\ndelete table %s\n%s'
+                        % (TABLE, TABLE, CT_TABLE, CT_TABLE, ruleset))
+            self.files[state] = path
+        self.states = states
+
+    def __call__(self, state):
+        script = ['nft -f %s || exit 1' % self.files[state]]
+        guard = self.states[state][2]
+        if guard != self.guard:
+            script.append(self.guard_on if guard else self.guard_off)
+        start = time.perf_counter()
+        self.lab.run(['sh', '-c', '\n'.join(script)])
+        self.guard = guard
+        return time.perf_counter() - start
+
+
+def check_states_match_module(lab, payloads, switch, entries):
+    """The bench's 'on' and 'off' are what the module itself lays (same table, same ip rules), and
+    'entries' holds its entries."""
+    def live():
+        table = lab.run(['nft', '-s', 'list', 'table'] + TABLE.split(), check=False).stdout
+        rules = lab.run(['sh', '-c', 'ip -4 -N rule show; ip -6 -N rule show']).stdout
+        return table, rules
+    for state in ('on', 'off'):
+        payloads.run(state)
+        by_module = live()
+        switch.guard = None
+        switch(state)
+        if live() != by_module:
+            raise RuntimeError('state %s: the bench ruleset or ip rules differ from what the module lays:\n%s\n%s'
+                               % (state, by_module, live()))
+    switch('entries')
+    if table_elements(lab) != entries:
+        raise RuntimeError('state entries: doh_v4 holds %r elements, expected %d' % (table_elements(lab), entries))
+    switch('off')
+
+
+INTERVAL_LINE = re.compile(r'^\[\s*\d+\]\s+([\d.]+)-([\d.]+)\s+sec\s+\S+\s+\S+\s+([\d.]+) Mbits/sec')
+
+
+class ServerLog:
+    """The receiver's interval lines, as the iperf3 server writes them (--forceflush)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.offset = os.path.getsize(path)
+        self.partial = ''
+
+    def lines(self):
+        with open(self.path, 'rb') as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        self.offset += len(chunk)
+        text = self.partial + chunk.decode(errors='replace')
+        lines = text.split('\n')
+        self.partial = lines.pop()
+        return lines
+
+    def intervals(self):
+        """Mbit/s of each whole interval reported since the last call (not the end-of-test summary)."""
+        out = []
+        for line in self.lines():
+            m = INTERVAL_LINE.match(line)
+            if m and 'sender' not in line and 'receiver' not in line and \
+                    float(m.group(2)) - float(m.group(1)) < INTERVAL_S * 1.5:
+                out.append(float(m.group(3)))
+        return out
+
+    def next_intervals(self, n, client, timeout=10.0):
+        got, deadline = [], time.monotonic() + timeout
+        while len(got) < n:
+            got += self.intervals()
+            if len(got) >= n:
+                break
+            if client.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError('iperf3 stopped reporting (client exit %r)' % client.returncode)
+            time.sleep(0.01)
+        return got[:n], got[n:]
+
+
+TICKS = os.sysconf('SC_CLK_TCK')
+
+
+def cpu_seconds(pids):
+    """User and system time so far of the processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        with open('/proc/%d/stat' % pid) as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14 and 15)
+    return total / float(TICKS)
+
+
+def run_slots(lab, switch, proto, slots, server_log_path, datapath_pids):
+    """One iperf3 stream through wg0; slots (states) set one after the other while it runs.
+
+    A slot's figure is the mean of SLOT_INTERVALS receiver intervals that all
+    began after its switch was done: what was reported before the switch
+    ended is dropped, and so is the interval running when it ended.
+    """
+    udp = proto == 'udp'
+    seconds = int(len(slots) * (SLOT_INTERVALS + 3) * INTERVAL_S + 5)
+    command = pinned(SENDER_CPU) + ['iperf3', '-c', TUNNEL_SERVER, '-p', str(IPERF_PORT), '-t', str(seconds),
+                                    '-i', '0', '-J']
     if udp:
         # As fast as the sender goes; 1300-byte datagrams fit wg0's MTU (1420) unfragmented.
         command += ['-u', '-b', '0', '-l', '1300']
-    for attempt in range(3):
-        r = lab.run(command, check=False, timeout=seconds + 60)
-        if r.returncode == 0:
-            end = json.loads(r.stdout)['end']
-            received = end['sum_received'] if 'sum_received' in end else end['sum']
-            sample = {'mbps': received['bits_per_second'] / 1e6}
-            if udp:
-                sample['lost_percent'] = received.get('lost_percent')
-            else:
-                sample['retransmits'] = end['sum_sent'].get('retransmits')
-            sample['cpu'] = end.get('cpu_utilization_percent')
-            return sample
-        time.sleep(1)  # the server is busy finishing the previous test
-    raise RuntimeError('iperf3 failed: %s %s' % (r.stdout[-500:], r.stderr[-500:]))
-
-
-# Diagnostic states, to tell where the kill switch's per-packet cost comes from:
-# the same table without the routing guard, and a table of one rule that only
-# makes the kernel track connections (any ct expression turns conntrack on in
-# the namespace, for every packet, whatever chain it is in).
-CT_ONLY = ('add table inet bench_ct; add chain inet bench_ct input '
-           '{ type filter hook input priority 0; policy accept; }; '
-           'add rule inet bench_ct input ct state established accept')
-CT_ONLY_REMOVE = 'add table inet bench_ct; delete table inet bench_ct'
-DATAPATH_STATES = ('off', 'on', 'entries', 'noguard', 'ct')
-
-
-def set_state(lab, payloads, state, entries):
-    lab.run(['nft', CT_ONLY_REMOVE])
-    payloads.run({'ct': 'off'}.get(state, state))
-    if state == 'ct':
-        lab.run(['nft', CT_ONLY])
-    elements = table_elements(lab)
-    expected = {'on': 0, 'noguard': 0, 'entries': entries}.get(state)
-    if elements != expected:
-        raise RuntimeError('state %s: doh_v4 holds %r elements, expected %r' % (state, elements, expected))
-    guard = lab.run(['ip', '-N', 'rule', 'show']).stdout.count('proto 86')  # -N: numbers, named or not
-    if bool(guard) != (state in ('on', 'entries')):
-        raise RuntimeError('state %s: %d routing guard rules' % (state, guard))
+    switch(slots[0])
+    server = ServerLog(server_log_path)
+    argv = ['nsenter', '-t', str(lab.lab.pid(HOST)), '-n', '-m', '-u', '--'] + command
+    results = []
+    with tempfile.TemporaryFile() as out:
+        client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            server.next_intervals(2, client)  # the connection and TCP's slow start
+            for i, state in enumerate(slots):
+                took = switch(state) if i else 0.0
+                server.intervals()  # reported before the switch was done
+                # The interval running when it was done; after the large set came or went, one
+                # more, while the kernel frees the old table's memory (in a worker, after the commit).
+                settle = 2 if i and 'entries' in (state, slots[i - 1]) else 1
+                _, extra = server.next_intervals(settle, client)
+                pids = datapath_pids + [client.pid]
+                cpu_before, wall_before = cpu_seconds(pids), time.monotonic()
+                values, _ = server.next_intervals(SLOT_INTERVALS - len(extra), client)
+                cpu, wall = cpu_seconds(pids) - cpu_before, time.monotonic() - wall_before
+                values = (extra + values)[:SLOT_INTERVALS]
+                mbps = statistics.mean(values)
+                # Work per bit, whatever share of the CPUs the machine's other guests left us:
+                # Mbit moved per CPU second of the datapath's processes (both ends' iperf3 and wireguard-go).
+                results.append({'state': state, 'mbps': mbps, 'intervals': values, 'switch_s': took,
+                                'cpu_s': cpu, 'wall_s': wall, 'mbit_per_cpu_s': mbps * wall / cpu if cpu else None})
+        finally:
+            if client.poll() is None:
+                client.send_signal(signal.SIGINT)  # iperf3 ends the test and tells the server
+                try:
+                    client.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    client.kill()
+                    client.wait()
+    # The server is ready for the next client once it says so again.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any('Server listening' in line for line in server.lines()):
+        time.sleep(0.05)
+    return results
 
 
 def datapath(args, out_dir, log_path):
-    states = list(DATAPATH_STATES)
-    results = {'states': {'off': 'no kill switch', 'on': 'kill switch, default policy',
-                          'entries': 'kill switch, %d doh_servers entries' % args.entries,
-                          'noguard': 'diagnostic: the default table, routing guard off',
-                          'ct': 'diagnostic: no kill switch, one table with one ct rule (conntrack on)'},
-               'iperf_seconds': args.iperf_seconds, 'repeat': args.repeat, 'samples': [],
-               'load': [load_snapshot()]}
+    states = datapath_states(args.entries)
+    results = {'states': dict((s, v[0]) for s, v in states.items()), 'interval_s': INTERVAL_S,
+               'slot_intervals': SLOT_INTERVALS, 'pairs_per_rep': PAIRS_PER_REP, 'repeat': args.repeat,
+               'samples': [], 'load': [load_snapshot()]}
+    rng = random.Random(14)
     with BenchLab(args.state, 1) as lab:
-        payloads = make_payloads(lab, args.entries, log_path)
-        payloads.make('noguard', dict(policy(0), routing_guard=False))
+        payloads = Payloads(lab, log_path)
+        payloads.make('off', {'state': 'absent'})
+        payloads.make('on', policy(0))
+        switch = StateSwitch(lab, states)
+        check_states_match_module(lab, payloads, switch, args.entries)
         processes = lab.lab.state['processes']
         pin_process(processes['wgs'], RECEIVER_CPU)
         pin_process(processes[HOST + ':wg0'], SENDER_CPU)
         results['pinning'] = ({'sender_cpu': SENDER_CPU, 'receiver_cpu': RECEIVER_CPU} if os.cpu_count() >= 2 else None)
-        server = lab.lab.spawn('isp', pinned(RECEIVER_CPU) + ['iperf3', '-s', '--forceflush', '-B', TUNNEL_SERVER, '-p', str(IPERF_PORT)],
-                               'iperf3.log')
+        server_log = os.path.join(lab.dir, 'iperf3.log')
+        server = lab.lab.spawn('isp', pinned(RECEIVER_CPU) + [
+            'iperf3', '-s', '--forceflush', '-f', 'm', '-i', str(INTERVAL_S), '-B', TUNNEL_SERVER,
+            '-p', str(IPERF_PORT)], 'iperf3.log')
         try:
-            server_log = os.path.join(lab.dir, 'iperf3.log')
             lab.lab._wait('the iperf3 server', lambda: os.path.exists(server_log)
                           and b'listening' in open(server_log, 'rb').read(), seconds=10)
-            iperf(lab, False, 1)  # warm up the tunnel and the server
+            datapath_pids = [processes['wgs'], processes[HOST + ':wg0'], server]
+            pair = 0
             for rep in range(args.repeat):
-                # Rotated, so that no state always runs first or after the same one.
-                shift = rep % len(states)
-                for state in states[shift:] + states[:shift]:
-                    set_state(lab, payloads, state, args.entries)
-                    for proto in ('tcp', 'udp'):
-                        sample = iperf(lab, proto == 'udp', args.iperf_seconds)
-                        sample.update(rep=rep, state=state, proto=proto)
+                for proto in ('tcp', 'udp'):
+                    # Every state next to an 'off' slot, in a random order and on a random side of it:
+                    # a drift of the machine's speed hits both sides of a pair alike.
+                    pairs = [s for s in states if s != 'off' for _ in range(PAIRS_PER_REP.get(s, 1))]
+                    rng.shuffle(pairs)
+                    slots, pair_ids = [], []
+                    for s in pairs:
+                        order = ['off', s] if rng.random() < 0.5 else [s, 'off']
+                        slots += order
+                        pair_ids += [pair, pair]
+                        pair += 1
+                    for sample, pair_id in zip(run_slots(lab, switch, proto, slots, server_log, datapath_pids), pair_ids):
+                        sample.update(rep=rep, proto=proto, pair=pair_id)
                         results['samples'].append(sample)
-                        log('datapath rep %d %-7s %s %8.1f Mbit/s' % (rep, state, proto, sample['mbps']))
+                    summary = summarize_datapath(results)[proto]
+                    log('datapath rep %d %s: ' % (rep, proto) + ', '.join(
+                        '%s %.3f' % (s, summary['paired_ratio_' + s]) for s in DATAPATH_STATES[1:]))
                 results['load'].append(load_snapshot())
-            lab.run(['nft', CT_ONLY_REMOVE])
+            switch('off')
         finally:
             try:
                 os.kill(server, signal.SIGTERM)
@@ -424,25 +612,30 @@ def bootstrap_interval(values, level=0.95, draws=2000):
 
 
 def summarize_datapath(results):
-    """Medians per state, their ratios to off, and the per-repetition (paired) ratios with a 95 % interval.
+    """Medians per state, and the median of per-pair ratios (state / the adjacent off slot) with a 95 % interval.
 
-    The interval says what the machine can resolve: runs of one state differ by far
-    more than a few percent here, so a ratio is a finding only when its interval is narrow.
+    The interval says what the machine can resolve: a ratio is a finding only
+    when its interval is narrower than the effect.
     """
-    states = [s for s in DATAPATH_STATES if s in results['states']]
     summary = {}
     for proto in ('tcp', 'udp'):
         samples = [x for x in results['samples'] if x['proto'] == proto]
-        med = dict((s, median([x['mbps'] for x in samples if x['state'] == s])) for s in states)
-        entry = summary[proto] = {'median_mbps': med}
-        for s in states[1:]:
-            ratios = []
-            for rep in sorted(set(x['rep'] for x in samples)):
-                pick = dict((x['state'], x['mbps']) for x in samples if x['rep'] == rep)
-                ratios.append(pick[s] / pick['off'])
-            entry['ratio_' + s] = med[s] / med['off']
-            entry['paired_ratio_' + s] = median(ratios)
-            entry['paired_ratio_ci95_' + s] = bootstrap_interval(ratios)
+        states = [s for s in DATAPATH_STATES if any(x['state'] == s for x in samples)]
+        entry = summary[proto] = {'median_mbps': dict((s, median([x['mbps'] for x in samples if x['state'] == s]))
+                                                      for s in states)}
+        for metric, prefix in (('mbps', 'paired_ratio_'), ('mbit_per_cpu_s', 'paired_efficiency_')):
+            by_pair = {}
+            for x in samples:
+                if x.get(metric):
+                    by_pair.setdefault(x['pair'], {})[x['state']] = x[metric]
+            for s in states[1:]:
+                ratios = [p[s] / p['off'] for p in by_pair.values() if s in p and 'off' in p]
+                if not ratios:
+                    continue
+                if metric == 'mbps':
+                    entry['pairs_' + s] = len(ratios)
+                entry[prefix + s] = median(ratios)
+                entry[prefix + 'ci95_' + s] = bootstrap_interval(ratios)
     return summary
 
 
@@ -550,24 +743,28 @@ def markdown(data):
     p = data['params']
     dp = data.get('datapath')
     if dp:
-        lines += ['Datapath through the WireGuard tunnel (wireguard-go), iperf3 %d s x %d, median Mbit/s:' % (
-            dp['iperf_seconds'], dp['repeat']), '',
-            '| Traffic | No kill switch | Kill switch | Ratio (target >= %.2f) | + %d set entries | Ratio (target >= %.2f) |'
-            % (TARGETS['ratio_default'], p['entries'], TARGETS['ratio_entries']),
-            '| --- | ---: | ---: | ---: | ---: | ---: |']
-        for proto in ('tcp', 'udp'):
-            s = dp['summary'][proto]
-            m = s['median_mbps']
-            lines.append('| %s | %.0f | %.0f | %.3f (paired %.3f, 95 %% CI %.2f-%.2f) | %.0f '
-                         '| %.3f (paired %.3f, 95 %% CI %.2f-%.2f) |' % (
-                             proto.upper(), m['off'], m['on'], s['ratio_on'], s['paired_ratio_on'],
-                             s['paired_ratio_ci95_on'][0], s['paired_ratio_ci95_on'][1], m['entries'],
-                             s['ratio_entries'], s['paired_ratio_entries'],
-                             s['paired_ratio_ci95_entries'][0], s['paired_ratio_ci95_entries'][1]))
-        lines += ['', 'Diagnostic states, same runs (ratios of medians to no kill switch): the table without the routing guard '
-                  'TCP %.3f, UDP %.3f; no kill switch but conntrack on (one table, one ct rule) TCP %.3f, UDP %.3f.' % (
-                      dp['summary']['tcp']['ratio_noguard'], dp['summary']['udp']['ratio_noguard'],
-                      dp['summary']['tcp']['ratio_ct'], dp['summary']['udp']['ratio_ct']), '']
+        lines += ['Datapath through the WireGuard tunnel (wireguard-go): states switched within one iperf3 stream, '
+                  'each next to a slot without kill switch; %d repetitions; per pair, state / no kill switch: '
+                  'median of the pairs (95 %% bootstrap interval):' % dp['repeat'], '',
+                  '| State | pairs | TCP throughput | TCP Mbit per CPU s | UDP throughput | UDP Mbit per CPU s |',
+                  '| --- | ---: | ---: | ---: | ---: | ---: |']
+
+        def cell(s, prefix, state):
+            if prefix + state not in s:
+                return 'n/a'
+            low, high = s[prefix + 'ci95_' + state]
+            return '%.3f (%.3f-%.3f)' % (s[prefix + state], low, high)
+        for state in DATAPATH_STATES[1:]:
+            if state not in dp['summary']['tcp']['median_mbps']:
+                continue
+            cells = ['%d/%d' % (dp['summary']['tcp']['pairs_' + state], dp['summary']['udp']['pairs_' + state])]
+            for proto in ('tcp', 'udp'):
+                s = dp['summary'][proto]
+                cells += [cell(s, 'paired_ratio_', state), cell(s, 'paired_efficiency_', state)]
+            lines.append('| %s | %s |' % (dp['states'][state], ' | '.join(cells)))
+        lines += ['', 'Medians, Mbit/s received: ' + '; '.join(
+            '%s %s' % (proto.upper(), ', '.join('%s %.0f' % (st, m) for st, m in dp['summary'][proto]['median_mbps'].items()))
+            for proto in ('tcp', 'udp')) + '.', '']
     ap = data.get('apply')
     if ap:
         mod = ap['module']
@@ -612,11 +809,11 @@ def targets(data):
     if dp:
         for proto in ('tcp', 'udp'):
             s = dp['summary'][proto]
-            out.append('%s: %s ratio %.3f (target >= %.2f), with %d entries %.3f (target >= %.2f): %s, %s' % (
-                verdict(s['ratio_on'] >= TARGETS['ratio_default'] and s['ratio_entries'] >= TARGETS['ratio_entries']),
-                proto.upper(), s['ratio_on'], TARGETS['ratio_default'], data['params']['entries'], s['ratio_entries'],
-                TARGETS['ratio_entries'], verdict(s['ratio_on'] >= TARGETS['ratio_default']),
-                verdict(s['ratio_entries'] >= TARGETS['ratio_entries'])))
+            for state, target in (('on', TARGETS['ratio_default']), ('entries', TARGETS['ratio_entries'])):
+                low, high = s['paired_ratio_ci95_' + state]
+                out.append('%s: %s %s paired ratio %.3f (95 %% CI %.3f-%.3f, target >= %.2f)' % (
+                    verdict(s['paired_ratio_' + state] >= target), proto.upper(), state,
+                    s['paired_ratio_' + state], low, high, target))
     ap = data.get('apply')
     if ap:
         worst = max(ap['module']['entries'][k]['median_wall_s'] for k in ('first', 'replace'))
@@ -649,23 +846,21 @@ def plot(data, path):
     for ax, panel in zip(axes[0], panels):
         if panel == 'datapath':
             dp = data['datapath']
-            states = [st for st in DATAPATH_STATES if st in dp['summary']['tcp']['median_mbps']]
-            labels = {'off': 'no kill switch', 'on': 'kill switch', 'entries': '+%d entries' % entries,
-                      'noguard': 'table, no routing guard', 'ct': 'conntrack only (no kill switch)'}
-            colours = {'off': '#999999', 'on': '#1f77b4', 'entries': '#ff7f0e', 'noguard': '#2ca02c', 'ct': '#d62728'}
-            step = len(states) + 1
-            for j, proto in enumerate(('tcp', 'udp')):
-                for i, state in enumerate(states):
-                    x = j * step + i
-                    values = [s['mbps'] for s in dp['samples'] if s['proto'] == proto and s['state'] == state]
-                    ax.bar(x, median(values), color=colours[state], label=labels[state] if j == 0 else None,
-                           hatch='//' if state in ('noguard', 'ct') else None)
-                    ax.plot([x] * len(values), values, 'k.', markersize=4)
-            ax.set_xticks([(len(states) - 1) / 2.0, step + (len(states) - 1) / 2.0])
-            ax.set_xticklabels(['TCP', 'UDP (received)'])
-            ax.set_ylabel('Mbit/s through wg0 (median, dots: runs)')
-            ax.set_title('Datapath: iperf3 %d s x %d' % (dp['iperf_seconds'], dp['repeat']))
-            ax.legend(fontsize=7, loc='lower center')
+            states = [st for st in DATAPATH_STATES[1:] if st in dp['summary']['tcp']['median_mbps']]
+            for j, (proto, colour) in enumerate((('tcp', '#1f77b4'), ('udp', '#ff7f0e'))):
+                s = dp['summary'][proto]
+                ys = [s['paired_ratio_' + st] for st in states]
+                errors = [[y - s['paired_ratio_ci95_' + st][0] for st, y in zip(states, ys)],
+                          [s['paired_ratio_ci95_' + st][1] - y for st, y in zip(states, ys)]]
+                ax.errorbar([i + (j - 0.5) * 0.3 for i in range(len(states))], ys, yerr=errors, fmt='o',
+                            color=colour, capsize=3, label=proto.upper() + ' (received)')
+            ax.axhline(1.0, color='#999999', linewidth=1)
+            ax.axhline(TARGETS['ratio_default'], color='red', linestyle='--', linewidth=1, label='target')
+            ax.set_xticks(range(len(states)))
+            ax.set_xticklabels(states, rotation=30, fontsize=8)
+            ax.set_ylabel('throughput / no kill switch (paired, 95 % CI)')
+            ax.set_title('Datapath: %d repetitions, %.2f s intervals' % (dp['repeat'], dp['interval_s']))
+            ax.legend(fontsize=7, loc='lower left')
         elif panel == 'apply':
             ap = data['apply']
             kinds = ['first', 'replace', 'nochange']
@@ -714,13 +909,12 @@ def git_commit():
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--small', action='store_true', help='CI preset: hosts 1,2, entries 1000, repeat 1, '
-                                                             'iperf 2 s; results under OUT/small')
+    parser.add_argument('--small', action='store_true', help='CI preset: hosts 1,2, entries 1000, repeat 1; '
+                                                             'results under OUT/small')
     parser.add_argument('--hosts', help='fleet sizes, comma-separated (default 1,10,50)')
     parser.add_argument('--entries', type=int, help='doh_servers entries (default 10000)')
     parser.add_argument('--repeat', type=int, help='datapath and apply repetitions (default 15)')
     parser.add_argument('--fleet-repeat', type=int, help='fleet repetitions (default 3)')
-    parser.add_argument('--iperf-seconds', type=int, help='seconds per iperf3 run (default 3)')
     parser.add_argument('--forks', type=int, default=10)
     parser.add_argument('--phases', default='datapath,apply,fleet')
     parser.add_argument('--out', help='directory for latest.json/.png/.md (default benchmarks/results, '
@@ -731,16 +925,16 @@ def parse_args(argv):
                         help='measure nothing: summarize OUT/latest.json again and rewrite the table and the plot')
     parser.add_argument('--state', default=os.path.join(REPO, '.lab', 'bench'), help='the lab state directory')
     args = parser.parse_args(argv)
-    small = dict(hosts='1,2', entries=1000, repeat=1, fleet_repeat=1, iperf_seconds=2)
-    full = dict(hosts='1,10,50', entries=10000, repeat=15, fleet_repeat=3, iperf_seconds=3)
+    small = dict(hosts='1,2', entries=1000, repeat=1, fleet_repeat=1)
+    full = dict(hosts='1,10,50', entries=10000, repeat=15, fleet_repeat=3)
     for key, value in (small if args.small else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.hosts = sorted(set(int(h) for h in args.hosts.split(',')))
     if not args.hosts or args.hosts[0] < 1 or args.hosts[-1] > HOSTS_MAX:
         parser.error('--hosts: sizes between 1 and %d' % HOSTS_MAX)
-    if args.repeat < 1 or args.fleet_repeat < 1 or args.iperf_seconds < 1:
-        parser.error('--repeat, --fleet-repeat and --iperf-seconds must be at least 1')
+    if args.repeat < 1 or args.fleet_repeat < 1:
+        parser.error('--repeat and --fleet-repeat must be at least 1')
     doh_addresses(args.entries)
     args.phases = [p for p in args.phases.split(',') if p]
     unknown = set(args.phases) - {'datapath', 'apply', 'fleet'}
@@ -776,14 +970,14 @@ def main(argv=None):
     data = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
             'commit': git_commit(), 'machine': machine_facts(),
             'params': {'small': args.small, 'hosts': args.hosts, 'entries': args.entries, 'repeat': args.repeat,
-                       'fleet_repeat': args.fleet_repeat, 'iperf_seconds': args.iperf_seconds, 'forks': args.forks,
+                       'fleet_repeat': args.fleet_repeat, 'forks': args.forks,
                        'phases': args.phases},
             'targets': TARGETS,
             'method': {
                 'datapath': 'iperf3 -c 192.0.2.1 from lab-host1 through wg0 (wireguard-go both ends) to the isp '
-                            'namespace; TCP (-O 1) and UDP -b 0 -l 1300, receiver Mbit/s; states off/on/entries '
-                            'set by the module payload, rotated per repetition; ratios of medians and medians of '
-                            'per-repetition ratios (paired)',
+                            'namespace; TCP and UDP -b 0 -l 1300, receiver Mbit/s per 0.25 s interval; states '
+                            'switched by nft transactions within one stream, each slot paired with an adjacent '
+                            'off slot in random order; medians of per-pair ratios, bootstrap 95 % intervals',
                 'apply': 'the AnsiballZ payload Ansible ships, kept with ANSIBLE_KEEP_REMOTE_FILES, run by '
                          '/usr/bin/python3 inside the host namespaces; wall = fork to exit; apply_probe.py times '
                          'the nft steps in-process',
