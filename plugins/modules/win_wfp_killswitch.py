@@ -221,14 +221,6 @@ options:
       - The probe sends only to the canaries. It changes nothing on the host.
     type: bool
     default: false
-  probe_canary_v4:
-    description: The IPv4 address the probe sends to; a documentation address leads nowhere.
-    type: str
-    default: 203.0.113.254
-  probe_canary_v6:
-    description: The IPv6 address the probe sends to.
-    type: str
-    default: "2001:db8:ffff::fe"
   _rendered:
     description:
       - Private, set by the action plugin of the same name, never by a task - the filter set rendered and checked
@@ -252,6 +244,8 @@ options:
     type: list
     elements: str
     default: []
+extends_documentation_fragment:
+  - vpnguard.killswitch.evidence
 attributes:
   check_mode:
     support: full

@@ -57,8 +57,12 @@ def test_arguments_the_module_would_refuse_are_refused_here():
 def test_the_action_spec_matches_the_documentation():
     import yaml
     from ansible_collections.vpnguard.killswitch.plugins.modules import win_wfp_killswitch as doc
+    from ansible_collections.vpnguard.killswitch.plugins.doc_fragments import evidence
+    documented = yaml.safe_load(doc.DOCUMENTATION)
+    assert documented['extends_documentation_fragment'] == ['vpnguard.killswitch.evidence']
     # Options with a leading _ are the action's own, set by it for the module, never by a task.
-    options = dict((k, v) for k, v in yaml.safe_load(doc.DOCUMENTATION)['options'].items() if not k.startswith('_'))
+    options = dict((k, v) for k, v in documented['options'].items() if not k.startswith('_'))
+    options.update(yaml.safe_load(evidence.ModuleDocFragment.DOCUMENTATION)['options'])
     assert sorted(options) == sorted(action.ARGUMENT_SPEC)
     assert sorted(k for k in yaml.safe_load(doc.DOCUMENTATION)['options'] if k.startswith('_')) == sorted(action.INTERNAL)
     for name, spec in action.ARGUMENT_SPEC.items():
