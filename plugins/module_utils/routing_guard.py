@@ -30,7 +30,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import re
 import socket
 from collections import namedtuple
 
@@ -167,6 +166,10 @@ class RoutingGuard:
     def __init__(self, netlink):
         self._netlink = netlink
 
+    @property
+    def netlink(self):
+        return self._netlink
+
     def live_rules(self):
         return [_from_netlink(version, rule)
                 for version, family in FAMILIES
@@ -269,22 +272,16 @@ def regrouped_links(links, patterns):
 
 
 class LinkGroups:
-    """Interface groups through ip(8), which every host with the guard has."""
+    """Interface groups: read over rtnetlink, set through ip(8), which every host with the guard has."""
 
-    def __init__(self, module):
+    def __init__(self, module, netlink):
         self._module = module
+        self._netlink = netlink
         self._ip = module.get_bin_path('ip', required=True)
 
     def links(self):
-        """{name: group} of every interface, from one `ip -o -N link show` (numeric groups)."""
-        rc, out, err = self._module.run_command([self._ip, '-o', '-N', 'link', 'show'], check_rc=True)
-        links = {}
-        for line in out.splitlines():
-            fields = line.split(':', 2)
-            group = re.search(r' group (\d+) ', line)
-            if len(fields) == 3 and group:
-                links[fields[1].strip().split('@')[0]] = int(group.group(1))
-        return links
+        """{name: group} of every interface, from one link dump (no ip run on an apply that changes nothing)."""
+        return self._netlink.link_groups()
 
     def apply(self, changes):
         for name, group in changes:
