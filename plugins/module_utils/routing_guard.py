@@ -49,7 +49,7 @@ TUNNEL_IFGROUP = 86
 DEFAULT_IFGROUP = 0
 
 FAMILIES = ((4, socket.AF_INET), (6, socket.AF_INET6))
-IP_PROTOCOLS = {'tcp': socket.IPPROTO_TCP, 'udp': socket.IPPROTO_UDP}
+IP_PROTOCOLS = {'tcp': socket.IPPROTO_TCP, 'udp': socket.IPPROTO_UDP, 'esp': 50}
 IP_PROTOCOL_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
 
 RULE_FIELDS = 'version priority action dst dst_len ip_proto sport dport fwmark suppress_prefixlen suppress_ifgroup'
@@ -133,7 +133,15 @@ def desired_rules(policy, priority=DEFAULT_PRIORITY):
         # server (a port-unreachable for a packet that arrived after the
         # client's socket closed) would leave outside the tunnel.
         rules += [to_main(str(e.address), full, IP_PROTOCOLS[e.protocol], dport=(e.port, e.port))
-                  for e in policy.endpoints_of(version)]
+                  for e in policy.endpoints_of(version) if e.port]
+        # ESP of route-based IPsec: the kernel looks the server up with the
+        # SA's output mark (xfrm_bundle_create: xfrm_smark_get), and since
+        # Linux 6.12 with ESP (or UDP 4500) as the protocol too.
+        for e in policy.endpoints_of(version):
+            if not e.port:
+                mark = policy.tunnel_fwmark if e.mark is None else e.mark
+                rules += [to_main(str(e.address), full, IP_PROTOCOLS[e.protocol]),
+                          to_main(str(e.address), full, fwmark=mark)]
         # Management networks connect to the host: only its replies, from the served port.
         rules += [to_main(str(m.network.network_address), m.network.prefixlen, IP_PROTOCOLS[m.protocol],
                           sport=(m.port, m.port))

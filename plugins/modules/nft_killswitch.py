@@ -37,9 +37,12 @@ description:
     module keeps the interfaces matching O(tunnel_interfaces) in interface group 86 (and installs a
     udev rule that does it for those created later); a default route out of any other interface is
     refused by the guard.
-  - Kernel IPsec (XFRM policies) is refused before anything is touched - its packets leave the
-    physical interface owned by the sending application - with strongSwan's kernel-libipsec
-    (C(ipsec0)) named as the way that works.
+  - Route-based kernel IPsec works - its XFRM interface (C(ipsec0)) is a tunnel interface, and an
+    endpoint with protocol C(esp) lets the ESP packets that carry the SA's output mark (swanctl
+    C(set_mark_out)) reach the server and takes ESP from it. Policy-based kernel IPsec (outbound XFRM
+    policies without an interface id) is refused before anything is touched - its packets leave the
+    physical interface owned by the sending application and are encrypted only after the firewall -
+    with the settings that make it route-based named.
   - Other tables, chains and policy rules are never flushed or edited. The module finds its own
     policy rules by their protocol number (86).
   - Needs the C(nftables) Python binding (Debian and Ubuntu C(python3-nftables), Fedora
@@ -81,7 +84,9 @@ options:
         type: str
         required: true
       port:
-        description: Server port. Give O(endpoints[].port) or O(endpoints[].ports).
+        description:
+          - Server port. Give O(endpoints[].port) or O(endpoints[].ports), except for V(esp), which has
+            no ports.
         type: int
       ports:
         description:
@@ -90,14 +95,21 @@ options:
         type: list
         elements: int
       protocol:
-        description: Transport protocol; V(udp) unless O(endpoints[].protocols) is given.
+        description:
+          - Transport protocol; V(udp) unless O(endpoints[].protocols) is given.
+          - V(esp) is the ESP of route-based kernel IPsec (IP protocol 50, no port). The kernel sends
+            ESP on the socket of the application whose packet it encrypted, so ESP is told by the
+            SA's output mark (O(endpoints[].mark), or O(tunnel_fwmark); swanctl C(set_mark_out)), or
+            root's sockets; O(endpoints[].uid) applies to the entry's other protocols only.
         type: str
-        choices: [udp, tcp]
+        choices: [udp, tcp, esp]
       protocols:
-        description: Several protocols on the same ports, for example V([tcp, udp]) for AnyConnect (443).
+        description:
+          - Several protocols on the same ports, for example V([tcp, udp]) for AnyConnect (443), or
+            V([udp, esp]) with V([500, 4500]) for IKE and the ESP of route-based IPsec.
         type: list
         elements: str
-        choices: [udp, tcp]
+        choices: [udp, tcp, esp]
       uid:
         description:
           - Users besides root whose sockets may use the endpoint - the user the VPN client runs as
@@ -308,6 +320,13 @@ EXAMPLES = r'''
       - {cidr: 198.18.0.0/24, port: 22, protocol: tcp}
     exceptions:
       - {cgroup: system.slice/backup.service}
+
+- name: Route-based IPsec through the XFRM interface ipsec0 (swanctl if_id_in/out, set_mark_out = 42)
+  vpnguard.killswitch.nft_killswitch:
+    tunnel_interfaces: [ipsec0]
+    endpoints:
+      - {address: 203.0.113.1, ports: [500, 4500], protocols: [udp, esp], mark: 42}
+    dns_servers: [192.0.2.1]
 
 - name: Remove the kill switch
   vpnguard.killswitch.nft_killswitch:
