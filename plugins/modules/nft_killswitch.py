@@ -593,9 +593,15 @@ def policy_based_ipsec(xfrm):
     tunnel interface like any other. A policy without templates is a bypass.
     """
     try:
-        policies = xfrm().policies()
+        netlink = xfrm()
     except (OSError, socket.error):  # a kernel without XFRM_USER has no kernel IPsec to check
         return []
+    try:
+        policies = netlink.policies()
+    except (OSError, socket.error):  # not readable without CAP_NET_ADMIN, without which nothing applies
+        return []
+    finally:
+        netlink.close()
     return ['src %s dst %s dir out' % (p['src'], p['dst']) for p in policies
             if p['dir'] == XFRM_POLICY_OUT and p['action'] == XFRM_POLICY_ALLOW and p['templates'] and not p['if_id']]
 
