@@ -135,8 +135,9 @@ def desired_rules(policy, priority=DEFAULT_PRIORITY):
         rules += [to_main(str(e.address), full, IP_PROTOCOLS[e.protocol], dport=(e.port, e.port))
                   for e in policy.endpoints_of(version) if e.port]
         # ESP of route-based IPsec: the kernel looks the server up with the
-        # SA's output mark (xfrm_bundle_create: xfrm_smark_get), and since
-        # Linux 6.12 with ESP (or UDP 4500) as the protocol too.
+        # SA's output mark (xfrm_bundle_create: xfrm_smark_get), and, from
+        # "xfrm: respect ip protocols rules criteria when performing dst
+        # lookups" (Linux 6.12), with ESP (or UDP 4500) as the protocol too.
         for e in policy.endpoints_of(version):
             if not e.port:
                 mark = policy.tunnel_fwmark if e.mark is None else e.mark

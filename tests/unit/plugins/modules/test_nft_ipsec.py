@@ -139,7 +139,7 @@ def test_the_guard_routes_esp_to_the_server_by_protocol_or_the_sas_mark_and_noth
     assert 'ipv4 32765: to 203.0.113.1/32 fwmark 0x2a lookup main' in applied['routing_rules']
     host.sh('nft delete table inet vpnguard_killswitch')  # the guard alone
     # ip route get takes no ESP, so real packets ask: 0 is routed, 101 (ENETUNREACH) is the guard's refusal.
-    # A raw socket's lookup carries protocol 50, as Linux 6.12+ does for an SA; every kernel carries the mark.
+    # A raw socket's lookup carries protocol 50, as an SA's does from Linux 6.12; every kernel's carries the mark.
     assert host.send('esp', 0, 'VPNGesp_unmarked') == 0
     assert host.send('udp', SA_MARK, 'VPNGmarked_other_port', port=9999) == 0
     assert host.send('udp', 0, 'VPNGunmarked_other_port', port=9999) == 101
