@@ -2,12 +2,14 @@
 # Copyright: (c) 2026, vpnguard maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Policy routing rules over rtnetlink, with the standard library alone.
+"""Policy routing rules, links and XFRM policies over netlink, with the standard library alone.
 
 The routing guard needs three requests (dump, add, delete rules) and a dozen
-attributes. A netlink library would cost each run more to import than the
-whole module takes to work (fleets run it on every audit), and be one more
-package to install on every host.
+attributes; the module also reads every interface's group (a link dump) and
+the kernel's IPsec policies (an XFRM policy dump). A netlink library would
+cost each run more to import than the whole module takes to work (fleets run
+it on every audit), and be one more package to install on every host; so
+would running ip(8), twice, on every apply.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -19,7 +21,8 @@ import os
 import socket
 import struct
 
-NETLINK_ROUTE = 0
+NETLINK_ROUTE, NETLINK_XFRM = 0, 6
+RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
@@ -37,11 +40,31 @@ FRA_IP_PROTO = 22
 FRA_SPORT_RANGE = 23
 FRA_DPORT_RANGE = 24
 
+# linux/if_link.h
+IFLA_IFNAME = 3
+IFLA_GROUP = 27
+IFLA_EXT_MASK = 29
+RTEXT_FILTER_SKIP_STATS = 1 << 3  # a link dump without counters is a fraction of the size
+
+# linux/xfrm.h
+XFRM_MSG_NEWPOLICY, XFRM_MSG_GETPOLICY = 19, 21
+XFRMA_TMPL = 5
+XFRMA_MARK = 21
+XFRMA_IF_ID = 31
+XFRM_POLICY_IN, XFRM_POLICY_OUT, XFRM_POLICY_FWD = 0, 1, 2
+XFRM_POLICY_ALLOW = 0
+
 NLMSGHDR = struct.Struct('=IHHII')       # length, type, flags, sequence, port
 FIB_RULE_HDR = struct.Struct('=BBBBBBBBI')  # family, dst_len, src_len, tos, table, res1, res2, action, flags
 RTATTR = struct.Struct('=HH')            # length, type
 U32 = struct.Struct('=I')
 PORT_RANGE = struct.Struct('=HH')        # first, last
+IFINFOMSG = struct.Struct('=BxHiII')     # family, type, index, flags, change
+# struct xfrm_userpolicy_info: the selector (addresses, ports, family, prefix
+# lengths, protocol, ifindex, user), lifetimes, priority, index, dir, action.
+XFRM_SELECTOR = struct.Struct('=16s16sHHHHHBBB3xiI')
+XFRM_USERPOLICY_INFO = struct.Struct('=%ds64s32sIIBBBB4x' % XFRM_SELECTOR.size)
+XFRM_USERPOLICY_ID = struct.Struct('=%dsIB3x' % XFRM_SELECTOR.size)
 
 
 def _align(length):
@@ -90,11 +113,11 @@ def _parse_rule(family, body):
     )
 
 
-class RuleSocket:
-    """An rtnetlink socket that dumps, adds and deletes policy routing rules."""
+class NetlinkSocket:
+    """A netlink socket of one family that sends requests and reads their replies."""
 
-    def __init__(self):
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    def __init__(self, family):
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, family)
         self._sock.bind((0, 0))
         self._sequence = 0
 
@@ -127,6 +150,25 @@ class RuleSocket:
                         raise OSError(code, os.strerror(code))
                     return  # the acknowledgement
                 yield kind, body
+
+
+class RuleSocket(NetlinkSocket):
+    """An rtnetlink socket that dumps, adds and deletes policy routing rules, and dumps links."""
+
+    def __init__(self):
+        NetlinkSocket.__init__(self, NETLINK_ROUTE)
+
+    def link_groups(self):
+        """{name: group} of every interface, as `ip -o -N link show` lists them."""
+        request = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attribute(
+            IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
+        groups = {}
+        for kind, body in self._replies(self._send(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, request)):
+            attributes = _parse_attributes(body[IFINFOMSG.size:]) if kind == RTM_NEWLINK else {}
+            if IFLA_IFNAME in attributes:
+                name = attributes[IFLA_IFNAME].split(b'\0', 1)[0].decode('utf-8', 'replace')
+                groups[name] = U32.unpack(attributes[IFLA_GROUP][:4])[0] if IFLA_GROUP in attributes else 0
+        return groups
 
     def rules(self, family):
         """Every policy rule of an address family (socket.AF_INET or AF_INET6), as dicts."""
@@ -164,3 +206,42 @@ class RuleSocket:
 
     def delete(self, **rule):
         self._request(RTM_DELRULE, NLM_F_REQUEST | NLM_F_ACK, **rule)
+
+
+def _prefix(family, raw, length):
+    address = socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
+    return '%s/%d' % (address, length)
+
+
+def _parse_policy(body):
+    info = XFRM_USERPOLICY_INFO.unpack_from(body)
+    (daddr, saddr, _dport, _dport_mask, _sport, _sport_mask, family, prefixlen_d, prefixlen_s, proto,
+     _ifindex, _user) = XFRM_SELECTOR.unpack(info[0])
+    _sel, _lft, _curlft, priority, index, direction, action, _flags, _share = info
+    attributes = _parse_attributes(body[XFRM_USERPOLICY_INFO.size:])
+    if_id = U32.unpack(attributes[XFRMA_IF_ID][:4])[0] if XFRMA_IF_ID in attributes else 0
+    known = family in (socket.AF_INET, socket.AF_INET6)
+    return dict(
+        src=_prefix(family, saddr, prefixlen_s) if known else None,
+        dst=_prefix(family, daddr, prefixlen_d) if known else None,
+        proto=proto, priority=priority, index=index, dir=direction, action=action,
+        # Packets only take a policy through a template: one without is a bypass or a block.
+        templates=XFRMA_TMPL in attributes, if_id=if_id, marked=XFRMA_MARK in attributes)
+
+
+class XfrmSocket(NetlinkSocket):
+    """A NETLINK_XFRM socket that dumps the kernel's IPsec policies."""
+
+    def __init__(self):
+        NetlinkSocket.__init__(self, NETLINK_XFRM)
+
+    def policies(self):
+        """Every XFRM policy of the namespace as dicts (src, dst, dir, action, templates, if_id...).
+
+        Sockets' own policies (an IKE daemon's bypass) are not in the dump:
+        the kernel's policy walk skips them.
+        """
+        request = XFRM_USERPOLICY_ID.pack(b'\0' * XFRM_SELECTOR.size, 0, 0)
+        return [_parse_policy(body)
+                for kind, body in self._replies(self._send(XFRM_MSG_GETPOLICY, NLM_F_REQUEST | NLM_F_DUMP, request))
+                if kind == XFRM_MSG_NEWPOLICY]

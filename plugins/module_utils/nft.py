@@ -18,7 +18,7 @@ import json
 import re
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import evidence
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, LAN_NETWORKS
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import DNS_PORTS, ESP, LAN_NETWORKS
 
 TABLE_FAMILY = 'inet'
 TABLE_NAME = 'vpnguard_killswitch'
@@ -160,10 +160,36 @@ def _endpoint_owners(policy, endpoint):
             'meta skuid %s' % (str(uids[0]) if len(uids) == 1 else '{ %s }' % _elements(str(u) for u in uids)))
 
 
+def _ported_endpoints(policy, version):
+    return [e for e in policy.endpoints_of(version) if e.protocol != ESP]
+
+
+def _esp_servers(policy, version):
+    """The addresses ESP may be exchanged with, as an nftables set expression; None when there are none.
+
+    ESP has no ports (`th dport` would read its SPI), so it is matched by
+    address and protocol alone, never through the endpoint sets.
+    """
+    addresses = sorted(set(str(e.address) for e in policy.endpoints_of(version) if e.protocol == ESP))
+    return '{ %s }' % _elements(addresses) if addresses else None
+
+
+def _esp_rules(policy, version, family):
+    """Output rules for ESP to the servers: the SA's output mark or root (the kernel sends ESP on the
+    socket of the application whose packet it encrypted, so no other user can be told apart)."""
+    groups = {}
+    for e in policy.endpoints_of(version):
+        if e.protocol == ESP:
+            groups.setdefault(_endpoint_owners(policy, e), []).append(str(e.address))
+    return [' '.join(filter(None, ['%s daddr { %s } meta l4proto esp' % (family, _elements(sorted(set(addresses)))),
+                                   owner, 'accept']))
+            for owners, addresses in groups.items() for owner in owners]
+
+
 def _endpoint_rules(policy, version, family):
     """Output rules for the endpoints of one IP version: one set per group of endpoints with the same owners."""
     groups = {}
-    for e in policy.endpoints_of(version):
+    for e in _ported_endpoints(policy, version):
         groups.setdefault(_endpoint_owners(policy, e), []).append(e)
     rules = []
     for owners, endpoints in groups.items():
@@ -172,7 +198,7 @@ def _endpoint_rules(policy, version, family):
                   '{ %s }' % _elements('%s . %s . %d' % (e.address, e.protocol, e.port) for e in endpoints))
         rules += [' '.join(filter(None, ['%s daddr . meta l4proto . th dport %s' % (family, target), owner, 'accept']))
                   for owner in owners]
-    return rules
+    return rules + _esp_rules(policy, version, family)
 
 
 def render(policy, log='none'):
@@ -189,7 +215,7 @@ def render(policy, log='none'):
     for version in (4, 6):
         at = addr_types[version]
         sets += _set('endpoints_v%d' % version, '%s . inet_proto . inet_service' % at,
-                     ['%s . %s . %d' % (e.address, e.protocol, e.port) for e in policy.endpoints_of(version)])
+                     ['%s . %s . %d' % (e.address, e.protocol, e.port) for e in _ported_endpoints(policy, version)])
         sets += _set('dns_v%d' % version, at, [str(a) for a in policy.dns_of(version)])
         sets += _set('doh_v%d' % version, at, [str(a) for a in policy.doh_of(version)])
         sets += _set('lan_v%d' % version, at,
@@ -236,8 +262,11 @@ def render(policy, log='none'):
         output += _endpoint_rules(policy, v, f)
     if policy.restrict_endpoints_to_tunnel:
         # Anyone else trying the endpoint's address and port: refused, and told apart.
-        output += [rule for v, f in families if policy.endpoints_of(v)
+        output += [rule for v, f in families if _ported_endpoints(policy, v)
                    for rule in refused('%s daddr . meta l4proto . th dport @endpoints_v%d' % (f, v),
+                                       'refused_endpoint', 'refused endpoint')]
+        output += [rule for v, f in families if _esp_servers(policy, v)
+                   for rule in refused('%s daddr %s meta l4proto esp' % (f, _esp_servers(policy, v)),
                                        'refused_endpoint', 'refused endpoint')]
     output += [DHCPV4_OUT, DHCPV6_OUT] + list(ICMPV6_OUT)
     if policy.allow_lan:
@@ -264,7 +293,11 @@ def render(policy, log='none'):
     input_ += _tunnels(policy, 'iifname', 'accept')
     # The server may open a handshake after the tunnel's conntrack entry expired.
     input_ += ['%s saddr . meta l4proto . th sport @endpoints_v%d accept' % (f, v)
-               for v, f in families if policy.endpoints_of(v)]
+               for v, f in families if _ported_endpoints(policy, v)]
+    # ESP from the server; the kernel decrypts it and hands the inner packet
+    # in again on the XFRM interface, a tunnel.
+    input_ += ['%s saddr %s meta l4proto esp accept' % (f, _esp_servers(policy, v))
+               for v, f in families if _esp_servers(policy, v)]
     # ICMP errors about flows the host opened (path MTU of the tunnel's own
     # packets): conntrack relates one only when it is addressed to the flow's
     # own address, and the prerouting chain has dropped any for an address of

@@ -58,12 +58,16 @@ LAN_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
 # One server address, port and protocol. uids and mark say whose packets may
 # use it (Linux): sockets of those users besides root, packets with that mark
 # (None: the policy's tunnel_fwmark). A server on several ports or protocols
-# is several Endpoints, so every renderer takes them one by one.
+# is several Endpoints, so every renderer takes them one by one. ESP (route-
+# based kernel IPsec, Linux) has no port: port is None.
 Endpoint = namedtuple('Endpoint', 'address port protocol uids mark')
 Endpoint.__new__.__defaults__ = ((), None)
 # Keys an endpoint may have; port/ports and protocol/protocols are one or a list.
 ENDPOINT_KEYS = ('address', 'port', 'ports', 'protocol', 'protocols', 'uid', 'mark', 'unit')
 ENDPOINT_OWNER_KEYS = ('ports', 'protocols', 'uid', 'mark')  # not (yet) rendered by PF and Windows
+# ESP of route-based kernel IPsec (IP protocol 50): the server's address and
+# the SA's output mark say which ESP packets are the tunnel's; it has no port.
+ESP = 'esp'
 # IKE starts on udp/500 and moves to udp/4500 only once NAT is detected (RFC 7296 2.23).
 IKE_PORT, IKE_NAT_T_PORT = 500, 4500
 Management = namedtuple('Management', 'network port protocol')
@@ -85,12 +89,12 @@ def policy_argument_spec(selectors, endpoint_owners=False):
     if endpoint_owners:
         endpoint.update(
             ports=dict(type='list', elements='int'),
-            protocols=dict(type='list', elements='str', choices=['udp', 'tcp']),
+            protocols=dict(type='list', elements='str', choices=['udp', 'tcp', ESP]),
             uid=dict(type='list', elements='int'),
             mark=dict(type='int'),
             unit=dict(type='str'),
         )
-        endpoint['protocol'] = dict(type='str', choices=['udp', 'tcp'])
+        endpoint['protocol'] = dict(type='str', choices=['udp', 'tcp', ESP])
     return dict(
         state=dict(type='str', default='present', choices=['present', 'absent']),
         tunnel_interfaces=dict(type='list', elements='str', default=[]),
@@ -162,6 +166,9 @@ def parse_policy(raw, system=None):
                  for e in _endpoints('endpoints[%d]' % i, v)]
     if system not in (None, 'Linux'):
         for i, v in enumerate(_list('endpoints', raw.get('endpoints'))):
+            if str(v.get('protocol')).lower() == ESP:
+                raise PolicyError('endpoints[%d].protocol' % i, 'esp (route-based kernel IPsec) is taken on Linux '
+                                  'only; on %s give the IKE ports (udp 500 and 4500)' % system)
             for key in ENDPOINT_OWNER_KEYS:
                 if isinstance(v, dict) and v.get(key) is not None:
                     raise PolicyError('endpoints[%d].%s' % (i, key), '%s is taken on Linux only; on %s give one '
@@ -331,14 +338,33 @@ def _one_or_list(setting, value, one, many, parse):
     return _unique([parse('%s.%s[%d]' % (setting, many, i), v) for i, v in enumerate(items)])
 
 
+def _endpoint_protocol(setting, value):
+    protocol = _text(setting, value).lower()
+    if protocol not in PROTOCOLS + (ESP,):
+        raise PolicyError(setting, 'must be one of %s, got %r' % (', '.join(PROTOCOLS + (ESP,)), value))
+    return protocol
+
+
 def _endpoints(setting, value):
-    """The Endpoints of one server entry: one per port and protocol, with who may use them."""
+    """The Endpoints of one server entry: one per port and protocol, with who may use them.
+
+    ESP has no port: an entry with protocols [udp, esp] and ports [500, 4500]
+    is IKE on both ports and one ESP endpoint. Its uids are for the IKE
+    daemon's sockets; the ESP packets are told by their mark, since the kernel
+    sends them on the socket of the application whose packet was encrypted.
+    """
     _mapping(setting, value, ENDPOINT_KEYS)
-    if value.get('address') is None or (value.get('port') is None and value.get('ports') is None):
+    if value.get('address') is None:
         raise PolicyError(setting, 'needs address and port (or ports)')
     address = _host_address(setting + '.address', value['address'])
+    protocols = _one_or_list(setting, value, 'protocol', 'protocols', _endpoint_protocol) or ['udp']
+    ported = [p for p in protocols if p != ESP]
+    if ported and value.get('port') is None and value.get('ports') is None:
+        raise PolicyError(setting, 'needs address and port (or ports)')
+    if not ported and (value.get('port') is not None or value.get('ports') is not None):
+        raise PolicyError(setting + ('.port' if value.get('ports') is None else '.ports'),
+                          'esp has no ports; give the IKE ports in the same entry with protocols: [udp, esp]')
     ports = _one_or_list(setting, value, 'port', 'ports', _port)
-    protocols = _one_or_list(setting, value, 'protocol', 'protocols', _protocol) or ['udp']
     for i, port in enumerate(ports):
         if port in DNS_PORTS:
             # Silently unreachable otherwise: the tunnel would never come up.
@@ -358,7 +384,8 @@ def _endpoints(setting, value):
     uids = () if value.get('uid') is None else _uid_list(setting + '.uid', value['uid'])
     mark = value.get('mark')
     mark = None if mark is None else _integer(setting + '.mark', mark, 1, FWMARK_MAX)
-    return [Endpoint(address, port, protocol, uids, mark) for port in ports for protocol in protocols]
+    return ([Endpoint(address, port, protocol, uids, mark) for port in ports for protocol in ported]
+            + [Endpoint(address, None, ESP, (), mark) for protocol in protocols if protocol == ESP])
 
 
 def _uid_list(setting, value):

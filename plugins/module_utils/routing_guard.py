@@ -30,7 +30,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import re
 import socket
 from collections import namedtuple
 
@@ -50,7 +49,7 @@ TUNNEL_IFGROUP = 86
 DEFAULT_IFGROUP = 0
 
 FAMILIES = ((4, socket.AF_INET), (6, socket.AF_INET6))
-IP_PROTOCOLS = {'tcp': socket.IPPROTO_TCP, 'udp': socket.IPPROTO_UDP}
+IP_PROTOCOLS = {'tcp': socket.IPPROTO_TCP, 'udp': socket.IPPROTO_UDP, 'esp': 50}
 IP_PROTOCOL_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
 
 RULE_FIELDS = 'version priority action dst dst_len ip_proto sport dport fwmark suppress_prefixlen suppress_ifgroup'
@@ -134,7 +133,16 @@ def desired_rules(policy, priority=DEFAULT_PRIORITY):
         # server (a port-unreachable for a packet that arrived after the
         # client's socket closed) would leave outside the tunnel.
         rules += [to_main(str(e.address), full, IP_PROTOCOLS[e.protocol], dport=(e.port, e.port))
-                  for e in policy.endpoints_of(version)]
+                  for e in policy.endpoints_of(version) if e.port]
+        # ESP of route-based IPsec: the kernel looks the server up with the
+        # SA's output mark (xfrm_bundle_create: xfrm_smark_get), and, from
+        # "xfrm: respect ip protocols rules criteria when performing dst
+        # lookups" (Linux 6.12), with ESP (or UDP 4500) as the protocol too.
+        for e in policy.endpoints_of(version):
+            if not e.port:
+                mark = policy.tunnel_fwmark if e.mark is None else e.mark
+                rules += [to_main(str(e.address), full, IP_PROTOCOLS[e.protocol]),
+                          to_main(str(e.address), full, fwmark=mark)]
         # Management networks connect to the host: only its replies, from the served port.
         rules += [to_main(str(m.network.network_address), m.network.prefixlen, IP_PROTOCOLS[m.protocol],
                           sport=(m.port, m.port))
@@ -166,6 +174,10 @@ class RoutingGuard:
 
     def __init__(self, netlink):
         self._netlink = netlink
+
+    @property
+    def netlink(self):
+        return self._netlink
 
     def live_rules(self):
         return [_from_netlink(version, rule)
@@ -269,22 +281,16 @@ def regrouped_links(links, patterns):
 
 
 class LinkGroups:
-    """Interface groups through ip(8), which every host with the guard has."""
+    """Interface groups: read over rtnetlink, set through ip(8), which every host with the guard has."""
 
-    def __init__(self, module):
+    def __init__(self, module, netlink):
         self._module = module
+        self._netlink = netlink
         self._ip = module.get_bin_path('ip', required=True)
 
     def links(self):
-        """{name: group} of every interface, from one `ip -o -N link show` (numeric groups)."""
-        rc, out, err = self._module.run_command([self._ip, '-o', '-N', 'link', 'show'], check_rc=True)
-        links = {}
-        for line in out.splitlines():
-            fields = line.split(':', 2)
-            group = re.search(r' group (\d+) ', line)
-            if len(fields) == 3 and group:
-                links[fields[1].strip().split('@')[0]] = int(group.group(1))
-        return links
+        """{name: group} of every interface, from one link dump (no ip run on an apply that changes nothing)."""
+        return self._netlink.link_groups()
 
     def apply(self, changes):
         for name, group in changes:

@@ -37,9 +37,12 @@ description:
     module keeps the interfaces matching O(tunnel_interfaces) in interface group 86 (and installs a
     udev rule that does it for those created later); a default route out of any other interface is
     refused by the guard.
-  - Kernel IPsec (XFRM policies) is refused before anything is touched - its packets leave the
-    physical interface owned by the sending application - with strongSwan's kernel-libipsec
-    (C(ipsec0)) named as the way that works.
+  - Route-based kernel IPsec works - its XFRM interface (C(ipsec0)) is a tunnel interface, and an
+    endpoint with protocol C(esp) lets the ESP packets that carry the SA's output mark (swanctl
+    C(set_mark_out)) reach the server and takes ESP from it. Policy-based kernel IPsec (outbound XFRM
+    policies without an interface id) is refused before anything is touched - its packets leave the
+    physical interface owned by the sending application and are encrypted only after the firewall -
+    with the settings that make it route-based named.
   - Other tables, chains and policy rules are never flushed or edited. The module finds its own
     policy rules by their protocol number (86).
   - Needs the C(nftables) Python binding (Debian and Ubuntu C(python3-nftables), Fedora
@@ -81,7 +84,9 @@ options:
         type: str
         required: true
       port:
-        description: Server port. Give O(endpoints[].port) or O(endpoints[].ports).
+        description:
+          - Server port. Give O(endpoints[].port) or O(endpoints[].ports), except for V(esp), which has
+            no ports.
         type: int
       ports:
         description:
@@ -90,14 +95,21 @@ options:
         type: list
         elements: int
       protocol:
-        description: Transport protocol; V(udp) unless O(endpoints[].protocols) is given.
+        description:
+          - Transport protocol; V(udp) unless O(endpoints[].protocols) is given.
+          - V(esp) is the ESP of route-based kernel IPsec (IP protocol 50, no port). The kernel sends
+            ESP on the socket of the application whose packet it encrypted, so ESP is told by the
+            SA's output mark (O(endpoints[].mark), or O(tunnel_fwmark); swanctl C(set_mark_out)), or
+            root's sockets; O(endpoints[].uid) applies to the entry's other protocols only.
         type: str
-        choices: [udp, tcp]
+        choices: [udp, tcp, esp]
       protocols:
-        description: Several protocols on the same ports, for example V([tcp, udp]) for AnyConnect (443).
+        description:
+          - Several protocols on the same ports, for example V([tcp, udp]) for AnyConnect (443), or
+            V([udp, esp]) with V([500, 4500]) for IKE and the ESP of route-based IPsec.
         type: list
         elements: str
-        choices: [udp, tcp]
+        choices: [udp, tcp, esp]
       uid:
         description:
           - Users besides root whose sockets may use the endpoint - the user the VPN client runs as
@@ -302,6 +314,13 @@ EXAMPLES = r'''
     exceptions:
       - {cgroup: system.slice/backup.service}
 
+- name: Route-based IPsec through the XFRM interface ipsec0 (swanctl if_id_in/out, set_mark_out = 42)
+  vpnguard.killswitch.nft_killswitch:
+    tunnel_interfaces: [ipsec0]
+    endpoints:
+      - {address: 203.0.113.1, ports: [500, 4500], protocols: [udp, esp], mark: 42}
+    dns_servers: [192.0.2.1]
+
 - name: Remove the kill switch
   vpnguard.killswitch.nft_killswitch:
     state: absent
@@ -426,6 +445,7 @@ summary:
 
 import json
 import os
+import socket
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -440,7 +460,8 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
     DEFAULT_PRIORITY, LinkGroups, RoutingGuard, boot_script, describe, desired_rules, guard_commands,
     protocol_name_files, regrouped_links, udev_rule_files)
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.netlink_rules import RuleSocket
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.netlink_rules import (
+    XFRM_POLICY_ALLOW, XFRM_POLICY_OUT, RuleSocket, XfrmSocket)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import boot_unit, commit_confirm, file_snapshot
 
 NFTABLES_IMPORT_ERROR = None
@@ -554,36 +575,54 @@ def validate(module):
     return policy
 
 
-def refuse_kernel_ipsec(module):
-    """Fail, before anything is touched, on a host whose VPN is kernel IPsec (XFRM policies).
+def policy_based_ipsec(xfrm):
+    """The outbound XFRM policies that encrypt without an XFRM interface (policy-based IPsec), described.
 
-    Its tunnelled packets leave the physical interface, in the clear to the
-    output hook and as ESP after it, owned by the application's socket: the
-    firewall drops them, so such a tunnel could never carry anything.
+    Such a policy takes a packet after the routing decision, on its way out of
+    the physical interface: the output hook sees it in the clear, leaving
+    that interface, owned by the application's socket, so the firewall drops
+    it, and the tunnel would carry nothing. A policy with an interface id
+    (if_id) only takes packets routed to its XFRM interface, which is a
+    tunnel interface like any other. A policy without templates is a bypass.
     """
-    ip = module.get_bin_path('ip')
-    if not ip:
-        return
-    rc, out, err = module.run_command([ip, '-o', 'xfrm', 'policy', 'list', 'dir', 'out'])
-    policies = [line.split('\\')[0].strip() for line in out.splitlines() if 'tmpl ' in line] if rc == 0 else []
+    try:
+        netlink = xfrm()
+    except (OSError, socket.error):  # a kernel without XFRM_USER has no kernel IPsec to check
+        return []
+    try:
+        policies = netlink.policies()
+    except (OSError, socket.error):  # not readable without CAP_NET_ADMIN, without which nothing applies
+        return []
+    finally:
+        netlink.close()
+    return ['src %s dst %s dir out' % (p['src'], p['dst']) for p in policies
+            if p['dir'] == XFRM_POLICY_OUT and p['action'] == XFRM_POLICY_ALLOW and p['templates'] and not p['if_id']]
+
+
+def refuse_policy_based_ipsec(module, xfrm=XfrmSocket):
+    """Fail, before anything is touched, on a host whose VPN is policy-based kernel IPsec."""
+    policies = policy_based_ipsec(xfrm)
     if policies:
         module.fail_json(
-            msg='tunnel_interfaces: this host has kernel IPsec (XFRM policies: %s), whose packets leave the '
-                'physical interface owned by the sending application, so the kill switch would drop them and the '
-                'tunnel would carry nothing; nothing was changed. Use strongSwan with the kernel-libipsec plugin '
-                '(ESP in UDP on the interface ipsec0: tunnel_interfaces [ipsec0], endpoints on udp 500 and 4500). '
-                'Policy-based and XFRM-interface (if_id) IPsec are not supported.' % '; '.join(policies[:3]),
+            msg='tunnel_interfaces: this host has policy-based kernel IPsec (XFRM policies without an interface '
+                'id: %s), whose packets leave the physical interface owned by the sending application and are '
+                'encrypted only after the firewall, so the kill switch would drop them and the tunnel would carry '
+                'nothing; nothing was changed. Make it route-based: an XFRM interface (ip link add ipsec0 type xfrm '
+                'dev eth0 if_id 42) and, in the swanctl connection, if_id_in = 42, if_id_out = 42 and '
+                'set_mark_out = 0xca6c (tunnel_fwmark); then tunnel_interfaces [ipsec0] and an endpoint '
+                '{address: SERVER, ports: [500, 4500], protocols: [udp, esp]}. Or use strongSwan\'s kernel-libipsec '
+                'plugin (ESP in UDP on ipsec0).' % '; '.join(policies[:3]),
             setting='tunnel_interfaces', xfrm_policies=policies)
 
 
 def present(module, policy, nft, guard, state_path, nft_command):
     params = module.params
-    refuse_kernel_ipsec(module)
+    refuse_policy_based_ipsec(module)
     ruleset = render(policy, params['log'])
     wanted_rules = desired_rules(policy, params['routing_guard_priority']) if params['routing_guard'] else []
     transaction = replace_transaction(ruleset)
     files = owned_files(params, nft_command, transaction, wanted_rules, policy)
-    link_groups = LinkGroups(module)
+    link_groups = LinkGroups(module, guard.netlink)
     regroup = regrouped_links(link_groups.links(), policy.tunnel_interfaces if params['routing_guard'] else ())
 
     live_table = nft.list_table()
@@ -646,7 +685,7 @@ def absent(module, nft, guard, state_path):
     live_rules = guard.live_rules()
     persisted = sync_owned_files(module, owned_files(module.params))
     boot_unit.forget(module, boot_unit.UNIT_PATH in persisted)
-    link_groups = LinkGroups(module)
+    link_groups = LinkGroups(module, guard.netlink)
     regroup = regrouped_links(link_groups.links(), ())
     changed = (live_table is not None or bool(live_rules) or os.path.exists(state_path) or bool(persisted)
                or bool(regroup))

@@ -97,3 +97,46 @@ def test_kernel_errors_are_raised_with_their_errno(host):
               ('add', rule(action=UNREACHABLE)),
               ('delete', rule(dst='198.51.100.9', dst_len=32)))
     assert out['errors'] == [['add', 17], ['delete', 2]]  # EEXIST, ENOENT
+
+
+DUMPS = r'''
+import json, sys
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.netlink_rules import RuleSocket, XfrmSocket
+print(json.dumps(dict(links=RuleSocket().link_groups(), policies=XfrmSocket().policies())))
+'''
+
+
+def dumps(host):
+    collections = os.path.join(REPO, '.cache', 'collections')
+    path = os.path.join(host.tmp, 'netlink_dumps.py')
+    with open(path, 'w') as f:
+        f.write(DUMPS)
+    return json.loads(host.sh('PYTHONPATH=%s /usr/bin/python3 %s' % (collections, path)))
+
+
+def test_the_link_dump_gives_every_interface_and_group_as_ip_lists_them(host):
+    host.sh('ip link add tun0 type veth peer name xtun0 && ip link set tun0 group 86 '
+            '&& ip link add eth0 type veth peer name isp0 && ip link set isp0 group 7')
+    listed = {}
+    for line in host.sh('ip -o -N link show').splitlines():
+        name, group = line.split(':')[1].strip().split('@')[0], line.split(' group ')[1].split()[0]
+        listed[name] = int(group)
+    assert dumps(host)['links'] == listed == {'lo': 0, 'tun0': 86, 'xtun0': 0, 'eth0': 0, 'isp0': 7}
+
+
+def test_the_xfrm_dump_tells_policy_based_from_route_based_ipsec(host):
+    """The kernel's own policies, as ip xfrm lays them: with and without an XFRM interface id."""
+    host.sh('ip xfrm policy add src 198.18.203.1/32 dst 0.0.0.0/0 dir out '
+            'tmpl src 198.18.1.2 dst 203.0.113.1 proto esp mode tunnel reqid 1')
+    host.sh('ip xfrm policy add src 0.0.0.0/0 dst 0.0.0.0/0 dir out if_id 42 '
+            'tmpl src 198.18.1.2 dst 203.0.113.2 proto esp mode tunnel reqid 2')
+    host.sh('ip -6 xfrm policy add src ::/0 dst 2001:db8:5::/48 dir in if_id 42 '
+            'tmpl src 2001:db8::2 dst 2001:db8::3 proto esp mode tunnel reqid 3')
+    host.sh('ip xfrm policy add src 198.18.1.0/24 dst 198.18.1.0/24 dir out priority 10')  # a bypass
+    policies = sorted((p['src'], p['dst'], p['dir'], p['templates'], p['if_id']) for p in dumps(host)['policies'])
+    assert policies == [('0.0.0.0/0', '0.0.0.0/0', 1, True, 42),
+                        ('198.18.1.0/24', '198.18.1.0/24', 1, False, 0),
+                        ('198.18.203.1/32', '0.0.0.0/0', 1, True, 0),
+                        ('::/0', '2001:db8:5::/48', 0, True, 42)]
+    host.sh('ip xfrm policy flush')
+    assert dumps(host)['policies'] == []

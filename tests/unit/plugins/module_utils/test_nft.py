@@ -280,3 +280,32 @@ def test_dhcp_and_neighbour_discovery_are_held_to_their_protocols_addresses():
         'icmpv6 type mld2-listener-report ip6 daddr ff02::16 ip6 hoplimit 1 accept']
     assert 'icmpv6 type nd-router-advert ip6 saddr fe80::/10 ip6 hoplimit 255 accept' in input_
     assert all('hoplimit 255' in r for r in input_ if r.startswith('icmpv6'))
+
+
+ESP_ENDPOINTS = [{'address': '203.0.113.1', 'ports': [500, 4500], 'protocols': ['udp', 'esp'], 'mark': 42},
+                 {'address': '2001:db8::1', 'protocol': 'esp'}]
+
+
+def test_esp_goes_to_its_server_only_with_the_sas_output_mark_or_from_root_and_comes_in_from_it():
+    text = rendered(tunnel_interfaces=['ipsec0'], endpoints=ESP_ENDPOINTS)
+    output, input_ = chain(text, 'output'), chain(text, 'input')
+    assert 'ip daddr { 203.0.113.1 } meta l4proto esp meta mark 0x0000002a accept' in output
+    assert 'ip daddr { 203.0.113.1 } meta l4proto esp meta skuid 0 accept' in output
+    assert 'ip6 daddr { 2001:db8::1 } meta l4proto esp meta mark 0x0000ca6c accept' in output
+    assert 'ip daddr { 203.0.113.1 } meta l4proto esp counter name "refused_endpoint" drop' in output
+    assert 'ip saddr { 203.0.113.1 } meta l4proto esp accept' in input_
+    assert 'ip6 saddr { 2001:db8::1 } meta l4proto esp accept' in input_
+    # ESP never reaches the endpoint sets, whose th dport would read its SPI.
+    assert 'esp . ' not in text and '203.0.113.1 . udp . 4500' in text
+    assert not [line for line in output if 'esp' in line and 'skuid' in line and 'skuid 0 ' not in line]
+
+
+@needs_kernel
+@pytest.mark.parametrize('restrict', [True, False])
+def test_the_kernel_accepts_esp_endpoints(restrict):
+    endpoints = ESP_ENDPOINTS if restrict else [dict(e, mark=None) for e in ESP_ENDPOINTS]
+    transaction = replace_transaction(rendered(tunnel_interfaces=['ipsec0'], endpoints=endpoints,
+                                               restrict_endpoints_to_tunnel=restrict))
+    result = subprocess.run(['unshare', '--net', 'nft', '-c', '-f', '-'], input=transaction,
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr + transaction

@@ -186,3 +186,34 @@ def test_linux_only_endpoint_keys_are_refused_elsewhere(system):
     with pytest.raises(PolicyError) as e:
         parse_policy(raw, system=system)
     assert e.value.setting == 'endpoints[0].ports'
+
+
+def test_esp_of_route_based_ipsec_is_one_portless_endpoint_beside_ike():
+    policy = parse_policy(with_(endpoints=[
+        {'address': '203.0.113.1', 'ports': [500, 4500], 'protocols': ['udp', 'esp'], 'uid': 998, 'mark': 42},
+        {'address': '2001:db8::1', 'protocol': 'ESP'}]))
+    assert [(str(e.address), e.port, e.protocol, e.uids, e.mark) for e in policy.endpoints] == [
+        ('203.0.113.1', 500, 'udp', (998,), 42), ('203.0.113.1', 4500, 'udp', (998,), 42),
+        # The kernel sends ESP on the socket of the application whose packet it encrypted: no uid tells it.
+        ('203.0.113.1', None, 'esp', (), 42), ('2001:db8::1', None, 'esp', (), None)]
+
+
+@pytest.mark.parametrize('endpoint, setting, words', [
+    ({'address': '203.0.113.1', 'protocol': 'esp', 'port': 500}, 'endpoints[0].port', 'esp has no ports'),
+    ({'address': '203.0.113.1', 'protocols': ['esp'], 'ports': [500]}, 'endpoints[0].ports', 'protocols: [udp, esp]'),
+    ({'address': '203.0.113.1', 'protocols': ['udp', 'esp']}, 'endpoints[0]', 'port'),
+    ({'address': '203.0.113.1', 'protocol': 'gre'}, 'endpoints[0].protocol', 'udp, tcp, esp'),
+])
+def test_esp_endpoints_that_cannot_work_are_refused_naming_the_setting(endpoint, setting, words):
+    with pytest.raises(PolicyError) as e:
+        parse_policy(with_(endpoints=[endpoint]))
+    assert e.value.setting == setting and words in str(e.value)
+
+
+@pytest.mark.parametrize('system', ['Darwin', 'Windows'])
+def test_esp_endpoints_are_refused_where_the_firewall_is_not_nftables(system):
+    raw = with_(exceptions=[], tunnel_interfaces=['utun*'] if system == 'Darwin' else ['WireGuard*'],
+                endpoints=[{'address': '203.0.113.1', 'protocol': 'esp'}])
+    with pytest.raises(PolicyError) as e:
+        parse_policy(raw, system=system)
+    assert e.value.setting == 'endpoints[0].protocol' and 'Linux only' in str(e.value)

@@ -113,16 +113,23 @@ def test_the_guard_lets_a_tunnels_default_route_in_main_be_used_and_no_physical_
     assert host.sh('ls /etc/udev/rules.d/ 2>/dev/null || true').strip() == ''
 
 
-def test_kernel_ipsec_is_refused_before_anything_is_touched(host):
+def test_policy_based_ipsec_is_refused_before_anything_is_touched_and_route_based_is_not(host):
     host.sh('ip link add eth0 type veth peer name isp0 && ip addr add 198.18.1.2/24 dev eth0 && ip link set eth0 up')
+    # Route-based (an XFRM interface's if_id) and a bypass policy without a template: no refusal.
+    host.sh('ip xfrm policy add src 0.0.0.0/0 dst 0.0.0.0/0 dir out if_id 42 '
+            'tmpl src 198.18.1.2 dst 203.0.113.1 proto esp mode tunnel reqid 2')
+    host.sh('ip xfrm policy add src 198.18.1.0/24 dst 198.18.1.0/24 dir out priority 10')
+    assert not host.module('--check', **POLICY).get('failed')
     host.sh('ip xfrm policy add src 198.18.203.1/32 dst 0.0.0.0/0 dir out '
             'tmpl src 198.18.1.2 dst 203.0.113.1 proto esp mode tunnel reqid 1')
     before = host.ruleset()
     result = host.module(**POLICY)
     assert result['failed'] and result['setting'] == 'tunnel_interfaces'
-    assert 'kernel-libipsec' in result['msg'] and 'src 198.18.203.1/32' in result['msg']
+    assert result['xfrm_policies'] == ['src 198.18.203.1/32 dst 0.0.0.0/0 dir out']
+    for advice in ('if_id_in = 42', 'if_id_out = 42', 'set_mark_out', 'type xfrm', 'protocols: [udp, esp]'):
+        assert advice in result['msg']
     assert host.ruleset() == before
-    host.sh('ip xfrm policy flush')
+    host.sh('ip xfrm policy deleteall dir out src 198.18.203.1/32 dst 0.0.0.0/0')
     assert not host.module(**POLICY).get('failed')
 
 
