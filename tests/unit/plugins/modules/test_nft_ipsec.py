@@ -65,7 +65,7 @@ host = host_fixture(IpsecHost)
 def payloads(host, capture):
     """The marker payloads of the ESP and UDP 4500 packets the ISP side saw."""
     host.captured(capture, 'ip proto 50 or udp port 4500')
-    listing = subprocess.run(['tcpdump', '-n', '-A', '-r', capture[1], 'ip proto 50 or udp port 4500'],
+    listing = subprocess.run(['tcpdump', '-n', '-A', '-r', capture.pcap, 'ip proto 50 or udp port 4500'],
                              capture_output=True, text=True, check=False).stdout
     return sorted(set(word[word.index('VPNG'):] for word in listing.split() if 'VPNG' in word))
 
