@@ -341,6 +341,20 @@ routing_rules:
            "ipv4 32765: lookup main suppress_prefixlength 0",
            "ipv4 32765: lookup main suppress_ifgroup 0",
            "ipv4 32765: unreachable"]
+bypass_routes:
+  description:
+    - The default routes of the kill switch's table C(22091) (C(0x564b), named C(vpnguard-bypass)), one per IP
+      version, that only packets of bypass exceptions look up (C(fwmark 0x564b lookup 22091)), so that they leave
+      outside the tunnel where the VPN client put its default or C(/1) routes in C(main). Copied at each apply
+      from C(main)'s default route through a physical interface (group 0), else from C(main)'s route to an
+      endpoint through a physical interface and a gateway. Empty without exceptions. A snapshot - a gateway
+      changed since (DHCP, roaming) makes it stale until the next apply; that is not reported as drift
+      (RV(summary.bypass_routes_changed) tells it; check mode does not count it as a change). Nothing leaks
+      either way.
+  returned: always
+  type: list
+  elements: str
+  sample: ["ipv4 default via 198.18.1.1 dev eth0 table 22091"]
 regrouped_interfaces:
   description:
     - Interfaces this run put in the tunnel group (86), because they match O(tunnel_interfaces), or back
@@ -382,7 +396,8 @@ persisted_files:
   description:
     - Files the module keeps, written or removed by this run (or that would be, in check mode) -
       the boot files, the unit and its enable link, and the file naming the rule protocol for C(ip rule)
-      (C(/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf), where that directory exists).
+      (C(/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf), where that directory exists) and our table
+      (C(/etc/iproute2/rt_tables.d/vpnguard-killswitch.conf), likewise).
   returned: always
   type: list
   elements: str
@@ -434,6 +449,7 @@ summary:
     table: inet vpnguard_killswitch
     firewall_changed: true
     routing_guard_changed: false
+    bypass_routes_changed: false
     persist_changed: false
     tunnel_interfaces: [wg0]
     endpoints: 1
