@@ -27,6 +27,8 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
+ADD_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL  # what must not be there yet
+DELETE_FLAGS = NLM_F_REQUEST | NLM_F_ACK
 
 # linux/fib_rules.h
 FRA_DST = 1
@@ -141,6 +143,11 @@ class NetlinkSocket:
         self._sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, flags, self._sequence, 0) + body)
         return self._sequence
 
+    def _acknowledged(self, kind, flags, body):
+        """Send a request that changes something and wait for the kernel's acknowledgement (or raise)."""
+        for _reply in self._replies(self._send(kind, flags, body)):
+            pass
+
     def _replies(self, sequence):
         """Yield (type, body) of each reply to sequence until the request is done; raise on an error."""
         while True:
@@ -214,15 +221,14 @@ class RuleSocket(NetlinkSocket):
         attributes = [_attribute(RTA_TABLE, U32.pack(table)), _attribute(RTA_OIF, U32.pack(oif))]
         if gateway:
             attributes.append(_attribute(RTA_GATEWAY, socket.inet_pton(family, gateway)))
-        for _reply in self._replies(self._send(kind, flags, header + b''.join(attributes))):
-            pass
+        self._acknowledged(kind, flags, header + b''.join(attributes))
 
     def add_default_route(self, **route):
         """Add a default route (family, table, protocol, oif, gateway) that must not be there yet."""
-        self._default_route(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, **route)
+        self._default_route(RTM_NEWROUTE, ADD_FLAGS, **route)
 
     def delete_default_route(self, **route):
-        self._default_route(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, **route)
+        self._default_route(RTM_DELROUTE, DELETE_FLAGS, **route)
 
     def rules(self, family):
         """Every policy rule of an address family (socket.AF_INET or AF_INET6), as dicts."""
@@ -252,14 +258,13 @@ class RuleSocket(NetlinkSocket):
             attributes.append(_attribute(FRA_SUPPRESS_IFGROUP, U32.pack(suppress_ifgroup)))
         header = FIB_RULE_HDR.pack(family, dst_len if dst else 0, 0, 0, table if table is not None and table < 256 else 0,
                                    0, 0, action, 0)
-        for _reply in self._replies(self._send(kind, flags, header + b''.join(attributes))):
-            pass
+        self._acknowledged(kind, flags, header + b''.join(attributes))
 
     def add(self, **rule):
-        self._request(RTM_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, **rule)
+        self._request(RTM_NEWRULE, ADD_FLAGS, **rule)
 
     def delete(self, **rule):
-        self._request(RTM_DELRULE, NLM_F_REQUEST | NLM_F_ACK, **rule)
+        self._request(RTM_DELRULE, DELETE_FLAGS, **rule)
 
 
 def _prefix(family, raw, length):
