@@ -349,7 +349,7 @@ bypass_routes:
       from C(main)'s default route through a physical interface (group 0), else from C(main)'s route to an
       endpoint through a physical interface and a gateway. Empty without exceptions. A snapshot - a gateway
       changed since (DHCP, roaming) makes it stale until the next apply; that is not reported as drift
-      (RV(summary.bypass_routes_changed) tells it; check mode does not count it as a change). Nothing leaks
+      (C(bypass_routes_changed) in RV(summary) tells it; check mode does not count it as a change). Nothing leaks
       either way.
   returned: always
   type: list
