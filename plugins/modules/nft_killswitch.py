@@ -350,7 +350,7 @@ bypass_routes:
       endpoint through a physical interface and a gateway. Empty without exceptions. A snapshot - a gateway
       changed since (DHCP, roaming) makes it stale until the next apply; that is not reported as drift
       (C(bypass_routes_changed) in RV(summary) tells it; check mode does not count it as a change). Nothing leaks
-      either way.
+      either way. RV(routes_outside_tunnel) lists these routes too (table C(vpnguard-bypass)).
   returned: always
   type: list
   elements: str
