@@ -13,8 +13,8 @@ def route(dst, dst_len, oif, gateway=None, metric=0, multipath=False):
     return dict(dst=dst, dst_len=dst_len, gateway=gateway, oif=oif, metric=metric, protocol=4, multipath=multipath)
 
 
-def routes_for(v4, v6=(), raw=RAW):
-    return bypass_routes(parse_policy(raw), LINKS, {4: list(v4), 6: list(v6)})
+def routes_for(v4, v6=(), raw=None):
+    return bypass_routes(parse_policy(raw or RAW), LINKS, {4: list(v4), 6: list(v6)})
 
 
 def test_the_physical_default_with_the_lowest_metric_is_copied_and_a_tunnels_never():
