@@ -23,9 +23,12 @@ import struct
 
 NETLINK_ROUTE, NETLINK_XFRM = 0, 6
 RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
+ADD_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL  # what must not be there yet
+DELETE_FLAGS = NLM_F_REQUEST | NLM_F_ACK
 
 # linux/fib_rules.h
 FRA_DST = 1
@@ -39,6 +42,16 @@ FRA_PROTOCOL = 21
 FRA_IP_PROTO = 22
 FRA_SPORT_RANGE = 23
 FRA_DPORT_RANGE = 24
+
+# linux/rtnetlink.h: routes
+RTA_DST = 1
+RTA_OIF = 4
+RTA_GATEWAY = 5
+RTA_PRIORITY = 6
+RTA_MULTIPATH = 9
+RTA_TABLE = 15
+RTN_UNICAST = 1
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 
 # linux/if_link.h
 IFLA_IFNAME = 3
@@ -56,6 +69,7 @@ XFRM_POLICY_ALLOW = 0
 
 NLMSGHDR = struct.Struct('=IHHII')       # length, type, flags, sequence, port
 FIB_RULE_HDR = struct.Struct('=BBBBBBBBI')  # family, dst_len, src_len, tos, table, res1, res2, action, flags
+RTMSG = struct.Struct('=BBBBBBBBI')      # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 RTATTR = struct.Struct('=HH')            # length, type
 U32 = struct.Struct('=I')
 PORT_RANGE = struct.Struct('=HH')        # first, last
@@ -129,6 +143,11 @@ class NetlinkSocket:
         self._sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, flags, self._sequence, 0) + body)
         return self._sequence
 
+    def _acknowledged(self, kind, flags, body):
+        """Send a request that changes something and wait for the kernel's acknowledgement (or raise)."""
+        for _reply in self._replies(self._send(kind, flags, body)):
+            pass
+
     def _replies(self, sequence):
         """Yield (type, body) of each reply to sequence until the request is done; raise on an error."""
         while True:
@@ -158,17 +177,58 @@ class RuleSocket(NetlinkSocket):
     def __init__(self):
         NetlinkSocket.__init__(self, NETLINK_ROUTE)
 
-    def link_groups(self):
-        """{name: group} of every interface, as `ip -o -N link show` lists them."""
+    def links(self):
+        """{index: (name, group)} of every interface, from one link dump."""
         request = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attribute(
             IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
-        groups = {}
+        links = {}
         for kind, body in self._replies(self._send(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, request)):
             attributes = _parse_attributes(body[IFINFOMSG.size:]) if kind == RTM_NEWLINK else {}
             if IFLA_IFNAME in attributes:
                 name = attributes[IFLA_IFNAME].split(b'\0', 1)[0].decode('utf-8', 'replace')
-                groups[name] = U32.unpack(attributes[IFLA_GROUP][:4])[0] if IFLA_GROUP in attributes else 0
-        return groups
+                group = U32.unpack(attributes[IFLA_GROUP][:4])[0] if IFLA_GROUP in attributes else 0
+                links[IFINFOMSG.unpack_from(body)[2]] = (name, group)
+        return links
+
+    def link_groups(self):
+        """{name: group} of every interface, as `ip -o -N link show` lists them."""
+        return dict(self.links().values())
+
+    def routes(self, family, table):
+        """The unicast routes of one table, as dicts (dst, dst_len, gateway, oif, metric, protocol, multipath)."""
+        sequence = self._send(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+        routes = []
+        for kind, body in self._replies(sequence):
+            if kind != RTM_NEWROUTE:
+                continue
+            _family, dst_len, _src_len, _tos, header_table, protocol, _scope, kind_, _flags = RTMSG.unpack_from(body)
+            attributes = _parse_attributes(body[RTMSG.size:])
+            route_table = U32.unpack(attributes[RTA_TABLE][:4])[0] if RTA_TABLE in attributes else header_table
+            if route_table != table or kind_ != RTN_UNICAST:
+                continue
+            dst, gateway = attributes.get(RTA_DST), attributes.get(RTA_GATEWAY)
+            routes.append(dict(
+                dst=socket.inet_ntop(family, dst) if dst else None, dst_len=dst_len,
+                gateway=socket.inet_ntop(family, gateway) if gateway else None,
+                oif=U32.unpack(attributes[RTA_OIF][:4])[0] if RTA_OIF in attributes else 0,
+                metric=U32.unpack(attributes[RTA_PRIORITY][:4])[0] if RTA_PRIORITY in attributes else 0,
+                protocol=protocol, multipath=RTA_MULTIPATH in attributes))
+        return routes
+
+    def _default_route(self, kind, flags, family, table, protocol, oif, gateway=None):
+        scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+        header = RTMSG.pack(family, 0, 0, 0, table if table < 256 else 0, protocol, scope, RTN_UNICAST, 0)
+        attributes = [_attribute(RTA_TABLE, U32.pack(table)), _attribute(RTA_OIF, U32.pack(oif))]
+        if gateway:
+            attributes.append(_attribute(RTA_GATEWAY, socket.inet_pton(family, gateway)))
+        self._acknowledged(kind, flags, header + b''.join(attributes))
+
+    def add_default_route(self, **route):
+        """Add a default route (family, table, protocol, oif, gateway) that must not be there yet."""
+        self._default_route(RTM_NEWROUTE, ADD_FLAGS, **route)
+
+    def delete_default_route(self, **route):
+        self._default_route(RTM_DELROUTE, DELETE_FLAGS, **route)
 
     def rules(self, family):
         """Every policy rule of an address family (socket.AF_INET or AF_INET6), as dicts."""
@@ -198,14 +258,13 @@ class RuleSocket(NetlinkSocket):
             attributes.append(_attribute(FRA_SUPPRESS_IFGROUP, U32.pack(suppress_ifgroup)))
         header = FIB_RULE_HDR.pack(family, dst_len if dst else 0, 0, 0, table if table is not None and table < 256 else 0,
                                    0, 0, action, 0)
-        for _reply in self._replies(self._send(kind, flags, header + b''.join(attributes))):
-            pass
+        self._acknowledged(kind, flags, header + b''.join(attributes))
 
     def add(self, **rule):
-        self._request(RTM_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, **rule)
+        self._request(RTM_NEWRULE, ADD_FLAGS, **rule)
 
     def delete(self, **rule):
-        self._request(RTM_DELRULE, NLM_F_REQUEST | NLM_F_ACK, **rule)
+        self._request(RTM_DELRULE, DELETE_FLAGS, **rule)
 
 
 def _prefix(family, raw, length):

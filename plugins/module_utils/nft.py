@@ -352,6 +352,13 @@ def render(policy, log='none'):
                         ['%s meta mark set 0x%08x' % (b, BYPASS_FWMARK) for b in bypass]
                         # The connection keeps the mark, so that its replies are let in.
                         + ['meta mark 0x%08x ct mark set meta mark' % BYPASS_FWMARK])
+        # The socket's source address was chosen by the first lookup, before
+        # the mark: the tunnel's, where the tunnel's routes are in main.
+        # Leaving outside the tunnel, it takes the outgoing interface's, so
+        # that replies come back to the host (and the connection's mark lets them in).
+        lines += _chain('bypass_source', ('nat', 'postrouting'), 'srcnat', 'accept',
+                        ['oifname "lo" return'] + _tunnels(policy, 'oifname', 'return')
+                        + ['meta mark 0x%08x masquerade' % BYPASS_FWMARK])
     if lines[-1] == '':
         lines.pop()
     lines.append('}')

@@ -29,6 +29,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ipaddress
 import os
 import socket
 from collections import namedtuple
@@ -52,10 +53,16 @@ FAMILIES = ((4, socket.AF_INET), (6, socket.AF_INET6))
 IP_PROTOCOLS = {'tcp': socket.IPPROTO_TCP, 'udp': socket.IPPROTO_UDP, 'esp': 50}
 IP_PROTOCOL_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
 
-RULE_FIELDS = 'version priority action dst dst_len ip_proto sport dport fwmark suppress_prefixlen suppress_ifgroup'
+RULE_FIELDS = 'version priority action dst dst_len ip_proto sport dport fwmark suppress_prefixlen suppress_ifgroup table'
 Rule = namedtuple('Rule', RULE_FIELDS)
 # Rules written before interface groups compare equal to those read back.
-Rule.__new__.__defaults__ = (NO_SUPPRESS,)
+Rule.__new__.__defaults__ = (NO_SUPPRESS, MAIN_TABLE)
+
+# The kill switch's own routing table: a default route per IP version out of
+# the physical path, looked up only by packets with the bypass mark.
+BYPASS_TABLE = 0x564b
+TABLE_NAME_FILE = '/etc/iproute2/rt_tables.d/vpnguard-killswitch.conf'
+BypassRoute = namedtuple('BypassRoute', 'version gateway oif')
 
 
 def _selector_words(rule):
@@ -72,7 +79,7 @@ def _selector_words(rule):
     if rule.action == FR_ACT_UNREACHABLE:
         words.append('unreachable')
     else:
-        words += ['lookup', 'main']
+        words += ['lookup', 'main' if rule.table == MAIN_TABLE else str(rule.table)]
     if rule.suppress_prefixlen != NO_SUPPRESS:
         words += ['suppress_prefixlength', str(rule.suppress_prefixlen)]
     if rule.suppress_ifgroup != NO_SUPPRESS:
@@ -108,16 +115,19 @@ def boot_script(rules):
 
 
 def protocol_name_files(named):
-    """The file naming our rule protocol, as file_snapshot.sync() takes it.
+    """The files naming our rule protocol and our table, as file_snapshot.sync() takes them.
 
     Only where iproute2 has the directory: newer ones keep their defaults
     elsewhere, and a directory made here would be ours to explain.
     """
-    if not named:
-        return {PROTOCOL_NAME_FILE: None}
-    if not os.path.isdir(os.path.dirname(PROTOCOL_NAME_FILE)):
-        return {}
-    return {PROTOCOL_NAME_FILE: '%d vpnguard\n' % RULE_PROTOCOL}
+    files = {}
+    for path, text in ((PROTOCOL_NAME_FILE, '%d vpnguard\n' % RULE_PROTOCOL),
+                       (TABLE_NAME_FILE, '%d vpnguard-bypass\n' % BYPASS_TABLE)):
+        if not named:
+            files[path] = None
+        elif os.path.isdir(os.path.dirname(path)):
+            files[path] = text
+    return files
 
 
 def desired_rules(policy, priority=DEFAULT_PRIORITY):
@@ -152,6 +162,10 @@ def desired_rules(policy, priority=DEFAULT_PRIORITY):
             # tunnel. Where the best route is the tunnel's (its default or
             # /1 routes in main) their lookup goes on to the rules below.
             rules.append(to_main(fwmark=BYPASS_FWMARK, suppress_ifgroup=TUNNEL_IFGROUP))
+            # There, they take our table's default route out of the physical
+            # path (bypass_routes()); an empty table ends in the rules below.
+            rules.append(Rule(version, priority, FR_ACT_TO_TBL, None, 0, 0, None, None, BYPASS_FWMARK, NO_SUPPRESS,
+                              NO_SUPPRESS, BYPASS_TABLE))
         # More specific routes of the main table (the tunnel's own, the LAN's)
         # stay usable; only its default route is refused...
         rules.append(to_main(suppress=0))
@@ -166,7 +180,8 @@ def _from_netlink(version, rule):
     return Rule(version=version, priority=rule['priority'], action=rule['action'], dst=rule['dst'],
                 dst_len=rule['dst_len'], ip_proto=rule['ip_proto'], sport=rule['sport'],
                 dport=rule['dport'], fwmark=rule['fwmark'], suppress_prefixlen=rule['suppress_prefixlen'],
-                suppress_ifgroup=rule.get('suppress_ifgroup', NO_SUPPRESS))
+                suppress_ifgroup=rule.get('suppress_ifgroup', NO_SUPPRESS),
+                table=rule['table'] if rule['action'] == FR_ACT_TO_TBL else MAIN_TABLE)
 
 
 class RoutingGuard:
@@ -189,7 +204,7 @@ class RoutingGuard:
         args = dict(family=dict(FAMILIES)[rule.version], priority=rule.priority,
                     protocol=RULE_PROTOCOL, action=rule.action)
         if rule.action == FR_ACT_TO_TBL:
-            args['table'] = MAIN_TABLE
+            args['table'] = rule.table
         if rule.dst:
             args.update(dst=rule.dst, dst_len=rule.dst_len)
         if rule.ip_proto:
@@ -298,3 +313,71 @@ class LinkGroups:
             # A tunnel may vanish between listing and setting; it is grouped when it comes back.
             if rc != 0 and 'Cannot find device' not in err:
                 raise OSError('ip link set dev %s group %d failed: %s' % (name, group, err.strip()))
+
+
+def bypass_routes(policy, links, main_routes):
+    """Our table's default routes for policy: one per IP version, out of the physical path.
+
+    links maps interface indexes to (name, group); main_routes maps each IP
+    version to the main table's routes. Main's best default route through a
+    physical interface (group 0) where there is one; else the route through a
+    physical interface and a gateway to a VPN endpoint, which the client keeps
+    when it replaces the default route (OpenVPN's redirect-gateway,
+    openconnect's vpnc-script). None without exceptions: nothing to route.
+    """
+    if not policy.exceptions:
+        return []
+    routes = []
+    for version, family in FAMILIES:
+        physical = [r for r in main_routes[version] if not r['multipath'] and r['oif']
+                    and links.get(r['oif'], ('', TUNNEL_IFGROUP))[1] == DEFAULT_IFGROUP]
+        defaults = [r for r in physical if r['dst_len'] == 0]
+        if not defaults:
+            endpoints = [ipaddress.ip_address(str(e.address)) for e in policy.endpoints_of(version)]
+            defaults = [r for r in physical if r['gateway'] and r['dst'] and any(
+                a in ipaddress.ip_network('%s/%d' % (r['dst'], r['dst_len']), strict=False) for a in endpoints)]
+            defaults.sort(key=lambda r: -r['dst_len'])
+        defaults.sort(key=lambda r: r['metric'])
+        if defaults:
+            routes.append(BypassRoute(version, defaults[0]['gateway'], defaults[0]['oif']))
+    return routes
+
+
+def describe_route(route, links):
+    words = ['ipv%d' % route.version, 'default']
+    if route.gateway:
+        words += ['via', route.gateway]
+    words += ['dev', links.get(route.oif, (str(route.oif),))[0], 'table', str(BYPASS_TABLE)]
+    return ' '.join(words)
+
+
+class BypassTable:
+    """Our table's routes (those of our protocol), read and replaced over a netlink_rules.RuleSocket."""
+
+    def __init__(self, netlink):
+        self._netlink = netlink
+
+    def main_routes(self):
+        return dict((version, self._netlink.routes(family, MAIN_TABLE)) for version, family in FAMILIES)
+
+    def live(self):
+        return [BypassRoute(version, r['gateway'], r['oif'])
+                for version, family in FAMILIES for r in self._netlink.routes(family, BYPASS_TABLE)
+                if r['protocol'] == RULE_PROTOCOL and r['dst_len'] == 0]
+
+    def _route(self, route):
+        return dict(family=dict(FAMILIES)[route.version], table=BYPASS_TABLE, protocol=RULE_PROTOCOL,
+                    oif=route.oif, gateway=route.gateway)
+
+    def replace(self, desired):
+        """Make our routes exactly desired; only bypass-marked packets ever look them up."""
+        live = self.live()
+        for route in live:
+            if route not in desired:
+                self._netlink.delete_default_route(**self._route(route))
+        for route in desired:
+            if route not in live:
+                self._netlink.add_default_route(**self._route(route))
+
+    def remove(self):
+        self.replace([])

@@ -341,6 +341,20 @@ routing_rules:
            "ipv4 32765: lookup main suppress_prefixlength 0",
            "ipv4 32765: lookup main suppress_ifgroup 0",
            "ipv4 32765: unreachable"]
+bypass_routes:
+  description:
+    - The default routes of the kill switch's table C(22091) (C(0x564b), named C(vpnguard-bypass)), one per IP
+      version, that only packets of bypass exceptions look up (C(fwmark 0x564b lookup 22091)), so that they leave
+      outside the tunnel where the VPN client put its default or C(/1) routes in C(main). Copied at each apply
+      from C(main)'s default route through a physical interface (group 0), else from C(main)'s route to an
+      endpoint through a physical interface and a gateway. Empty without exceptions. A snapshot - a gateway
+      changed since (DHCP, roaming) makes it stale until the next apply; that is not reported as drift
+      (C(bypass_routes_changed) in RV(summary) tells it; check mode does not count it as a change). Nothing leaks
+      either way. RV(routes_outside_tunnel) lists these routes too (table C(vpnguard-bypass)).
+  returned: always
+  type: list
+  elements: str
+  sample: ["ipv4 default via 198.18.1.1 dev eth0 table 22091"]
 regrouped_interfaces:
   description:
     - Interfaces this run put in the tunnel group (86), because they match O(tunnel_interfaces), or back
@@ -382,7 +396,8 @@ persisted_files:
   description:
     - Files the module keeps, written or removed by this run (or that would be, in check mode) -
       the boot files, the unit and its enable link, and the file naming the rule protocol for C(ip rule)
-      (C(/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf), where that directory exists).
+      (C(/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf), where that directory exists) and our table
+      (C(/etc/iproute2/rt_tables.d/vpnguard-killswitch.conf), likewise).
   returned: always
   type: list
   elements: str
@@ -434,6 +449,7 @@ summary:
     table: inet vpnguard_killswitch
     firewall_changed: true
     routing_guard_changed: false
+    bypass_routes_changed: false
     persist_changed: false
     tunnel_interfaces: [wg0]
     endpoints: 1
@@ -458,8 +474,8 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
     BYPASS_FWMARK, TABLE, Nft, NftError, counter_names, digest, render, replace_transaction,
     with_counter_values, without_counter_values)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
-    DEFAULT_PRIORITY, LinkGroups, RoutingGuard, boot_script, describe, desired_rules, guard_commands,
-    protocol_name_files, regrouped_links, udev_rule_files)
+    DEFAULT_PRIORITY, BypassTable, LinkGroups, RoutingGuard, boot_script, bypass_routes, describe, describe_route,
+    desired_rules, guard_commands, protocol_name_files, regrouped_links, udev_rule_files)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.netlink_rules import (
     XFRM_POLICY_ALLOW, XFRM_POLICY_OUT, RuleSocket, XfrmSocket)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import boot_unit, commit_confirm, file_snapshot
@@ -550,8 +566,9 @@ def rollback_script(live_table, live_rules, wanted_rules, paths):
     return '\n'.join(lines) + '\n'
 
 
-def diff_text(table, rules):
-    return (without_counter_values(table) or '') + ''.join('# routing guard: %s\n' % describe(r) for r in rules)
+def diff_text(table, rules, routes=()):
+    return ((without_counter_values(table) or '') + ''.join('# routing guard: %s\n' % describe(r) for r in rules)
+            + ''.join('# bypass route: %s\n' % r for r in routes))
 
 
 def validate(module):
@@ -623,7 +640,16 @@ def present(module, policy, nft, guard, state_path, nft_command):
     transaction = replace_transaction(ruleset)
     files = owned_files(params, nft_command, transaction, wanted_rules, policy)
     link_groups = LinkGroups(module, guard.netlink)
-    regroup = regrouped_links(link_groups.links(), policy.tunnel_interfaces if params['routing_guard'] else ())
+    links = guard.netlink.links()
+    regroup = regrouped_links(dict(links.values()), policy.tunnel_interfaces if params['routing_guard'] else ())
+    # The groups as they are after this apply: a tunnel not grouped yet is no physical path.
+    links = dict((index, (name, dict(regroup).get(name, group))) for index, (name, group) in links.items())
+    bypass = BypassTable(guard.netlink)
+    wanted_routes = bypass_routes(policy, links, bypass.main_routes()) if params['routing_guard'] else []
+    live_routes = bypass.live()
+    # A snapshot of the physical path, refreshed by each apply. Roaming makes it
+    # stale without a leak, so check mode (an audit) does not count it as a change.
+    routes_in_sync = sorted(live_routes) == sorted(wanted_routes)
 
     live_table = nft.list_table()
     live_rules = guard.live_rules()
@@ -652,6 +678,8 @@ def present(module, policy, nft, guard, state_path, nft_command):
                                module)
         if not rules_in_sync:
             removed = guard.replace(wanted_rules)
+        if not routes_in_sync:
+            bypass.replace(wanted_routes)
         # After the guard: the group only lets the tunnel's routes in main be used.
         link_groups.apply(regroup)
     elif not rules_in_sync:
@@ -662,17 +690,21 @@ def present(module, policy, nft, guard, state_path, nft_command):
 
     return dict(
         counters=evidence.counters(live_counters, counter_names(policy)),
-        changed=not in_sync or bool(persisted) or unit_activated or bool(regroup),
+        changed=(not in_sync or bool(persisted) or unit_activated or bool(regroup)
+                 or not (routes_in_sync or module.check_mode)),
         regrouped_interfaces=['%s: group %d' % change for change in regroup],
         confirm_pending=commit_confirm.pending(params['state_dir']),
         persisted_files=persisted,
         ruleset=ruleset,
         routing_rules=[describe(r) for r in wanted_rules],
+        bypass_routes=[describe_route(r, links) for r in wanted_routes],
         removed_rules=[describe(r) for r in removed if r not in wanted_rules],
-        diff=dict(before=diff_text(live_table, live_rules), after=diff_text(after_table, wanted_rules),
+        diff=dict(before=diff_text(live_table, live_rules, [describe_route(r, links) for r in live_routes]),
+                  after=diff_text(after_table, wanted_rules, [describe_route(r, links) for r in wanted_routes]),
                   before_header=TABLE, after_header=TABLE),
         summary=dict(
             table=TABLE, firewall_changed=not table_in_sync, routing_guard_changed=not rules_in_sync,
+            bypass_routes_changed=not routes_in_sync,
             persist_changed=bool(persisted) or unit_activated,
             tunnel_interfaces=list(policy.tunnel_interfaces), endpoints=len(policy.endpoints),
             dns_servers=len(policy.dns_servers), allow_lan=policy.allow_lan,
@@ -687,14 +719,17 @@ def absent(module, nft, guard, state_path):
     boot_unit.forget(module, boot_unit.UNIT_PATH in persisted)
     link_groups = LinkGroups(module, guard.netlink)
     regroup = regrouped_links(link_groups.links(), ())
+    bypass = BypassTable(guard.netlink)
+    live_routes = bypass.live()
     changed = (live_table is not None or bool(live_rules) or os.path.exists(state_path) or bool(persisted)
-               or bool(regroup))
+               or bool(regroup) or bool(live_routes))
     if regroup and not module.check_mode:
         link_groups.apply(regroup)
     if changed and not module.check_mode:
         if live_table is not None:
             nft.apply(replace_transaction(None))
         guard.remove()
+        bypass.remove()
         if os.path.exists(state_path):
             os.remove(state_path)
         file_snapshot.remove_if_empty(os.path.dirname(state_path))
@@ -703,6 +738,7 @@ def absent(module, nft, guard, state_path):
         confirm_pending=commit_confirm.pending(module.params['state_dir']),
         persisted_files=persisted,
         routing_rules=[],
+        bypass_routes=[],
         regrouped_interfaces=['%s: group %d' % change for change in regroup],
         removed_rules=[describe(r) for r in live_rules],
         diff=dict(before=diff_text(live_table, live_rules), after='', before_header=TABLE, after_header=TABLE),

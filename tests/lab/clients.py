@@ -14,6 +14,8 @@ lab is taken down first. For each client, in order:
     server       the server restarts: the client comes back by itself
     killed       the client is killed: the supervisor starts it again and it
                  comes back, its new tunnel device grouped by its own hook
+    exception    openvpn only: uid 4343, a bypass exception, gets an answer
+                 from the web host, which sees the uplink's address
     other-uid    uid 4242 sends a marker to each endpoint port: never on the wire
                  (in the control, while the tunnel is up: on the wire)
     down         the client stops: the uplink sees only the tunnel's own packets
@@ -37,6 +39,7 @@ import time
 import vpnlab
 
 OTHER_UID = 4242
+EXCEPTION_UID = 4343  # a bypass exception in the openvpn recipe
 TUNNEL_GROUP_HOOK = 'ip link set dev "$%s" group 86'  # the routing guard's tunnel group
 
 # Each client's recipe, as the README gives it: the collection's side.
@@ -47,6 +50,7 @@ CLIENTS = {
     'openvpn': dict(
         tunnel='tun0', network='198.18.201.', ports=[('udp', 1194)],
         recipe=dict(COMMON, killswitch_tunnel_interfaces=['tun*'], killswitch_tunnel_fwmark=51820,
+                    killswitch_exceptions=[{'uid': EXCEPTION_UID}],
                     killswitch_endpoints=[{'address': vpnlab.ENDPOINT, 'port': 1194, 'protocol': 'udp'}])),
     # OpenVPN as root with def1: the /1 routes in main, the socket root's.
     'openvpn-def1': dict(
@@ -260,23 +264,30 @@ pools { lab_pool { addrs = 198.18.203.0/24 } }
 
     # -- what is seen ----------------------------------------------------------------
 
+    def web_request(self, uid=None):
+        """The address the web host saw an answered request from (as uid), or None."""
+        log = os.path.join(self.lab.dir, 'http.log')
+        before = os.path.getsize(log)
+        as_uid = ['setpriv', '--reuid=%d' % uid, '--regid=%d' % uid, '--clear-groups'] if uid else []
+        answered = self.lab.run(self.host, as_uid + ['curl', '-s', '-o', '/dev/null', '--max-time', '1',
+                                                     'http://%s:8080/' % vpnlab.INTERNET_V4], check=False).returncode == 0
+        if not answered:
+            return None
+        time.sleep(0.2)
+        with open(log) as f:
+            f.seek(before)
+            seen = [line.split()[0].replace('::ffff:', '') for line in f if 'GET' in line]
+        return seen[-1] if seen else None
+
     def through_tunnel(self, seconds=30):
         """A web request answered, and the web host saw it from the tunnel's address."""
-        log = os.path.join(self.lab.dir, 'http.log')
         self.tunnel_v4 = None
         deadline = time.time() + seconds
         while time.time() < deadline:
-            before = os.path.getsize(log)
-            answered = self.lab.run(self.host, ['curl', '-s', '-o', '/dev/null', '--max-time', '1',
-                                                'http://%s:8080/' % vpnlab.INTERNET_V4], check=False).returncode == 0
-            if answered:
-                time.sleep(0.2)
-                with open(log) as f:
-                    f.seek(before)
-                    seen = [line.split()[0].replace('::ffff:', '') for line in f if 'GET' in line]
-                if seen and seen[-1].startswith(self.spec['network']):
-                    self.tunnel_v4 = seen[-1]
-                    return True
+            seen = self.web_request()
+            if seen and seen.startswith(self.spec['network']):
+                self.tunnel_v4 = seen
+                return True
             time.sleep(0.5)
         return False
 
@@ -360,6 +371,12 @@ def prove_client(lab, host, kind, playbooks):
         time.sleep(1)
         results.append(report('%s client-killed' % kind, c.through_tunnel(60),
                               'client killed, started again by its supervisor: %s' % c.tunnel_v4))
+        if c.spec['recipe']['killswitch_exceptions']:
+            # Plain redirect-gateway leaves main no physical default: the kill switch's table gives the
+            # exception one, and its connection is answered from the uplink's address, not the tunnel's.
+            seen = c.web_request(EXCEPTION_UID)
+            results.append(report('%s exception-bypasses' % kind, seen is not None and not seen.startswith(c.spec['network']),
+                                  'uid %d (a bypass exception): web host saw %s' % (EXCEPTION_UID, seen)))
         leaked = c.other_uid_leaks()
         results.append(report('%s other-uid' % kind, not leaked, 'uid %d sent a marker to %s: on the wire: %s'
                               % (OTHER_UID, ', '.join('%s/%d' % p for p in c.spec['ports']), leaked)))

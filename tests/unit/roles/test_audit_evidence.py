@@ -50,7 +50,10 @@ def test_the_report_says_what_tried_to_leave_and_that_the_host_refuses_it_now(ho
     laptop = report['hosts']['laptop']
     assert laptop['compliant'] and not laptop['probe']['leaked']
     assert [c for c in laptop['probe']['checks'] if c['check'] == 'udp ipv4 bound to eth0'][0]['verdict'] == 'refused'
-    assert laptop['routes_outside_tunnel'] == ['default via 198.18.1.1 dev eth0 table main metric 100',
+    # The kill switch's table for the bypass exception is a way out too, and said so.
+    assert laptop['routes_outside_tunnel'] == ['default via 198.18.1.1 dev eth0 table vpnguard-bypass',
+                                               'default via 198.18.1.1 dev eth0 table main metric 100',
+                                               'default via 2001:db8:1:1::1 dev eth0 table vpnguard-bypass metric 1024',
                                                'default via 2001:db8:1:1::1 dev eth0 table main metric 100']
     assert laptop['tunnel']['up'] is False
     assert laptop['counters_since'] == 'the kill switch was loaded'

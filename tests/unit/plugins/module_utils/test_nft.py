@@ -109,6 +109,9 @@ def test_exceptions_are_accepted_and_rerouted():
             % exception_counter(BypassException('cgroup', 'system.slice/backup.service'))[-12:]) in chain(text, 'output')
     assert 'meta skuid @bypass_uids meta mark set 0x0000564b' in chain(text, 'bypass_route')
     assert 'chain bypass_route' not in rendered()
+    # Out of a physical interface, the tunnel's source address the socket may have is replaced.
+    assert chain(text, 'bypass_source')[-2:] == ['oifname "wg0" return', 'meta mark 0x0000564b masquerade']
+    assert 'chain bypass_source' not in rendered()
 
 
 def test_transaction_replaces_only_our_table():

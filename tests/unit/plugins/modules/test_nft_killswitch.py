@@ -194,7 +194,8 @@ def test_boot_files_restore_the_same_kill_switch_and_can_be_run_twice(host, tmp_
     unit = '/etc/systemd/system/vpnguard-killswitch.service'
     link = '/etc/systemd/system/sysinit.target.wants/vpnguard-killswitch.service'
     assert sorted(applied['persisted_files']) == [
-        '/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf', link, unit,
+        '/etc/iproute2/rt_protos.d/vpnguard-killswitch.conf', '/etc/iproute2/rt_tables.d/vpnguard-killswitch.conf',
+        link, unit,
         '/etc/udev/rules.d/70-vpnguard-killswitch-tunnels.rules',
         persist_dir + '/routing-guard.sh', persist_dir + '/ruleset.nft']
     assert host.sh('readlink %s' % link).strip() == unit

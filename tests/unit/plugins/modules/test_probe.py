@@ -53,7 +53,10 @@ def test_the_probe_sees_a_hardened_host_refuse_and_nothing_reach_the_wire(host):
         assert checks["dns %s to a resolver that is not the tunnel's" % family] == 'refused'
     assert not any(c['verdict'] == 'LEAKED' for c in audited['probe']['checks'])
     assert seen == [], 'the probe put packets on the wire: %s' % seen
-    assert audited['routes_outside_tunnel'] == ['default via 198.18.1.1 dev eth0 table main metric 100',
+    # The kill switch's table for the bypass exception is a way out too, and said so.
+    assert audited['routes_outside_tunnel'] == ['default via 198.18.1.1 dev eth0 table vpnguard-bypass',
+                                                'default via 198.18.1.1 dev eth0 table main metric 100',
+                                                'default via 2001:db8:1:1::1 dev eth0 table vpnguard-bypass metric 1024',
                                                 'default via 2001:db8:1:1::1 dev eth0 table main metric 100']
     assert audited['tunnel'] == {'up': False, 'interfaces': []}
 
