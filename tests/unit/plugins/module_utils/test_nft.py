@@ -109,9 +109,9 @@ def test_exceptions_are_accepted_and_rerouted():
             % exception_counter(BypassException('cgroup', 'system.slice/backup.service'))[-12:]) in chain(text, 'output')
     # The tunnel's own mark routes them past the VPN client's rules (wg-quick's
     # `not fwmark 51820`) and the guard; the connection's mark lets replies in.
-    assert chain(text, 'bypass_route')[1:] == ['meta skuid @bypass_uids meta mark set 0x0000ca6c ct mark set 0x0000564b',
-                                           'socket cgroupv2 level 2 "system.slice/backup.service" '
-                                           'meta mark set 0x0000ca6c ct mark set 0x0000564b']
+    marks = 'meta mark set 0x0000ca6c ct mark set 0x0000564b'
+    assert chain(text, 'bypass_route')[1:] == ['meta skuid @bypass_uids ' + marks,
+                                               'socket cgroupv2 level 2 "system.slice/backup.service" ' + marks]
     assert 'meta mark set 0x0000002a' in chain(rendered(exceptions=[{'uid': 1001}], tunnel_fwmark=42), 'bypass_route')[1]
     assert 'chain bypass_route' not in rendered()
     # Out of a physical interface, the tunnel's source address the socket may have is replaced.
