@@ -24,8 +24,9 @@ TABLE_FAMILY = 'inet'
 TABLE_NAME = 'vpnguard_killswitch'
 TABLE = '%s %s' % (TABLE_FAMILY, TABLE_NAME)
 
-# Marks sockets of bypass exceptions so that the routing guard lets them use
-# the main table; kept apart from the tunnel's fwmark.
+# Marks the connections of bypass exceptions (ct mark), so that their replies
+# are let in and their source address fixed; kept apart from the tunnel's
+# fwmark, which their packets carry to be routed outside the tunnel.
 BYPASS_FWMARK = 0x564b
 
 # DHCP, neighbour discovery and MLD must reach the link for the host to get
@@ -346,19 +347,21 @@ def render(policy, log='none'):
             _chain('forward', ('filter', 'forward'), 'filter', 'drop', forward)):
         lines += chain + ['']
     if bypass:
-        # The mark makes the kernel look the route up again, and the routing
-        # guard sends marked packets to the main table.
+        # The tunnel's own mark makes the kernel look the route up again, and
+        # both the VPN client's rules (wg-quick's `not fwmark 51820`, which
+        # come before the routing guard) and the guard let it past the
+        # tunnel. The connection keeps the bypass mark, so that its replies
+        # are let in and only its packets are masqueraded.
         lines += _chain('bypass_route', ('route', 'output'), 'mangle', 'accept',
-                        ['%s meta mark set 0x%08x' % (b, BYPASS_FWMARK) for b in bypass]
-                        # The connection keeps the mark, so that its replies are let in.
-                        + ['meta mark 0x%08x ct mark set meta mark' % BYPASS_FWMARK])
+                        ['%s meta mark set 0x%08x ct mark set 0x%08x' % (b, policy.tunnel_fwmark, BYPASS_FWMARK)
+                         for b in bypass])
         # The socket's source address was chosen by the first lookup, before
         # the mark: the tunnel's, where the tunnel's routes are in main.
         # Leaving outside the tunnel, it takes the outgoing interface's, so
         # that replies come back to the host (and the connection's mark lets them in).
         lines += _chain('bypass_source', ('nat', 'postrouting'), 'srcnat', 'accept',
                         ['oifname "lo" return'] + _tunnels(policy, 'oifname', 'return')
-                        + ['meta mark 0x%08x masquerade' % BYPASS_FWMARK])
+                        + ['ct mark 0x%08x masquerade' % BYPASS_FWMARK])
     if lines[-1] == '':
         lines.pop()
     lines.append('}')

@@ -34,7 +34,6 @@ import os
 import socket
 from collections import namedtuple
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import BYPASS_FWMARK
 
 RULE_PROTOCOL = 86
 # iproute2 reads extra protocol names from here, so that `ip rule` shows "proto vpnguard".
@@ -59,7 +58,8 @@ Rule = namedtuple('Rule', RULE_FIELDS)
 Rule.__new__.__defaults__ = (NO_SUPPRESS, MAIN_TABLE)
 
 # The kill switch's own routing table: a default route per IP version out of
-# the physical path, looked up only by packets with the bypass mark.
+# the physical path, looked up only by packets with the tunnel's mark, which
+# bypass exceptions' carry.
 BYPASS_TABLE = 0x564b
 TABLE_NAME_FILE = '/etc/iproute2/rt_tables.d/vpnguard-killswitch.conf'
 BypassRoute = namedtuple('BypassRoute', 'version gateway oif')
@@ -158,13 +158,16 @@ def desired_rules(policy, priority=DEFAULT_PRIORITY):
                           sport=(m.port, m.port))
                   for m in policy.management_of(version)]
         if policy.exceptions:
-            # Bypass sockets never take a route of the main table into a
-            # tunnel. Where the best route is the tunnel's (its default or
-            # /1 routes in main) their lookup goes on to the rules below.
-            rules.append(to_main(fwmark=BYPASS_FWMARK, suppress_ifgroup=TUNNEL_IFGROUP))
+            # Bypass packets carry the tunnel's mark (the VPN client's own
+            # rules, wg-quick's `not fwmark`, come first and exempt only it).
+            # They never take a route of the main table into a tunnel. Where
+            # the best route is the tunnel's (its default or /1 routes in
+            # main) their lookup goes on to the rules below. The firewall
+            # still holds anything else with this mark to the endpoints.
+            rules.append(to_main(fwmark=policy.tunnel_fwmark, suppress_ifgroup=TUNNEL_IFGROUP))
             # There, they take our table's default route out of the physical
             # path (bypass_routes()); an empty table ends in the rules below.
-            rules.append(Rule(version, priority, FR_ACT_TO_TBL, None, 0, 0, None, None, BYPASS_FWMARK, NO_SUPPRESS,
+            rules.append(Rule(version, priority, FR_ACT_TO_TBL, None, 0, 0, None, None, policy.tunnel_fwmark, NO_SUPPRESS,
                               NO_SUPPRESS, BYPASS_TABLE))
         # More specific routes of the main table (the tunnel's own, the LAN's)
         # stay usable; only its default route is refused...

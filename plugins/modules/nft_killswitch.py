@@ -175,7 +175,9 @@ options:
     description:
       - Sockets allowed to bypass the kill switch, each selected by exactly one of O(exceptions[].uid),
         O(exceptions[].gid) or O(exceptions[].cgroup). Their packets are let through the firewall
-        and marked so that the routing guard lets them use the main routing table.
+        and marked with O(tunnel_fwmark), so that the VPN client's own policy rules (wg-quick's
+        C(not fwmark 51820)) and the routing guard let them use the physical path; their connections
+        carry the mark C(0x564b) (C(ct mark)), which lets their replies in.
     type: list
     elements: dict
     default: []
@@ -194,7 +196,8 @@ options:
   tunnel_fwmark:
     description:
       - Firewall mark the tunnel puts on its own encrypted packets (WireGuard's C(fwmark),
-        51820 with wg-quick).
+        51820 with wg-quick). Packets of O(exceptions) carry it too, so that the client's rules exempt them.
+        It must not be C(0x564b), the mark of the exceptions' connections.
     type: int
     default: 51820
   restrict_endpoints_to_tunnel:
@@ -344,7 +347,8 @@ routing_rules:
 bypass_routes:
   description:
     - The default routes of the kill switch's table C(22091) (C(0x564b), named C(vpnguard-bypass)), one per IP
-      version, that only packets of bypass exceptions look up (C(fwmark 0x564b lookup 22091)), so that they leave
+      version, that only packets with O(tunnel_fwmark), which bypass exceptions' carry, look up
+      (C(fwmark 0xca6c lookup 22091)), so that they leave
       outside the tunnel where the VPN client put its default or C(/1) routes in C(main). Copied at each apply
       from C(main)'s default route through a physical interface (group 0), else from C(main)'s route to an
       endpoint through a physical interface and a gateway. Empty without exceptions. A snapshot - a gateway

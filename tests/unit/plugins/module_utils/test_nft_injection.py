@@ -46,7 +46,7 @@ ip route add 203.0.113.0/24 via 198.18.1.1 dev eth0
 ip neigh add 198.18.1.1 lladdr $(ip -br link show lan0 | awk '{print $3}') dev eth0
 # The exceptions' packets are marked and routed by the main table, as the routing guard does.
 ip route add default via 198.18.1.1 dev eth0 table 100
-ip rule add fwmark 0x564b lookup 100
+ip rule add fwmark 51820 lookup 100
 # A service address on another interface than the one its clients come in by.
 ip addr add 203.0.113.77/32 dev tun-peer
 ip route add 198.19.0.0/16 via 198.18.1.1 dev eth0

@@ -40,8 +40,10 @@ def test_no_physical_path_no_exceptions_or_multipath_give_no_route():
 def test_only_bypass_marked_packets_look_the_table_up_right_after_their_main_lookup():
     rules = desired_rules(parse_policy(RAW))
     to_table = [r for r in rules if r.table == BYPASS_TABLE]
-    assert [(r.version, r.fwmark) for r in to_table] == [(4, 0x564b), (6, 0x564b)]
+    # They carry the tunnel's mark (51820 by default), which the VPN client's own rules exempt.
+    assert [(r.version, r.fwmark) for r in to_table] == [(4, 51820), (6, 51820)]
     for r in to_table:
         before = rules[rules.index(r) - 1]
-        assert before.fwmark == 0x564b and before.suppress_ifgroup == 86
+        assert before.fwmark == 51820 and before.suppress_ifgroup == 86
+    assert {r.fwmark for r in desired_rules(parse_policy(dict(RAW, tunnel_fwmark=42))) if r.table == BYPASS_TABLE} == {42}
     assert not any(r.table == BYPASS_TABLE for r in desired_rules(parse_policy(dict(RAW, exceptions=[]))))

@@ -81,14 +81,14 @@ def test_plain_redirect_gateway_exception_leaves_the_uplink_and_nothing_else(hos
     assert host.table() == '', 'check mode touched the host'
     applied = host.module(**POLICY)
     assert not applied.get('failed'), applied.get('msg')
-    assert 'ipv4 32765: fwmark 0x564b lookup 22091' in applied['routing_rules']
+    assert 'ipv4 32765: fwmark 0xca6c lookup 22091' in applied['routing_rules']
     assert applied['bypass_routes'] == routes
     assert 'proto vpnguard' in host.sh('ip route show table vpnguard-bypass; ip -6 route show table vpnguard-bypass')
     assert not host.module(**POLICY)['changed'], 'a second apply changes nothing'
     assert host.leaving() == [40001]
 
     # The control: without the rule to our table, the exception's packet goes into the tunnel.
-    host.sh('ip rule del priority 32765 fwmark 0x564b lookup 22091')
+    host.sh('ip rule del priority 32765 fwmark 0xca6c lookup 22091')
     assert host.leaving() == []
     # The next apply puts it back.
     assert host.module(**POLICY)['summary']['routing_guard_changed']
@@ -102,7 +102,7 @@ def test_plain_redirect_gateway_exception_leaves_the_uplink_and_nothing_else(hos
     host.sh('ip link del tun0 && nft delete table inet vpnguard_killswitch')
     assert host.send(OTHER_UID, 4, 40002) == 101  # ENETUNREACH: the guard's unreachable
     host.module(state='absent')
-    assert host.table() == '' and '0x564b' not in host.sh('ip rule; ip -6 rule')
+    assert host.table() == '' and '22091' not in host.sh('ip rule; ip -6 rule')
 
 
 def test_def1_exception_leaves_the_uplink_on_both_versions(host):
@@ -112,8 +112,8 @@ def test_def1_exception_leaves_the_uplink_on_both_versions(host):
     assert applied['bypass_routes'] == ['ipv4 default via 198.18.1.1 dev eth0 table 22091',
                                         'ipv6 default via 2001:db8:1:1::1 dev eth0 table 22091']
     assert host.leaving(4) == [40001] and host.leaving(6) == [40001]
-    host.sh('ip rule del priority 32765 fwmark 0x564b lookup 22091 && '
-            'ip -6 rule del priority 32765 fwmark 0x564b lookup 22091')
+    host.sh('ip rule del priority 32765 fwmark 0xca6c lookup 22091 && '
+            'ip -6 rule del priority 32765 fwmark 0xca6c lookup 22091')
     assert host.leaving(4) == [] and host.leaving(6) == []
 
 
@@ -132,3 +132,31 @@ def test_the_table_follows_the_policy_and_is_not_drift_in_check_mode(host):
     assert host.table() == ''
     rules = host.sh('ip rule; ip -6 rule')
     assert '22091' not in rules and 'vpnguard-bypass' not in rules
+
+
+def wg_quick(host):
+    """wg-quick's rules, which come before the guard, and its table: everything unmarked goes to the tunnel."""
+    for v in (4, 6):
+        host.sh('ip -%d route add default dev tun0 table 51820 && ip -%d rule add table main suppress_prefixlength 0 '
+                'priority 999 && ip -%d rule add not fwmark 51820 table 51820 priority 1000' % (v, v, v))
+
+
+def test_wg_quick_exception_carries_the_tunnels_mark_past_its_rules(host):
+    wg_quick(host)
+    applied = host.module(**POLICY)
+    assert not applied.get('failed'), applied.get('msg')
+    assert 'ipv4 32765: fwmark 0xca6c lookup main suppress_ifgroup 86' in applied['routing_rules']
+    assert host.leaving(4) == [40001] and host.leaving(6) == [40001]
+
+    # The control: the old marking (the bypass mark, which wg-quick's `not
+    # fwmark 51820` sends to its table), with guard rules for it before ours.
+    host.sh('nft flush chain inet vpnguard_killswitch bypass_route && nft add rule inet vpnguard_killswitch '
+            'bypass_route meta skuid %d meta mark set 0x564b ct mark set 0x564b' % EXCEPTION_UID)
+    for v in (4, 6):
+        host.sh('ip -%d rule add priority 32764 fwmark 0x564b lookup main suppress_ifgroup 86 && '
+                'ip -%d rule add priority 32764 fwmark 0x564b lookup 22091' % (v, v))
+    assert 'dev tun0 table 51820' in host.sh('ip route get 198.51.100.10 mark 0x564b')
+    assert host.leaving(4) == [] and host.leaving(6) == []
+    # The next apply restores the firewall's marking.
+    assert host.module(**POLICY)['changed']
+    assert host.leaving(4) == [40001]

@@ -96,7 +96,7 @@ def test_the_guard_lets_a_tunnels_default_route_in_main_be_used_and_no_physical_
     # A bypass socket never takes the tunnel's route from main: with only
     # the tunnel's default route there, it goes on to the rules after it.
     host.sh('ip route replace default dev tun0 && ip route add 198.51.100.0/24 via 198.18.1.1 dev eth0')
-    assert 'dev eth0' in route('198.51.100.10 mark 0x564b')
+    assert 'dev eth0' in route('198.51.100.10 mark 51820')
     host.sh('ip route del 198.51.100.0/24')
     # A tunnel device the kill switch did not group fails closed.
     host.sh('ip route replace default dev ppp0 && ip -6 route replace default dev ppp0 metric 50')
