@@ -194,20 +194,21 @@ class RuleSocket(NetlinkSocket):
         """{name: group} of every interface, as `ip -o -N link show` lists them."""
         return dict(self.links().values())
 
-    def routes(self, family, table):
-        """The unicast routes of one table, as dicts (dst, dst_len, gateway, oif, metric, protocol, multipath)."""
+    def routes(self, family, tables):
+        """{table: its unicast routes} for each of tables, from one dump, as dicts (dst, dst_len, gateway, oif,
+        metric, protocol, multipath)."""
         sequence = self._send(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
-        routes = []
+        routes = dict((table, []) for table in tables)
         for kind, body in self._replies(sequence):
             if kind != RTM_NEWROUTE:
                 continue
             _family, dst_len, _src_len, _tos, header_table, protocol, _scope, kind_, _flags = RTMSG.unpack_from(body)
             attributes = _parse_attributes(body[RTMSG.size:])
             route_table = U32.unpack(attributes[RTA_TABLE][:4])[0] if RTA_TABLE in attributes else header_table
-            if route_table != table or kind_ != RTN_UNICAST:
+            if route_table not in routes or kind_ != RTN_UNICAST:
                 continue
             dst, gateway = attributes.get(RTA_DST), attributes.get(RTA_GATEWAY)
-            routes.append(dict(
+            routes[route_table].append(dict(
                 dst=socket.inet_ntop(family, dst) if dst else None, dst_len=dst_len,
                 gateway=socket.inet_ntop(family, gateway) if gateway else None,
                 oif=U32.unpack(attributes[RTA_OIF][:4])[0] if RTA_OIF in attributes else 0,

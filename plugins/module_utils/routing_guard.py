@@ -360,27 +360,25 @@ class BypassTable:
     def __init__(self, netlink):
         self._netlink = netlink
 
-    def main_routes(self):
-        return dict((version, self._netlink.routes(family, MAIN_TABLE)) for version, family in FAMILIES)
-
-    def live(self):
-        return [BypassRoute(version, r['gateway'], r['oif'])
-                for version, family in FAMILIES for r in self._netlink.routes(family, BYPASS_TABLE)
-                if r['protocol'] == RULE_PROTOCOL and r['dst_len'] == 0]
+    def read(self):
+        """The main table's routes by IP version, and our routes, from one route dump per family."""
+        main, ours = {}, []
+        for version, family in FAMILIES:
+            tables = self._netlink.routes(family, (MAIN_TABLE, BYPASS_TABLE))
+            main[version] = tables[MAIN_TABLE]
+            ours += [BypassRoute(version, r['gateway'], r['oif']) for r in tables[BYPASS_TABLE]
+                     if r['protocol'] == RULE_PROTOCOL and r['dst_len'] == 0]
+        return main, ours
 
     def _route(self, route):
         return dict(family=dict(FAMILIES)[route.version], table=BYPASS_TABLE, protocol=RULE_PROTOCOL,
                     oif=route.oif, gateway=route.gateway)
 
-    def replace(self, desired):
-        """Make our routes exactly desired; only bypass-marked packets ever look them up."""
-        live = self.live()
+    def replace(self, desired, live):
+        """Make our routes (live, as read() found them) exactly desired; only bypass-marked packets ever look them up."""
         for route in live:
             if route not in desired:
                 self._netlink.delete_default_route(**self._route(route))
         for route in desired:
             if route not in live:
                 self._netlink.add_default_route(**self._route(route))
-
-    def remove(self):
-        self.replace([])

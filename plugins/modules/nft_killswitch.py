@@ -649,8 +649,8 @@ def present(module, policy, nft, guard, state_path, nft_command):
     # The groups as they are after this apply: a tunnel not grouped yet is no physical path.
     links = dict((index, (name, dict(regroup).get(name, group))) for index, (name, group) in links.items())
     bypass = BypassTable(guard.netlink)
-    wanted_routes = bypass_routes(policy, links, bypass.main_routes()) if params['routing_guard'] else []
-    live_routes = bypass.live()
+    main_routes, live_routes = bypass.read()
+    wanted_routes = bypass_routes(policy, links, main_routes) if params['routing_guard'] else []
     # A snapshot of the physical path, refreshed by each apply. Roaming makes it
     # stale without a leak, so check mode (an audit) does not count it as a change.
     routes_in_sync = sorted(live_routes) == sorted(wanted_routes)
@@ -683,7 +683,7 @@ def present(module, policy, nft, guard, state_path, nft_command):
         if not rules_in_sync:
             removed = guard.replace(wanted_rules)
         if not routes_in_sync:
-            bypass.replace(wanted_routes)
+            bypass.replace(wanted_routes, live_routes)
         # After the guard: the group only lets the tunnel's routes in main be used.
         link_groups.apply(regroup)
     elif not rules_in_sync:
@@ -724,7 +724,7 @@ def absent(module, nft, guard, state_path):
     link_groups = LinkGroups(module, guard.netlink)
     regroup = regrouped_links(link_groups.links(), ())
     bypass = BypassTable(guard.netlink)
-    live_routes = bypass.live()
+    live_routes = bypass.read()[1]
     changed = (live_table is not None or bool(live_rules) or os.path.exists(state_path) or bool(persisted)
                or bool(regroup) or bool(live_routes))
     if regroup and not module.check_mode:
@@ -733,7 +733,7 @@ def absent(module, nft, guard, state_path):
         if live_table is not None:
             nft.apply(replace_transaction(None))
         guard.remove()
-        bypass.remove()
+        bypass.replace([], live_routes)
         if os.path.exists(state_path):
             os.remove(state_path)
         file_snapshot.remove_if_empty(os.path.dirname(state_path))
