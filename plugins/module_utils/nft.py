@@ -202,8 +202,99 @@ def _endpoint_rules(policy, version, family):
     return rules + _esp_rules(policy, version, family)
 
 
-def render(policy, log='none'):
-    """The whole table for policy, as nft(8) input text; log is one of LOG_LEVELS."""
+# Where the packet an ICMP error quotes lies, in bits from the start of the
+# error's ICMP header (8 bytes; RFC 792, RFC 4443 2.1): the quoted IP header,
+# then the first 8 bytes of its transport header (RFC 792 "Destination
+# Unreachable"; RFC 4443 3.2: as much of the packet as fits). IPv4 only as the
+# kill switch's own packets leave it, without options (IHL 5).
+_QUOTED = {
+    4: {'version': (64, 8, 0x45), 'protocol': (136, 8), 'source': 160, 'destination': 192,
+        'sport': (224, 16), 'dport': (240, 16), 'bits': 32},
+    6: {'version': (64, 4, 6), 'protocol': (112, 8), 'source': 128, 'destination': 256,
+        'sport': (384, 16), 'dport': (400, 16), 'bits': 128},
+}
+# The ICMP errors that carry a quoted packet and matter to a flow the host
+# opened: unreachable (IPv4 "fragmentation needed" is one), packet too big,
+# time exceeded, parameter problem.
+ICMP_ERROR_TYPES = {
+    4: 'icmp type { destination-unreachable, time-exceeded, parameter-problem }',
+    6: 'icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem }',
+}
+_PROTOCOL_NUMBERS = {'tcp': 6, 'udp': 17, ESP: 50}
+
+
+def _raw(offset, length, value):
+    """A match of length bits of the transport header at offset, written as `nft list` prints it:
+    the bytes that hold them, masked when the bits do not fill them."""
+    start, end = offset // 8 * 8, -(-(offset + length) // 8) * 8
+    shift = end - offset - length
+    if start == offset and not shift:
+        return '@th,%d,%d 0x%x' % (offset, length, value)
+    return '@th,%d,%d & 0x%x == 0x%x' % (start, end - start, ((1 << length) - 1) << shift, value << shift)
+
+
+def _quoted_flow(version, protocol, destination, port=None, port_field='dport'):
+    """A match for an ICMP error quoting a packet of protocol to destination (a network), and port
+    in port_field (the destination's port, or the source's for a reply)."""
+    q = _QUOTED[version]
+    network = ipaddress.ip_network(destination)
+    parts = [_raw(*q['version']), _raw(q['protocol'][0], q['protocol'][1], _PROTOCOL_NUMBERS[protocol])]
+    if network.prefixlen:
+        parts.append(_raw(q['destination'], network.prefixlen,
+                          int(network.network_address) >> (q['bits'] - network.prefixlen)))
+    if port is not None:
+        parts.append(_raw(q[port_field][0], q[port_field][1], port))
+    return ' '.join(parts)
+
+
+def icmp_error_rules(policy, version):
+    """The rules accepting an ICMP error about a flow the host may have outside the tunnel.
+
+    Path MTU discovery needs them (RFC 1191, RFC 8201): a router on the way to
+    the VPN server, or to an administrator, says a packet was too big, and
+    without the error the tunnel (or the SSH session) stalls on every full-size
+    packet. They are told by the packet the error quotes, not by conntrack, so
+    that no connection tracking is needed for them: the tunnel's own packets to
+    an endpoint, and the host's replies from a management service. Errors
+    about the exceptions' connections are let in by their connection's mark,
+    about the LAN's by its source, about the tunnel's by its interface.
+    """
+    rules = []
+    for e in policy.endpoints_of(version):
+        port = None if e.protocol == ESP else e.port
+        rules.append('%s accept comment "%s"' % (
+            _quoted_flow(version, e.protocol, e.address, port),
+            'about the tunnel to %s %s%s' % (e.address, e.protocol, '' if port is None else ' %d' % port)))
+    for m in policy.management_of(version):
+        # The quoted packet is the host's reply: from the service's port to the network.
+        rules.append('%s accept comment "%s"' % (
+            _quoted_flow(version, m.protocol, m.network, m.port, 'sport'),
+            'about management replies to %s from %s %d' % (m.network, m.protocol, m.port)))
+    return list(dict.fromkeys(rules))  # each flow once, in the policy's order
+
+
+def needs_conntrack(policy, forwarding):
+    """Whether the table asks conntrack anything: only the rules that cannot work without state do.
+
+    Any ct expression turns connection tracking on for every packet of the
+    host (the kernel registers its hooks per network namespace, not per
+    chain), and that was half of what the kill switch cost the tunnel's
+    throughput (benchmarks/run). So the tunnel, the endpoints, the management
+    networks' TCP and the ICMP errors about them are all matched without it.
+    What is left needs it: replies to what the host forwards, the bypass
+    exceptions (their replies and their source address), and UDP replies to
+    the management networks (UDP has no flags to tell a reply by).
+    """
+    return bool(forwarding or policy.exceptions
+                or any(m.protocol == 'udp' for v in (4, 6) for m in policy.management_of(v)))
+
+
+def render(policy, log='none', forwarding=False):
+    """The whole table for policy, as nft(8) input text; log is one of LOG_LEVELS.
+
+    forwarding: whether the host routes packets for others (a router, containers,
+    VMs); only then does the forward chain let their replies back, statefully.
+    """
     log_refused = log in ('refused', 'all')
     log_exceptions = log in ('exceptions', 'all')
 
@@ -255,12 +346,21 @@ def render(policy, log='none'):
     # Known DNS-over-HTTPS resolvers only through the tunnel, whatever else is allowed below.
     doh_drop = [rule for v, f in families if policy.doh_of(v)
                 for rule in refused('%s daddr @doh_v%d' % (f, v), 'refused_doh', 'refused doh')]
-    output = ['oifname "lo" accept', dns_jump]
-    output += _tunnels(policy, 'oifname', 'accept') + doh_drop
+    # The tunnel's packets first, with one rule: nearly every packet leaves
+    # there, and each rule before it costs every one of them. DNS ports go on
+    # to the DNS rules; a packet with no ports (or a fragment) that this rule
+    # does not take is taken by the tunnel's rule after them.
+    output = ['oifname %s th dport != { %s } accept' % (_quoted(i), _elements(str(p) for p in DNS_PORTS))
+              for i in policy.tunnel_interfaces]
     # The endpoints are reachable outside the tunnel only for the tunnel's own
-    # packets, so that no other process can use them to get round it.
+    # packets, so that no other process can use them to get round it. Second,
+    # because they carry the tunnel; no endpoint is on a DNS port (the policy
+    # refuses one), so none of them is DNS.
     for v, f in families:
         output += _endpoint_rules(policy, v, f)
+    # Loopback by its index, which is 1 in every namespace: cheaper than its name.
+    output += ['oif "lo" accept', dns_jump]
+    output += _tunnels(policy, 'oifname', 'accept') + doh_drop
     if policy.restrict_endpoints_to_tunnel:
         # Anyone else trying the endpoint's address and port: refused, and told apart.
         output += [rule for v, f in families if _ported_endpoints(policy, v)
@@ -280,8 +380,9 @@ def render(policy, log='none'):
     for v, f in families:
         if policy.management_of(v):
             match = '%s daddr . meta l4proto . th sport @management_v%d' % (f, v)
-            output += ['%s tcp flags & (syn | ack) != syn accept' % match,
-                       '%s meta l4proto udp ct direction reply accept' % match]
+            output.append('%s tcp flags & (syn | ack) != syn accept' % match)
+            if any(m.protocol == 'udp' for m in policy.management_of(v)):
+                output.append('%s meta l4proto udp ct direction reply accept' % match)
     output += bypass_accepts
     output += [rule for v, f in families
                for rule in refused('meta nfproto ipv%d' % v, 'refused_out_v%d' % v, 'refused out-v%d' % v)]
@@ -290,20 +391,23 @@ def render(policy, log='none'):
     # endpoints, the LAN and the management networks are accepted by who they
     # are, without state, so that a packet matching a tunnel connection's
     # tuple gets nothing from conntrack on another interface.
-    input_ = ['iifname "lo" accept']
-    input_ += _tunnels(policy, 'iifname', 'accept')
-    # The server may open a handshake after the tunnel's conntrack entry expired.
+    # The tunnel first, then what carries it, as in the output chain.
+    input_ = _tunnels(policy, 'iifname', 'accept')
+    # Whatever the server sends from its port (it may open a handshake at any time).
     input_ += ['%s saddr . meta l4proto . th sport @endpoints_v%d accept' % (f, v)
                for v, f in families if _ported_endpoints(policy, v)]
     # ESP from the server; the kernel decrypts it and hands the inner packet
     # in again on the XFRM interface, a tunnel.
     input_ += ['%s saddr %s meta l4proto esp accept' % (f, _esp_servers(policy, v))
                for v, f in families if _esp_servers(policy, v)]
-    # ICMP errors about flows the host opened (path MTU of the tunnel's own
-    # packets): conntrack relates one only when it is addressed to the flow's
-    # own address, and the prerouting chain has dropped any for an address of
-    # another interface.
-    input_ += ['meta l4proto { icmp, ipv6-icmp } ct state related accept', DHCPV4_IN, DHCPV6_IN] + list(ICMPV6_IN)
+    input_.append('iif "lo" accept')
+    # ICMP errors about the flows the host has outside the tunnel (path MTU),
+    # told by the packet they quote (icmp_error_rules). The prerouting chain
+    # has dropped any addressed to another interface's address.
+    icmp_error_chains = [(v, icmp_error_rules(policy, v)) for v, f in families]
+    icmp_error_chains = [(v, rules) for v, rules in icmp_error_chains if rules]
+    input_ += ['%s jump icmp_error_v%d' % (ICMP_ERROR_TYPES[v], v) for v, rules in icmp_error_chains]
+    input_ += [DHCPV4_IN, DHCPV6_IN] + list(ICMPV6_IN)
     if policy.allow_lan:
         input_ += ['ip saddr @lan_v4 accept', 'ip6 saddr @lan_v6 accept']
     input_ += ['%s saddr . meta l4proto . th dport @management_v%d accept' % (f, v)
@@ -316,11 +420,16 @@ def render(policy, log='none'):
                for rule in refused('meta nfproto ipv%d' % v, 'refused_in_v%d' % v, 'refused in-v%d' % v)]
 
     forward = [dns_jump] + _tunnels(policy, 'oifname', 'accept') + doh_drop
-    forward += ['iifname %s ct state established,related accept' % _quoted(i) for i in policy.tunnel_interfaces]
+    if forwarding:
+        # Replies to what the host forwards into the tunnel (or to the LAN),
+        # by conntrack: only where the host forwards, since conntrack then
+        # tracks every packet of the host too (needs_conntrack).
+        forward += ['iifname %s ct state established,related accept' % _quoted(i) for i in policy.tunnel_interfaces]
     if policy.allow_lan:
-        forward += ['ip daddr @lan_v4 accept', 'ip6 daddr @lan_v6 accept',
-                    'ip saddr @lan_v4 ct state established,related accept',
-                    'ip6 saddr @lan_v6 ct state established,related accept']
+        forward += ['ip daddr @lan_v4 accept', 'ip6 daddr @lan_v6 accept']
+        if forwarding:
+            forward += ['ip saddr @lan_v4 ct state established,related accept',
+                        'ip6 saddr @lan_v6 ct state established,related accept']
     forward += [rule for v, f in families
                 for rule in refused('meta nfproto ipv%d' % v, 'refused_forward_v%d' % v, 'refused forward-v%d' % v)]
 
@@ -329,7 +438,7 @@ def render(policy, log='none'):
     # conntrack or a socket sees it (strong host model). Loopback and the
     # tunnels may reach any local address, the management networks too, so
     # that a service address on lo or a dummy stays reachable.
-    prerouting = ['iifname "lo" accept'] + _tunnels(policy, 'iifname', 'accept')
+    prerouting = _tunnels(policy, 'iifname', 'accept') + ['iif "lo" accept']
     prerouting.append('fib daddr . iif type local accept')
     prerouting += ['%s saddr . meta l4proto . th dport @management_v%d accept' % (f, v)
                    for v, f in families if policy.management_of(v)]
@@ -339,12 +448,13 @@ def render(policy, log='none'):
     lines += sets
     for name in sorted(counter_names(policy)):
         lines += ['\tcounter %s {' % name, '\t}', '']
-    for chain in (
-            _chain('dns', None, None, None, dns_chain),
+    chains = [_chain('dns', None, None, None, dns_chain)]
+    chains += [_chain('icmp_error_v%d' % v, None, None, None, rules) for v, rules in icmp_error_chains]
+    for chain in chains + [
             _chain('prerouting', ('filter', 'prerouting'), 'raw', 'accept', prerouting),
             _chain('output', ('filter', 'output'), 'filter', 'drop', output),
             _chain('input', ('filter', 'input'), 'filter', 'drop', input_),
-            _chain('forward', ('filter', 'forward'), 'filter', 'drop', forward)):
+            _chain('forward', ('filter', 'forward'), 'filter', 'drop', forward)]:
         lines += chain + ['']
     if bypass:
         # The tunnel's own mark makes the kernel look the route up again, and

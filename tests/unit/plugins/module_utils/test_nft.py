@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
-    TABLE, exception_counter, render, replace_transaction, with_counter_values, without_counter_values)
+    TABLE, exception_counter, needs_conntrack, render, replace_transaction, with_counter_values, without_counter_values)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import BypassException, parse_policy
 
 from policy_strategies import networks, policies as policy_strategies
@@ -66,7 +66,7 @@ def test_each_endpoint_is_for_its_own_users_and_mark():
         {'address': '203.0.113.1', 'port': 1194, 'uid': [65534]},
         {'address': '203.0.113.2', 'port': 443, 'protocols': ['tcp', 'udp'], 'uid': [65534, 0], 'mark': 7},
         {'address': '2001:db8::1', 'ports': [500, 4500]}]), 'output')
-    assert [r for r in output if 'th dport' in r and 'dns' not in r] == [
+    assert [r for r in output if 'th dport' in r and 'dns' not in r and 'oifname' not in r] == [
         'ip daddr . meta l4proto . th dport { 203.0.113.1 . udp . 1194 } meta mark 0x0000ca6c accept',
         'ip daddr . meta l4proto . th dport { 203.0.113.1 . udp . 1194 } meta skuid { 0, 65534 } accept',
         'ip daddr . meta l4proto . th dport { 203.0.113.2 . tcp . 443, 203.0.113.2 . udp . 443 } '
@@ -86,7 +86,10 @@ def test_no_blanket_established_accept_on_the_way_out():
         assert 'ct state' not in rule
         assert 'established' not in rule
     assert 'ip daddr . meta l4proto . th sport @management_v4 tcp flags & (syn | ack) != syn accept' in chain(text, 'output')
-    assert 'ip daddr . meta l4proto . th sport @management_v4 meta l4proto udp ct direction reply accept' in chain(text, 'output')
+    # UDP has no flags: replies are told by conntrack, only where a UDP service is managed.
+    assert not any('ct direction' in r for r in chain(text, 'output'))
+    udp = rendered(management=[{'cidr': '198.18.0.0/24', 'port': 161, 'protocol': 'udp'}])
+    assert 'ip daddr . meta l4proto . th sport @management_v4 meta l4proto udp ct direction reply accept' in chain(udp, 'output')
 
 
 def test_overlapping_management_networks_are_merged_for_the_kernel():
@@ -261,7 +264,7 @@ def test_packets_for_another_interfaces_address_are_dropped_before_conntrack():
     text = rendered(management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'}])
     assert chain(text, 'prerouting') == [
         'type filter hook prerouting priority raw; policy accept;',
-        'iifname "lo" accept', 'iifname "wg0" accept',
+        'iifname "wg0" accept', 'iif "lo" accept',
         'fib daddr . iif type local accept',
         'ip saddr . meta l4proto . th dport @management_v4 accept',
         'fib daddr type local counter name "refused_other_interface" drop']
@@ -273,7 +276,81 @@ def test_only_the_exceptions_connections_are_accepted_by_state_on_the_way_in():
     assert [r for r in chain(text, 'input') if 'established' in r] == [
         'ct mark 0x0000564b ct state established,related accept']
     assert chain(text, 'bypass_route')[-1].endswith('ct mark set 0x0000564b')
-    assert 'meta l4proto { icmp, ipv6-icmp } ct state related accept' in chain(text, 'input')
+    # ICMP errors about other flows are told by the packet they quote, not by conntrack.
+    assert not any('ct ' in r for r in chain(rendered(allow_lan=True), 'input'))
+
+
+def test_conntrack_is_asked_only_by_the_rules_that_need_state():
+    def asks_conntrack(text):
+        return bool(re.search(r'\bct (state|mark|direction)\b', text))
+    quiet = dict(management=[{'cidr': '198.18.0.0/24', 'port': 22, 'protocol': 'tcp'}], allow_lan=True,
+                 endpoints=ESP_ENDPOINTS)
+    assert not asks_conntrack(rendered(**quiet))
+    assert not needs_conntrack(parse_policy(dict(BASE, **quiet)), False)
+    for changes, forwarding in (({'exceptions': [{'uid': 1001}]}, False),
+                                ({'management': [{'cidr': '198.18.0.0/24', 'port': 161, 'protocol': 'udp'}]}, False),
+                                ({}, True)):
+        policy = parse_policy(dict(BASE, **changes))
+        assert asks_conntrack(render(policy, forwarding=forwarding))
+        assert needs_conntrack(policy, forwarding)
+
+
+def test_a_forwarding_host_lets_replies_back_by_state_and_no_other_does():
+    policy = parse_policy(dict(BASE, allow_lan=True))
+    assert chain(render(policy), 'forward') == [
+        'type filter hook forward priority filter; policy drop;',
+        'meta l4proto { tcp, udp } th dport { 53, 853 } jump dns',
+        'oifname "wg0" accept',
+        'ip daddr @lan_v4 accept', 'ip6 daddr @lan_v6 accept',
+        'meta nfproto ipv4 counter name "refused_forward_v4" drop',
+        'meta nfproto ipv6 counter name "refused_forward_v6" drop', 'drop']
+    assert [r for r in chain(render(policy, forwarding=True), 'forward') if 'ct state' in r] == [
+        'iifname "wg0" ct state established,related accept',
+        'ip saddr @lan_v4 ct state established,related accept',
+        'ip6 saddr @lan_v6 ct state established,related accept']
+
+
+def test_the_tunnels_packets_are_taken_by_the_first_rule_and_what_carries_them_next():
+    text = rendered(tunnel_interfaces=['wg0', 'tun*'], dns_servers=['192.0.2.1'])
+    assert chain(text, 'output')[1:6] == [
+        'oifname "wg0" th dport != { 53, 853 } accept',
+        'oifname "tun*" th dport != { 53, 853 } accept',
+        'ip daddr . meta l4proto . th dport @endpoints_v4 meta mark 0x0000ca6c accept',
+        'ip daddr . meta l4proto . th dport @endpoints_v4 meta skuid 0 accept',
+        'oif "lo" accept']
+    # DNS through the tunnel still goes to the DNS rules, and what has no ports to the tunnel's own rule.
+    assert chain(text, 'output')[6:9] == ['meta l4proto { tcp, udp } th dport { 53, 853 } jump dns',
+                                          'oifname "wg0" accept', 'oifname "tun*" accept']
+    assert chain(text, 'input')[1:4] == ['iifname "wg0" accept', 'iifname "tun*" accept',
+                                         'ip saddr . meta l4proto . th sport @endpoints_v4 accept']
+
+
+def test_icmp_errors_are_accepted_only_about_the_endpoints_and_the_management_replies():
+    text = rendered(endpoints=[{'address': '203.0.113.1', 'port': 51820},
+                               {'address': '2001:db8::1', 'ports': [500, 4500], 'protocols': ['udp', 'esp']}],
+                    management=[{'cidr': '198.19.0.0/20', 'port': 22}, {'cidr': '2001:db8:19::/48', 'port': 161,
+                                                                          'protocol': 'udp'}])
+    assert [r for r in chain(text, 'input') if 'jump icmp_error' in r] == [
+        'icmp type { destination-unreachable, time-exceeded, parameter-problem } jump icmp_error_v4',
+        'icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } jump icmp_error_v6']
+    # The quoted IPv4 header (IHL 5) at bit 64: protocol at 136, destination at 192, ports at 224/240.
+    assert chain(text, 'icmp_error_v4') == [
+        '@th,64,8 0x45 @th,136,8 0x11 @th,192,32 0xcb007101 @th,240,16 0xca6c accept '
+        'comment "about the tunnel to 203.0.113.1 udp 51820"',
+        '@th,64,8 0x45 @th,136,8 0x6 @th,192,24 & 0xfffff0 == 0xc61300 @th,224,16 0x16 accept '
+        'comment "about management replies to 198.19.0.0/20 from tcp 22"']
+    # The quoted IPv6 header: next header at 112, destination at 256, ports at 384/400; ESP has no ports.
+    assert chain(text, 'icmp_error_v6') == [
+        '@th,64,8 & 0xf0 == 0x60 @th,112,8 0x11 @th,256,128 0x20010db8000000000000000000000001 @th,400,16 0x1f4 '
+        'accept comment "about the tunnel to 2001:db8::1 udp 500"',
+        '@th,64,8 & 0xf0 == 0x60 @th,112,8 0x11 @th,256,128 0x20010db8000000000000000000000001 @th,400,16 0x1194 '
+        'accept comment "about the tunnel to 2001:db8::1 udp 4500"',
+        '@th,64,8 & 0xf0 == 0x60 @th,112,8 0x32 @th,256,128 0x20010db8000000000000000000000001 '
+        'accept comment "about the tunnel to 2001:db8::1 esp"',
+        '@th,64,8 & 0xf0 == 0x60 @th,112,8 0x11 @th,256,48 0x20010db80019 @th,384,16 0xa1 '
+        'accept comment "about management replies to 2001:db8:19::/48 from udp 161"']
+    # No endpoint of a family, no management network of it: no chain, no jump.
+    assert '\tchain icmp_error_v6' not in rendered()
 
 
 def test_dhcp_and_neighbour_discovery_are_held_to_their_protocols_addresses():
