@@ -25,10 +25,16 @@ description:
     DNS (ports 53 and 853, UDP and TCP) goes only to O(dns_servers) and only through the tunnel.
   - DHCP, neighbour discovery and MLD are held to their protocols' addresses and hop limits, so that
     none can carry data beyond the link. The input chain accepts nothing by connection state but the
-    bypass exceptions' own connections (and ICMP errors); a prerouting chain at C(raw) priority
+    bypass exceptions' own connections; a prerouting chain at C(raw) priority
     drops, before conntrack, a packet for one interface's address that arrives on another, such as
     a packet forged on the LAN for the tunnel's address (CVE-2019-14899). Loopback, the tunnels and
     the management networks are exempt from that check.
+  - Connection tracking is left off where no rule needs it, since any rule that asks it makes the
+    kernel track every packet of the host, the tunnel's included. The tunnel, the endpoints, TCP to the
+    management networks and the ICMP errors about them (path MTU) are matched without it: an ICMP error
+    by the packet it quotes. Only replies to forwarded traffic (O(forwarding)), the bypass
+    O(exceptions) and UDP replies to O(management) networks use it; RV(summary.conntrack) says whether
+    this host's table does.
   - The whole input is validated before anything on the host is touched. The table is replaced in
     one nftables transaction, checked by the kernel first; if anything fails the previous table
     stays in place. Each base chain ends in an explicit C(drop) as well as its drop policy, which
@@ -207,6 +213,19 @@ options:
         data around the tunnel. Turn off only for a VPN client that runs unprivileged.
     type: bool
     default: true
+  forwarding:
+    description:
+      - Whether the host routes packets for others (a router, containers, VMs). Packets it forwards may
+        leave only through a tunnel either way; only a forwarding host lets their replies back, by
+        connection state, which turns connection tracking on for every packet of the host.
+      - V(auto) reads the kernel's C(net.ipv4.ip_forward) and C(net.ipv6.conf.all.forwarding) at each
+        apply (and each check-mode audit), so that forwarding turned on later (a container engine
+        installed) shows as a change to apply; until then the replies are refused and counted
+        (C(refused_forward_v4), C(refused_forward_v6)), and nothing leaks.
+      - V(enabled) or V(disabled) sets it whatever the kernel says.
+    type: str
+    choices: [auto, enabled, disabled]
+    default: auto
   routing_guard:
     description: Install the policy-routing guard next to the firewall.
     type: bool
@@ -446,7 +465,10 @@ routes_outside_tunnel:
   elements: str
   sample: [default via 198.18.1.1 dev eth0 table main metric 100]
 summary:
-  description: What the kill switch enforces and what this run changed.
+  description:
+    - What the kill switch enforces and what this run changed. With O(state=present), C(forwarding) says
+      whether the table lets replies to forwarded traffic back (see O(forwarding)) and C(conntrack)
+      whether any of its rules uses connection tracking (forwarding, O(exceptions), UDP O(management)).
   returned: always
   type: dict
   sample:
@@ -461,6 +483,8 @@ summary:
     allow_lan: false
     management: 0
     exceptions: 0
+    forwarding: false
+    conntrack: false
 '''
 
 import json
@@ -475,7 +499,7 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import 
     POLICY_KEYS, PolicyError, parse_policy, policy_argument_spec)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils import evidence, probe
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
-    BYPASS_FWMARK, TABLE, Nft, NftError, counter_names, digest, render, replace_transaction,
+    BYPASS_FWMARK, TABLE, Nft, NftError, counter_names, digest, needs_conntrack, render, replace_transaction,
     with_counter_values, without_counter_values)
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.routing_guard import (
     DEFAULT_PRIORITY, BypassTable, LinkGroups, RoutingGuard, boot_script, bypass_routes, describe, describe_route,
@@ -636,10 +660,26 @@ def refuse_policy_based_ipsec(module, xfrm=XfrmSocket):
             setting='tunnel_interfaces', xfrm_policies=policies)
 
 
+FORWARDING_SYSCTLS = ('/proc/sys/net/ipv4/ip_forward', '/proc/sys/net/ipv6/conf/all/forwarding')
+
+
+def host_forwards():
+    """Whether the kernel forwards IPv4 or IPv6 now (a kernel without IPv6 has no such file)."""
+    for path in FORWARDING_SYSCTLS:
+        try:
+            with open(path) as f:
+                if f.read().strip() != '0':
+                    return True
+        except (IOError, OSError):
+            pass
+    return False
+
+
 def present(module, policy, nft, guard, state_path, nft_command):
     params = module.params
     refuse_policy_based_ipsec(module)
-    ruleset = render(policy, params['log'])
+    forwarding = host_forwards() if params['forwarding'] == 'auto' else params['forwarding'] == 'enabled'
+    ruleset = render(policy, params['log'], forwarding)
     wanted_rules = desired_rules(policy, params['routing_guard_priority']) if params['routing_guard'] else []
     transaction = replace_transaction(ruleset)
     files = owned_files(params, nft_command, transaction, wanted_rules, policy)
@@ -712,7 +752,8 @@ def present(module, policy, nft, guard, state_path, nft_command):
             persist_changed=bool(persisted) or unit_activated,
             tunnel_interfaces=list(policy.tunnel_interfaces), endpoints=len(policy.endpoints),
             dns_servers=len(policy.dns_servers), allow_lan=policy.allow_lan,
-            management=len(policy.management), exceptions=len(policy.exceptions)),
+            management=len(policy.management), exceptions=len(policy.exceptions),
+            forwarding=forwarding, conntrack=needs_conntrack(policy, forwarding)),
     )
 
 
@@ -757,6 +798,7 @@ def main():
             tunnel_fwmark=dict(type='int', default=51820),
             restrict_endpoints_to_tunnel=dict(type='bool', default=True),
             routing_guard=dict(type='bool', default=True),
+            forwarding=dict(type='str', default='auto', choices=['auto', 'enabled', 'disabled']),
             routing_guard_priority=dict(type='int', default=DEFAULT_PRIORITY),
             state_dir=dict(type='path', default='/var/lib/vpnguard-killswitch'),
             persist=dict(type='bool', default=False),
