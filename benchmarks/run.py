@@ -50,6 +50,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -336,8 +337,8 @@ def pin_process(pid, cpu):
 INTERVAL_S = 0.25
 SLOT_INTERVALS = 3
 # Pairs of (off, state) per repetition: more for the states the targets are about, and for
-# the two that tell conntrack's share apart.
-PAIRS_PER_REP = {'on': 3, 'entries': 2, 'noct': 2, 'ct': 2}
+# the table before issue 14, to compare with.
+PAIRS_PER_REP = {'on': 3, 'entries': 2, 'before': 2}
 TABLE = 'inet vpnguard_killswitch'
 CT_TABLE = 'inet bench_ct'
 # Diagnostic, no kill switch: one table with one rule that makes the kernel
@@ -345,7 +346,15 @@ CT_TABLE = 'inet bench_ct'
 # for every packet, whatever chain it is in).
 CT_ONLY = ('table %s {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n'
            '\t\tct state established accept\n\t}\n}\n' % CT_TABLE)
-DATAPATH_STATES = ('off', 'on', 'entries', 'nocounters', 'logall', 'noprerouting', 'noguard', 'noct', 'ct')
+# Diagnostic: the kill switch's base chains on their hooks with no rule at all, what any
+# nftables kill switch costs before its first rule.
+HOOKS_ONLY = 'table %s {\n%s}\n' % (TABLE, ''.join(
+    '\tchain %s {\n\t\ttype filter hook %s priority %s; policy accept;\n\t}\n' % (hook, hook, priority)
+    for hook, priority in (('prerouting', 'raw'), ('output', 'filter'), ('input', 'filter'), ('forward', 'filter'))))
+# The default table as it was before issue 14 (conntrack on, the tunnel's packets third).
+BEFORE = os.path.join(HERE, 'before-conntrack-off.nft')
+DATAPATH_STATES = ('off', 'on', 'entries', 'nocounters', 'logall', 'noprerouting', 'noguard', 'forwarding', 'ct',
+                   'hooks', 'before')
 
 
 def collection_utils():
@@ -360,11 +369,6 @@ def without_counters(ruleset):
     """The table with no counter at all: the named counters' objects and every rule's reference to one."""
     text = re.sub(r'\tcounter \w+ \{\n\t\}\n\n?', '', ruleset)
     return re.sub(r' ?counter name "\w+"', '', text)
-
-
-def without_conntrack(ruleset):
-    """The table without its rules that ask conntrack (so that the kernel tracks nothing)."""
-    return ''.join(line for line in ruleset.splitlines(True) if not re.search(r'\bct (state|mark|direction)\b', line))
 
 
 def without_chain(ruleset, chain):
@@ -385,8 +389,11 @@ def datapath_states(entries):
         'noprerouting': ('diagnostic: the kill switch without its prerouting chain',
                          without_chain(default, 'prerouting'), True),
         'noguard': ('diagnostic: the kill switch, routing guard off', default, False),
-        'noct': ('diagnostic: the kill switch without its ct rules (conntrack off)', without_conntrack(default), True),
+        'forwarding': ('the kill switch of a forwarding host (conntrack on)',
+                       nft.render(model.parse_policy(policy(0)), forwarding=True), True),
         'ct': ('diagnostic: no kill switch, one table with one ct rule (conntrack on)', CT_ONLY, False),
+        'hooks': ('diagnostic: the base chains on their hooks, no rule (the floor)', HOOKS_ONLY, False),
+        'before': ('the kill switch before issue 14 (conntrack on)', open(BEFORE).read(), True),
     }
 
 
@@ -594,6 +601,12 @@ def datapath(args, out_dir, log_path):
                     log('datapath rep %d %s: ' % (rep, proto) + ', '.join(
                         '%s %.3f' % (s, summary['paired_ratio_' + s]) for s in DATAPATH_STATES[1:]))
                 results['load'].append(load_snapshot())
+            if shutil.which('perf'):
+                results['profile_s'] = 3 if args.small else 6
+                results['profile'] = profile(lab, switch, PROFILE_STATES_SMALL if args.small else PROFILE_STATES,
+                                             results['profile_s'], server_log, lab.dir)
+            else:
+                log('perf not found: no profile of the sender CPU (Debian: linux-perf)')
             switch('off')
         finally:
             try:
@@ -601,6 +614,103 @@ def datapath(args, out_dir, log_path):
             except OSError:
                 pass
     results['summary'] = summarize_datapath(results)
+    return results
+
+
+# Where the sender's CPU goes, by state: perf samples that CPU while one
+# iperf3 stream runs and counts the samples in netfilter's functions. The
+# sender's CPU is the bottleneck (it runs the host's wireguard-go, its kernel
+# and the veth's delivery; perf sees it idle under 2 % of the time), so the
+# share of it that netfilter takes is what the kill switch costs the
+# throughput, measured to a fraction of a percent where the throughput
+# itself varies by 10 % from one slot to the next.
+PROFILE_STATES = ('off', 'on', 'entries', 'before', 'forwarding', 'ct', 'hooks', 'noprerouting')
+PROFILE_STATES_SMALL = ('off', 'on', 'before', 'forwarding', 'hooks')
+PROFILE_WARMUP_S = 1.5
+# Functions by what they do: nftables (the hooks, the chains, their expressions and sets)
+# and connection tracking (with its defragmentation). Generic helpers they call (hashing,
+# memcpy) are not counted, so both shares are lower bounds.
+NETFILTER_SYMBOLS = {
+    'rules': re.compile(r'^(nft_|__nft_|nf_tables_|nf_hook_slow|nf_hook_entr|nf_reinject)'),
+    'conntrack': re.compile(r'^(nf_conntrack|__nf_conntrack|nf_ct_|__nf_ct_|nf_confirm|__nf_confirm|ipv[46]_conntrack'
+                            r'|ipv[46]_confirm|hash_conntrack|nf_defrag|ipv6_defrag|nf_nat_)'),
+    # The CPU with nothing to run: when it is, the sender's CPU was not the bottleneck.
+    'idle': re.compile(r'(_idle|safe_halt|mwait|cpu_idle_poll)'),
+}
+PERF_LINE = re.compile(r'^\s*[\d.]+%\s+(\d+)\s+\S+\s+\[[k.]\]\s+(\S+)')
+
+
+def perf_shares(report_text):
+    """{'samples': n, 'rules': n, 'conntrack': n, 'idle': n} from `perf report -n --sort dso,sym` text."""
+    counts = dict(samples=0, rules=0, conntrack=0, idle=0)
+    for line in report_text.splitlines():
+        m = PERF_LINE.match(line)
+        if not m:
+            continue
+        n, symbol = int(m.group(1)), m.group(2)
+        counts['samples'] += n
+        for kind, pattern in NETFILTER_SYMBOLS.items():
+            if pattern.match(symbol):
+                counts[kind] += n
+    return counts
+
+
+def wilson_interval(k, n, z=1.96):
+    """95 % interval of a proportion k/n (Wilson score): the samples are the repetitions here."""
+    if not n:
+        return None
+    p = k / float(n)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def profile(lab, switch, states, seconds, server_log_path, log_dir):
+    """{state: {proto: counts and Mbit/s}} of the sender's CPU while one stream runs in each state."""
+    results = {}
+    server = ServerLog(server_log_path)
+    for state in states:
+        for proto in ('tcp', 'udp'):
+            switch(state)
+            command = pinned(SENDER_CPU) + ['iperf3', '-c', TUNNEL_SERVER, '-p', str(IPERF_PORT), '-f', 'm',
+                                            '-t', str(int(seconds + PROFILE_WARMUP_S + 2)), '-i', '0']
+            if proto == 'udp':
+                command += ['-u', '-b', '0', '-l', '1300']
+            data = os.path.join(log_dir, 'perf-%s-%s.data' % (state, proto))
+            argv = ['nsenter', '-t', str(lab.lab.pid(HOST)), '-n', '-m', '-u', '--'] + command
+            with tempfile.TemporaryFile() as out:
+                client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                try:
+                    time.sleep(PROFILE_WARMUP_S)
+                    subprocess.run(['perf', 'record', '-q', '-a', '-C', str(SENDER_CPU), '-o', data, '--',
+                                    'sleep', str(seconds)], check=True, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=seconds + 30)
+                finally:
+                    client.send_signal(signal.SIGINT)  # iperf3 ends the test and tells the server
+                    try:
+                        client.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        client.kill()
+                        client.wait()
+                out.seek(0)
+                summary = out.read().decode(errors='replace')
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any('Server listening' in line for line in server.lines()):
+                time.sleep(0.05)
+            # A stream that never ran would profile an idle CPU and read as a free kill switch.
+            received = re.findall(r'([\d.]+) Mbits/sec.*receiver', summary)
+            if not received or float(received[-1]) <= 0:
+                raise RuntimeError('profile %s %s: iperf3 moved nothing: %s' % (state, proto, summary[-500:]))
+            text = subprocess.run(['perf', 'report', '-i', data, '-n', '--no-children', '--sort', 'dso,sym',
+                                   '-g', 'none', '-q', '--percent-limit', '0'], capture_output=True, text=True,
+                                  check=True, timeout=120).stdout
+            os.unlink(data)
+            counts = results.setdefault(state, {})[proto] = perf_shares(text)
+            counts['mbps'] = float(received[-1])
+            log('profile %s %s: %.0f Mbit/s, %d samples, idle %.1f %%, nftables %.2f %%, conntrack %.2f %%' % (
+                state, proto, counts['mbps'], counts['samples'], 100.0 * counts['idle'] / max(counts['samples'], 1),
+                100.0 * counts['rules'] / max(counts['samples'], 1),
+                100.0 * counts['conntrack'] / max(counts['samples'], 1)))
     return results
 
 
@@ -765,6 +875,26 @@ def markdown(data):
         lines += ['', 'Medians, Mbit/s received: ' + '; '.join(
             '%s %s' % (proto.upper(), ', '.join('%s %.0f' % (st, m) for st, m in dp['summary'][proto]['median_mbps'].items()))
             for proto in ('tcp', 'udp')) + '.', '']
+    if dp and dp.get('profile'):
+        lines += ['Where the sender\'s CPU goes (perf, %d s per state and protocol, one stream): the share of its samples '
+                  'in nftables and in connection tracking, with the 95 %% interval of the total; the CPU\'s idle share '
+                  'says whether it was the bottleneck:' % dp['profile_s'], '',
+                  '| State | TCP nftables | TCP conntrack | TCP netfilter | TCP idle | UDP nftables | UDP conntrack '
+                  '| UDP netfilter | UDP idle |', '| --- |' + ' ---: |' * 8]
+        for state in DATAPATH_STATES:
+            if state not in dp['profile']:
+                continue
+            cells = []
+            for proto in ('tcp', 'udp'):
+                c = dp['profile'][state][proto]
+                n = float(max(c['samples'], 1))
+                low, high = wilson_interval(c['rules'] + c['conntrack'], c['samples'])
+                cells += ['%.2f %%' % (100 * c['rules'] / n), '%.2f %%' % (100 * c['conntrack'] / n),
+                          '%.2f %% (%.2f-%.2f)' % (100 * (c['rules'] + c['conntrack']) / n, 100 * low, 100 * high),
+                          '%.1f %%' % (100 * c['idle'] / n)]
+            label = dp['states'][state] if state != 'off' else 'no kill switch'
+            lines.append('| %s | %s |' % (label, ' | '.join(cells)))
+        lines.append('')
     ap = data.get('apply')
     if ap:
         mod = ap['module']
@@ -814,6 +944,15 @@ def targets(data):
                 out.append('%s: %s %s paired ratio %.3f (95 %% CI %.3f-%.3f, target >= %.2f)' % (
                     verdict(s['paired_ratio_' + state] >= target), proto.upper(), state,
                     s['paired_ratio_' + state], low, high, target))
+                c = dp.get('profile', {}).get(state, {}).get(proto)
+                if c and c['samples']:
+                    # What the throughput can be at most, if all of netfilter's share came off a busy sender CPU.
+                    low, high = wilson_interval(c['rules'] + c['conntrack'], c['samples'])
+                    share = (c['rules'] + c['conntrack']) / float(c['samples'])
+                    out.append('%s: %s %s takes %.2f %% (95 %% CI %.2f-%.2f) of the sender CPU, so %.3f of the '
+                               'throughput is left (target >= %.2f)' % (
+                                   verdict(1 - high >= target), proto.upper(), state, 100 * share, 100 * low,
+                                   100 * high, 1 - share, target))
     ap = data.get('apply')
     if ap:
         worst = max(ap['module']['entries'][k]['median_wall_s'] for k in ('first', 'replace'))
