@@ -19,6 +19,17 @@
                                         UDP sockets bound to LOCAL:PORT, each connected to its peer
                                         and sending one datagram there (so conntrack tracks the
                                         flow); prints which of them received TEXT within SECONDS
+    traffic.py icmp-error IFACE MAC ROUTER MTU PROTO SRC:PORT>DST:PORT [ROUTER MTU PROTO ...]...
+                                        ICMP errors a router on the path would send: "fragmentation
+                                        needed" (IPv4) or "packet too big" (IPv6) with MTU, from
+                                        ROUTER to SRC, quoting SRC's PROTO (udp|tcp) packet to DST:
+                                        its IP header (IPv4 with DF) and the first 8 bytes of its
+                                        transport header; forged whole and put on IFACE's wire for
+                                        the station MAC, in order, from one CPU
+    traffic.py hold SECONDS PROTO SRC:PORT>DST:PORT...
+                                        sockets of PROTO (udp|tcp) bound to SRC:PORT and connected
+                                        to DST:PORT (UDP sends one datagram); prints ready, and on
+                                        SIGTERM (or after SECONDS) each socket's path MTU as JSON
     traffic.py channels IFACE PREFIX
                                         DHCP, DHCPv6, neighbour discovery and MLD messages to the
                                         internet host, from a socket bound to IFACE, each carrying
@@ -28,6 +39,7 @@
 import json
 import os
 import select
+import signal
 import socket
 import struct
 import sys
@@ -218,30 +230,97 @@ def _endpoint(text):
     return address.strip('[]'), int(port)
 
 
-def inject(interface, mac, source, destination, text):
-    """An attacker on the link: a datagram with a forged source, straight onto the wire (AF_PACKET)."""
-    (src, sport), (dst, dport) = _endpoint(source), _endpoint(destination)
-    family = socket.AF_INET6 if ':' in src else socket.AF_INET
+def _ip_packet(family, src, dst, proto, payload, length=None, dont_fragment=False):
+    """payload behind an IP header from src to dst; length: the packet's claimed length (a quoted packet's is its whole)."""
     s_bytes, d_bytes = socket.inet_pton(family, src), socket.inet_pton(family, dst)
-    length = 8 + len(text)
-    udp = struct.pack('!HHHH', sport, dport, length, 0) + text.encode()
     if family == socket.AF_INET6:
-        pseudo = s_bytes + d_bytes + struct.pack('!I3xB', length, 17)
-        ip = struct.pack('!IHBB', 6 << 28, length, 17, 64) + s_bytes + d_bytes
-        ethertype = 0x86dd
-    else:
-        pseudo = s_bytes + d_bytes + struct.pack('!xBH', 17, length)
-        header = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + length, 0, 0, 64, 17, 0, s_bytes, d_bytes)
-        ip = header[:10] + struct.pack('!H', _checksum(header)) + header[12:]
-        ethertype = 0x0800
-    udp = udp[:6] + struct.pack('!H', _checksum(pseudo + udp) or 0xffff) + udp[8:]
+        payload_length = len(payload) if length is None else length - 40
+        return struct.pack('!IHBB', 6 << 28, payload_length, proto, 64) + s_bytes + d_bytes + payload
+    header = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(payload) if length is None else length, 0,
+                         0x4000 if dont_fragment else 0, 64, proto, 0, s_bytes, d_bytes)
+    return header[:10] + struct.pack('!H', _checksum(header)) + header[12:] + payload
+
+
+def _pseudo_header(family, src, dst, proto, length):
+    """What the UDP, TCP and ICMPv6 checksums cover besides the message itself."""
+    s_bytes, d_bytes = socket.inet_pton(family, src), socket.inet_pton(family, dst)
+    if family == socket.AF_INET6:
+        return s_bytes + d_bytes + struct.pack('!I3xB', length, proto)
+    return s_bytes + d_bytes + struct.pack('!xBH', proto, length)
+
+
+def _put_on_wire(interface, mac, family, packet):
+    """An attacker (or a router) on the link: packet straight onto interface's wire for the station mac (AF_PACKET)."""
+    ethertype = 0x86dd if family == socket.AF_INET6 else 0x0800
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     try:
         s.bind((interface, 0))
         own = s.getsockname()[4]
-        s.send(bytes.fromhex(mac.replace(':', '')) + own + struct.pack('!H', ethertype) + ip + udp)
+        s.send(bytes.fromhex(mac.replace(':', '')) + own + struct.pack('!H', ethertype) + packet)
     finally:
         s.close()
+
+
+def inject(interface, mac, source, destination, text):
+    """An attacker on the link: a datagram with a forged source."""
+    (src, sport), (dst, dport) = _endpoint(source), _endpoint(destination)
+    family = socket.AF_INET6 if ':' in src else socket.AF_INET
+    length = 8 + len(text)
+    udp = struct.pack('!HHHH', sport, dport, length, 0) + text.encode()
+    udp = udp[:6] + struct.pack('!H', _checksum(_pseudo_header(family, src, dst, 17, length) + udp) or 0xffff) + udp[8:]
+    _put_on_wire(interface, mac, family, _ip_packet(family, src, dst, 17, udp))
+
+
+def icmp_errors(interface, mac, specs):
+    """Each spec (ROUTER, MTU, PROTO, SRC:PORT>DST:PORT): the error about a packet too big for the next hop.
+
+    The quoted packet claims 1500 bytes, so that MTU lowers its path. All
+    frames go out from one CPU: each then goes through the receiving stack in
+    the order sent, so that a last one seen means the others are done with.
+    """
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    for router, mtu, proto, quoted in zip(*[iter(specs)] * 4):
+        source, destination = quoted.split('>')
+        (src, sport), (dst, dport) = _endpoint(source), _endpoint(destination)
+        family = socket.AF_INET6 if ':' in src else socket.AF_INET
+        number = {'udp': 17, 'tcp': 6}[proto]
+        # UDP: ports, length, checksum; TCP: ports and the sequence number.
+        transport = struct.pack('!HHHH', sport, dport, 1480, 0) if proto == 'udp' else struct.pack('!HHI', sport, dport, 0)
+        quote = _ip_packet(family, src, dst, number, transport, length=1500, dont_fragment=True)
+        if family == socket.AF_INET6:
+            message = struct.pack('!BBHI', 2, 0, 0, int(mtu)) + quote
+            checksum = _checksum(_pseudo_header(family, router, src, 58, len(message)) + message)
+        else:
+            message = struct.pack('!BBHHH', 3, 4, 0, 0, int(mtu)) + quote
+            checksum = _checksum(message)
+        message = message[:2] + struct.pack('!H', checksum) + message[4:]
+        _put_on_wire(interface, mac, family, _ip_packet(family, router, src, 58 if family == socket.AF_INET6 else 1, message))
+
+
+def hold(seconds, proto, pairs):
+    """Flows that stay open until SIGTERM, then each one's path MTU as the kernel keeps it for its socket."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    sockets = {}
+    for pair in pairs:
+        local, peer = (_endpoint(end) for end in pair.split('>'))
+        family = socket.AF_INET6 if ':' in local[0] else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_DGRAM if proto == 'udp' else socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(local)
+        s.settimeout(2)
+        s.connect(peer)
+        if proto == 'udp':
+            s.send(b'opening')
+        sockets[pair] = s
+    print('ready', flush=True)
+    signal.sigtimedwait({signal.SIGTERM}, float(seconds))
+    mtu = {}
+    for pair, s in sockets.items():
+        if s.family == socket.AF_INET6:
+            mtu[pair] = s.getsockopt(socket.IPPROTO_IPV6, 24)  # IPV6_MTU
+        else:
+            mtu[pair] = s.getsockopt(socket.IPPROTO_IP, 14)  # IP_MTU
+    print(json.dumps(mtu, sort_keys=True), flush=True)
 
 
 def injectable(port, seconds, text, pairs):
@@ -338,5 +417,9 @@ if __name__ == '__main__':
         inject(*sys.argv[2:7])
     elif mode == 'injectable':
         injectable(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
+    elif mode == 'icmp-error':
+        icmp_errors(sys.argv[2], sys.argv[3], sys.argv[4:])
+    elif mode == 'hold':
+        hold(sys.argv[2], sys.argv[3], sys.argv[4:])
     elif mode == 'channels':
         channels(sys.argv[2], sys.argv[3])
