@@ -136,10 +136,10 @@ def test_policy_based_ipsec_is_refused_before_anything_is_touched_and_route_base
 def test_drift_is_seen_and_healed(host):
     host.module(**POLICY)
     host.sh('nft delete rule inet vpnguard_killswitch output handle '
-            '$(nft -a list chain inet vpnguard_killswitch output | grep "oifname \\"lo\\"" | sed "s/.*handle //")')
+            '$(nft -a list chain inet vpnguard_killswitch output | grep "oif \\"lo\\"" | sed "s/.*handle //")')
     assert host.module('--check', **POLICY)['changed']
     assert host.module(**POLICY)['changed']
-    assert 'oifname "lo" accept' in host.table()
+    assert 'oif "lo" accept' in host.table()
 
     host.sh('ip -N -4 rule del priority 32765 unreachable')
     drift = host.module('--check', **POLICY)
