@@ -1,7 +1,7 @@
 """Benchmarks of vpnguard.killswitch on the namespace lab (tests/lab/vpnlab.py).
 
     benchmarks/run [--small] [--hosts 1,10,50] [--entries 10000] [--repeat N]
-                   [--fleet-repeat N] [--phases datapath,apply,fleet]
+                   [--fleet-repeat N] [--phases datapath,profile,apply,fleet]
                    [--out DIR] [--state DIR] [--keep-other-phases]
 
 Phases, each on a lab of its own made here with vpnlab's Lab class and
@@ -19,6 +19,12 @@ datapath  TCP and UDP throughput through the WireGuard tunnel (iperf3 server in
           Reported: per pair, state / off for Mbit/s and for Mbit per CPU
           second of the datapath's processes; the median of the pairs with a
           bootstrap 95 % interval.
+profile   Where the sender's CPU goes in each state (PROFILE_STATES): one iperf3
+          stream (TCP, then UDP) per state, perf record on the sender's CPU for
+          6 s (3 with --small) in its middle; the share of the datapath
+          processes' samples in nftables' and in conntrack's functions, with a
+          Wilson 95 % interval, and the idle share (the CPU was the bottleneck
+          when it is near 0). Needs perf (Debian: linux-perf); skipped without.
 apply     The module's payload as Ansible ships it (AnsiballZ, kept on the host
           with ANSIBLE_KEEP_REMOTE_FILES=1 after one run of benchmarks/module.yml)
           run by itself with the host's /usr/bin/python3 inside the host's
@@ -557,62 +563,76 @@ def run_slots(lab, switch, proto, slots, server_log_path, datapath_pids):
     return results
 
 
-def datapath(args, out_dir, log_path):
-    states = datapath_states(args.entries)
-    results = {'states': dict((s, v[0]) for s, v in states.items()), 'interval_s': INTERVAL_S,
-               'slot_intervals': SLOT_INTERVALS, 'pairs_per_rep': PAIRS_PER_REP, 'repeat': args.repeat,
-               'samples': [], 'load': [load_snapshot()]}
-    rng = random.Random(14)
-    with BenchLab(args.state, 1) as lab:
-        payloads = Payloads(lab, log_path)
-        payloads.make('off', {'state': 'absent'})
-        payloads.make('on', policy(0))
-        switch = StateSwitch(lab, states)
-        check_states_match_module(lab, payloads, switch, args.entries)
-        processes = lab.lab.state['processes']
-        pin_process(processes['wgs'], RECEIVER_CPU)
-        pin_process(processes[HOST + ':wg0'], SENDER_CPU)
-        results['pinning'] = ({'sender_cpu': SENDER_CPU, 'receiver_cpu': RECEIVER_CPU} if os.cpu_count() >= 2 else None)
-        server_log = os.path.join(lab.dir, 'iperf3.log')
-        server = lab.lab.spawn('isp', pinned(RECEIVER_CPU) + [
-            'iperf3', '-s', '--forceflush', '-f', 'm', '-i', str(INTERVAL_S), '-B', TUNNEL_SERVER,
-            '-p', str(IPERF_PORT)], 'iperf3.log')
+class TunnelBench:
+    """A one-host lab with the states ready to switch, the tunnel's two ends pinned and an iperf3 server."""
+
+    def __init__(self, args, log_path, states):
+        self.args, self.log_path, self.states = args, log_path, states
+
+    def __enter__(self):
+        self.bench_lab = BenchLab(self.args.state, 1)
+        lab = self.lab = self.bench_lab.__enter__()
         try:
-            lab.lab._wait('the iperf3 server', lambda: os.path.exists(server_log)
-                          and b'listening' in open(server_log, 'rb').read(), seconds=10)
-            datapath_pids = [processes['wgs'], processes[HOST + ':wg0'], server]
-            pair = 0
-            for rep in range(args.repeat):
-                for proto in ('tcp', 'udp'):
-                    # Every state next to an 'off' slot, in a random order and on a random side of it:
-                    # a drift of the machine's speed hits both sides of a pair alike.
-                    pairs = [s for s in states if s != 'off' for _ in range(PAIRS_PER_REP.get(s, 1))]
-                    rng.shuffle(pairs)
-                    slots, pair_ids = [], []
-                    for s in pairs:
-                        order = ['off', s] if rng.random() < 0.5 else [s, 'off']
-                        slots += order
-                        pair_ids += [pair, pair]
-                        pair += 1
-                    for sample, pair_id in zip(run_slots(lab, switch, proto, slots, server_log, datapath_pids), pair_ids):
-                        sample.update(rep=rep, proto=proto, pair=pair_id)
-                        results['samples'].append(sample)
-                    summary = summarize_datapath(results)[proto]
-                    log('datapath rep %d %s: ' % (rep, proto) + ', '.join(
-                        '%s %.3f' % (s, summary['paired_ratio_' + s]) for s in DATAPATH_STATES[1:]))
-                results['load'].append(load_snapshot())
-            if shutil.which('perf'):
-                results['profile_s'] = 3 if args.small else 6
-                results['profile'] = profile(lab, switch, PROFILE_STATES_SMALL if args.small else PROFILE_STATES,
-                                             results['profile_s'], server_log, lab.dir)
-            else:
-                log('perf not found: no profile of the sender CPU (Debian: linux-perf)')
-            switch('off')
-        finally:
+            payloads = Payloads(lab, self.log_path)
+            payloads.make('off', {'state': 'absent'})
+            payloads.make('on', policy(0))
+            self.switch = StateSwitch(lab, self.states)
+            check_states_match_module(lab, payloads, self.switch, self.args.entries)
+            processes = lab.lab.state['processes']
+            pin_process(processes['wgs'], RECEIVER_CPU)
+            pin_process(processes[HOST + ':wg0'], SENDER_CPU)
+            self.server_log = os.path.join(lab.dir, 'iperf3.log')
+            self.server = lab.lab.spawn('isp', pinned(RECEIVER_CPU) + [
+                'iperf3', '-s', '--forceflush', '-f', 'm', '-i', str(INTERVAL_S), '-B', TUNNEL_SERVER,
+                '-p', str(IPERF_PORT)], 'iperf3.log')
+            lab.lab._wait('the iperf3 server', lambda: os.path.exists(self.server_log)
+                          and b'listening' in open(self.server_log, 'rb').read(), seconds=10)
+            self.datapath_pids = [processes['wgs'], processes[HOST + ':wg0'], self.server]
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        server = getattr(self, 'server', None)
+        if server:
             try:
                 os.kill(server, signal.SIGTERM)
             except OSError:
                 pass
+        return self.bench_lab.__exit__(*exc)
+
+
+def datapath(args, out_dir, log_path):
+    states = datapath_states(args.entries)
+    results = {'states': dict((s, v[0]) for s, v in states.items()), 'interval_s': INTERVAL_S,
+               'slot_intervals': SLOT_INTERVALS, 'pairs_per_rep': PAIRS_PER_REP, 'repeat': args.repeat,
+               'samples': [], 'load': [load_snapshot()],
+               'pinning': ({'sender_cpu': SENDER_CPU, 'receiver_cpu': RECEIVER_CPU} if os.cpu_count() >= 2 else None)}
+    rng = random.Random(14)
+    with TunnelBench(args, log_path, states) as bench:
+        pair = 0
+        for rep in range(args.repeat):
+            for proto in ('tcp', 'udp'):
+                # Every state next to an 'off' slot, in a random order and on a random side of it:
+                # a drift of the machine's speed hits both sides of a pair alike.
+                pairs = [s for s in states if s != 'off' for _ in range(PAIRS_PER_REP.get(s, 1))]
+                rng.shuffle(pairs)
+                slots, pair_ids = [], []
+                for s in pairs:
+                    order = ['off', s] if rng.random() < 0.5 else [s, 'off']
+                    slots += order
+                    pair_ids += [pair, pair]
+                    pair += 1
+                for sample, pair_id in zip(run_slots(bench.lab, bench.switch, proto, slots, bench.server_log,
+                                                     bench.datapath_pids), pair_ids):
+                    sample.update(rep=rep, proto=proto, pair=pair_id)
+                    results['samples'].append(sample)
+                summary = summarize_datapath(results)[proto]
+                log('datapath rep %d %s: ' % (rep, proto) + ', '.join(
+                    '%s %.3f' % (s, summary['paired_ratio_' + s]) for s in DATAPATH_STATES[1:]))
+            results['load'].append(load_snapshot())
+        bench.switch('off')
     results['summary'] = summarize_datapath(results)
     return results
 
@@ -637,20 +657,27 @@ NETFILTER_SYMBOLS = {
     # The CPU with nothing to run: when it is, the sender's CPU was not the bottleneck.
     'idle': re.compile(r'(_idle|safe_halt|mwait|cpu_idle_poll)'),
 }
-PERF_LINE = re.compile(r'^\s*[\d.]+%\s+(\d+)\s+\S+\s+\[[k.]\]\s+(\S+)')
+# The datapath's own processes on the sender CPU (softirq work runs in whichever is current):
+# other programs' samples (other guests' tests) are left out of the shares.
+DATAPATH_COMMS = ('wireguard-go', 'iperf3', 'ksoftirqd/%d' % SENDER_CPU, 'swapper')
+PERF_LINE = re.compile(r'^\s*[\d.]+%\s+(\d+)\s+(\S+)\s+\S+\s+\[[k.]\]\s+(\S+)')
 
 
 def perf_shares(report_text):
-    """{'samples': n, 'rules': n, 'conntrack': n, 'idle': n} from `perf report -n --sort dso,sym` text."""
-    counts = dict(samples=0, rules=0, conntrack=0, idle=0)
+    """{'samples': n, 'rules': n, 'conntrack': n, 'idle': n, 'others': n} of the datapath's processes,
+    from `perf report -n --sort comm,dso,sym` text."""
+    counts = dict(samples=0, rules=0, conntrack=0, idle=0, others=0)
     for line in report_text.splitlines():
         m = PERF_LINE.match(line)
         if not m:
             continue
-        n, symbol = int(m.group(1)), m.group(2)
+        n, comm, symbol = int(m.group(1)), m.group(2), m.group(3)
+        if comm not in DATAPATH_COMMS:
+            counts['others'] += n
+            continue
         counts['samples'] += n
         for kind, pattern in NETFILTER_SYMBOLS.items():
-            if pattern.match(symbol):
+            if pattern.search(symbol):
                 counts[kind] += n
     return counts
 
@@ -665,18 +692,37 @@ def wilson_interval(k, n, z=1.96):
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def profile(lab, switch, states, seconds, server_log_path, log_dir):
-    """{state: {proto: counts and Mbit/s}} of the sender's CPU while one stream runs in each state."""
+def profile(args, out_dir, log_path):
+    """The profile phase: {'states': {state: {proto: counts and Mbit/s}}} of the sender's CPU while one
+    stream runs in each state."""
+    if not shutil.which('perf'):
+        log('perf not found: no profile of the sender CPU (Debian: linux-perf)')
+        return {'skipped': 'perf not found'}
+    names = PROFILE_STATES_SMALL if args.small else PROFILE_STATES
+    states = datapath_states(args.entries)
+    seconds = 3 if args.small else 6
+    results = {'states': dict((s, states[s][0]) for s in names), 'seconds': seconds, 'by_state': {},
+               'load': [load_snapshot()]}
+    with TunnelBench(args, log_path, states) as bench:
+        results['by_state'] = profile_states(bench, names, seconds)
+        bench.switch('off')
+    results['load'].append(load_snapshot())
+    return results
+
+
+def profile_states(bench, states, seconds):
+    lab, switch = bench.lab, bench.switch
     results = {}
-    server = ServerLog(server_log_path)
+    server = ServerLog(bench.server_log)
     for state in states:
         for proto in ('tcp', 'udp'):
             switch(state)
+            # It ends by itself after the profile, so that it reports what the receiver got.
             command = pinned(SENDER_CPU) + ['iperf3', '-c', TUNNEL_SERVER, '-p', str(IPERF_PORT), '-f', 'm',
-                                            '-t', str(int(seconds + PROFILE_WARMUP_S + 2)), '-i', '0']
+                                            '-t', str(int(seconds + PROFILE_WARMUP_S + 1)), '-i', '0']
             if proto == 'udp':
                 command += ['-u', '-b', '0', '-l', '1300']
-            data = os.path.join(log_dir, 'perf-%s-%s.data' % (state, proto))
+            data = os.path.join(lab.dir, 'perf-%s-%s.data' % (state, proto))
             argv = ['nsenter', '-t', str(lab.lab.pid(HOST)), '-n', '-m', '-u', '--'] + command
             with tempfile.TemporaryFile() as out:
                 client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
@@ -685,11 +731,9 @@ def profile(lab, switch, states, seconds, server_log_path, log_dir):
                     subprocess.run(['perf', 'record', '-q', '-a', '-C', str(SENDER_CPU), '-o', data, '--',
                                     'sleep', str(seconds)], check=True, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=seconds + 30)
+                    client.wait(timeout=seconds + 20)
                 finally:
-                    client.send_signal(signal.SIGINT)  # iperf3 ends the test and tells the server
-                    try:
-                        client.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
+                    if client.poll() is None:
                         client.kill()
                         client.wait()
                 out.seek(0)
@@ -701,14 +745,16 @@ def profile(lab, switch, states, seconds, server_log_path, log_dir):
             received = re.findall(r'([\d.]+) Mbits/sec.*receiver', summary)
             if not received or float(received[-1]) <= 0:
                 raise RuntimeError('profile %s %s: iperf3 moved nothing: %s' % (state, proto, summary[-500:]))
-            text = subprocess.run(['perf', 'report', '-i', data, '-n', '--no-children', '--sort', 'dso,sym',
+            text = subprocess.run(['perf', 'report', '-i', data, '-n', '--no-children', '--sort', 'comm,dso,sym',
                                    '-g', 'none', '-q', '--percent-limit', '0'], capture_output=True, text=True,
                                   check=True, timeout=120).stdout
             os.unlink(data)
             counts = results.setdefault(state, {})[proto] = perf_shares(text)
             counts['mbps'] = float(received[-1])
-            log('profile %s %s: %.0f Mbit/s, %d samples, idle %.1f %%, nftables %.2f %%, conntrack %.2f %%' % (
-                state, proto, counts['mbps'], counts['samples'], 100.0 * counts['idle'] / max(counts['samples'], 1),
+            log('profile %s %s: %.0f Mbit/s, %d samples (%d of others left out), idle %.1f %%, nftables %.2f %%, '
+                'conntrack %.2f %%' % (
+                state, proto, counts['mbps'], counts['samples'], counts['others'],
+                100.0 * counts['idle'] / max(counts['samples'], 1),
                 100.0 * counts['rules'] / max(counts['samples'], 1),
                 100.0 * counts['conntrack'] / max(counts['samples'], 1)))
     return results
@@ -875,24 +921,25 @@ def markdown(data):
         lines += ['', 'Medians, Mbit/s received: ' + '; '.join(
             '%s %s' % (proto.upper(), ', '.join('%s %.0f' % (st, m) for st, m in dp['summary'][proto]['median_mbps'].items()))
             for proto in ('tcp', 'udp')) + '.', '']
-    if dp and dp.get('profile'):
-        lines += ['Where the sender\'s CPU goes (perf, %d s per state and protocol, one stream): the share of its samples '
-                  'in nftables and in connection tracking, with the 95 %% interval of the total; the CPU\'s idle share '
-                  'says whether it was the bottleneck:' % dp['profile_s'], '',
+    pr = data.get('profile')
+    if pr and pr.get('by_state'):
+        lines += ['Where the sender\'s CPU goes (perf, %d s per state and protocol, one stream each): the share of the '
+                  'datapath\'s samples in nftables and in connection tracking, with the 95 %% interval of the total; '
+                  'the idle share says whether that CPU was the bottleneck:' % pr['seconds'], '',
                   '| State | TCP nftables | TCP conntrack | TCP netfilter | TCP idle | UDP nftables | UDP conntrack '
                   '| UDP netfilter | UDP idle |', '| --- |' + ' ---: |' * 8]
         for state in DATAPATH_STATES:
-            if state not in dp['profile']:
+            if state not in pr['by_state']:
                 continue
             cells = []
             for proto in ('tcp', 'udp'):
-                c = dp['profile'][state][proto]
+                c = pr['by_state'][state][proto]
                 n = float(max(c['samples'], 1))
                 low, high = wilson_interval(c['rules'] + c['conntrack'], c['samples'])
                 cells += ['%.2f %%' % (100 * c['rules'] / n), '%.2f %%' % (100 * c['conntrack'] / n),
                           '%.2f %% (%.2f-%.2f)' % (100 * (c['rules'] + c['conntrack']) / n, 100 * low, 100 * high),
                           '%.1f %%' % (100 * c['idle'] / n)]
-            label = dp['states'][state] if state != 'off' else 'no kill switch'
+            label = pr['states'][state]
             lines.append('| %s | %s |' % (label, ' | '.join(cells)))
         lines.append('')
     ap = data.get('apply')
@@ -944,7 +991,7 @@ def targets(data):
                 out.append('%s: %s %s paired ratio %.3f (95 %% CI %.3f-%.3f, target >= %.2f)' % (
                     verdict(s['paired_ratio_' + state] >= target), proto.upper(), state,
                     s['paired_ratio_' + state], low, high, target))
-                c = dp.get('profile', {}).get(state, {}).get(proto)
+                c = data.get('profile', {}).get('by_state', {}).get(state, {}).get(proto)
                 if c and c['samples']:
                     # What the throughput can be at most, if all of netfilter's share came off a busy sender CPU.
                     low, high = wilson_interval(c['rules'] + c['conntrack'], c['samples'])
@@ -953,6 +1000,17 @@ def targets(data):
                                'throughput is left (target >= %.2f)' % (
                                    verdict(1 - high >= target), proto.upper(), state, 100 * share, 100 * low,
                                    100 * high, 1 - share, target))
+    if not dp:
+        for proto in ('tcp', 'udp'):
+            for state in ('on', 'entries'):
+                c = data.get('profile', {}).get('by_state', {}).get(state, {}).get(proto)
+                if c and c['samples']:
+                    low, high = wilson_interval(c['rules'] + c['conntrack'], c['samples'])
+                    share = (c['rules'] + c['conntrack']) / float(c['samples'])
+                    out.append('%s: %s %s takes %.2f %% (95 %% CI %.2f-%.2f) of the sender CPU, so %.3f of the '
+                               'throughput is left (target >= %.2f)' % (
+                                   verdict(1 - high >= TARGETS['ratio_default']), proto.upper(), state, 100 * share,
+                                   100 * low, 100 * high, 1 - share, TARGETS['ratio_default']))
     ap = data.get('apply')
     if ap:
         worst = max(ap['module']['entries'][k]['median_wall_s'] for k in ('first', 'replace'))
@@ -1055,7 +1113,7 @@ def parse_args(argv):
     parser.add_argument('--repeat', type=int, help='datapath and apply repetitions (default 15)')
     parser.add_argument('--fleet-repeat', type=int, help='fleet repetitions (default 3)')
     parser.add_argument('--forks', type=int, default=10)
-    parser.add_argument('--phases', default='datapath,apply,fleet')
+    parser.add_argument('--phases', default='datapath,profile,apply,fleet')
     parser.add_argument('--out', help='directory for latest.json/.png/.md (default benchmarks/results, '
                                       'or benchmarks/results/small with --small)')
     parser.add_argument('--keep-other-phases', action='store_true',
@@ -1076,7 +1134,7 @@ def parse_args(argv):
         parser.error('--repeat and --fleet-repeat must be at least 1')
     doh_addresses(args.entries)
     args.phases = [p for p in args.phases.split(',') if p]
-    unknown = set(args.phases) - {'datapath', 'apply', 'fleet'}
+    unknown = set(args.phases) - {'datapath', 'profile', 'apply', 'fleet'}
     if unknown:
         parser.error('--phases: unknown %s' % ', '.join(sorted(unknown)))
     if args.out is None:
@@ -1117,6 +1175,9 @@ def main(argv=None):
                             'namespace; TCP and UDP -b 0 -l 1300, receiver Mbit/s per 0.25 s interval; states '
                             'switched by nft transactions within one stream, each slot paired with an adjacent '
                             'off slot in random order; medians of per-pair ratios, bootstrap 95 % intervals',
+                'profile': 'perf record -a -C <sender CPU> during one iperf3 stream per state and protocol; '
+                           'samples of wireguard-go, iperf3, ksoftirqd and idle, by function name: nft_*/nf_hook* '
+                           '(nftables) and nf_conntrack*/nf_ct_*/nf_defrag* (conntrack)',
                 'apply': 'the AnsiballZ payload Ansible ships, kept with ANSIBLE_KEEP_REMOTE_FILES, run by '
                          '/usr/bin/python3 inside the host namespaces; wall = fork to exit; apply_probe.py times '
                          'the nft steps in-process',
@@ -1133,13 +1194,14 @@ def main(argv=None):
         if previous['params']['entries'] != args.entries:
             raise SystemExit('--keep-other-phases: %s was taken with %d entries, not %d'
                              % (json_path, previous['params']['entries'], args.entries))
-        for phase in ('datapath', 'apply', 'fleet'):
+        for phase in ('datapath', 'profile', 'apply', 'fleet'):
             if phase not in args.phases and phase in previous:
                 data[phase] = previous[phase]
                 log('keeping the %s figures of %s' % (phase, previous[phase].get('date', previous['date'])))
     started = time.time()
     try:
-        for phase, function in (('datapath', datapath), ('apply', apply_latency), ('fleet', fleet)):
+        for phase, function in (('datapath', datapath), ('profile', profile), ('apply', apply_latency),
+                                ('fleet', fleet)):
             if phase in args.phases:
                 phase_start = time.time()
                 data[phase] = function(args, args.out, log_path)
