@@ -982,35 +982,27 @@ def markdown(data):
 
 def targets(data):
     out = []
+    state_targets = (('on', TARGETS['ratio_default']), ('entries', TARGETS['ratio_entries']))
     dp = data.get('datapath')
-    if dp:
-        for proto in ('tcp', 'udp'):
-            s = dp['summary'][proto]
-            for state, target in (('on', TARGETS['ratio_default']), ('entries', TARGETS['ratio_entries'])):
-                low, high = s['paired_ratio_ci95_' + state]
-                out.append('%s: %s %s paired ratio %.3f (95 %% CI %.3f-%.3f, target >= %.2f)' % (
-                    verdict(s['paired_ratio_' + state] >= target), proto.upper(), state,
-                    s['paired_ratio_' + state], low, high, target))
-                c = data.get('profile', {}).get('by_state', {}).get(state, {}).get(proto)
-                if c and c['samples']:
-                    # What the throughput can be at most, if all of netfilter's share came off a busy sender CPU.
-                    low, high = wilson_interval(c['rules'] + c['conntrack'], c['samples'])
-                    share = (c['rules'] + c['conntrack']) / float(c['samples'])
-                    out.append('%s: %s %s takes %.2f %% (95 %% CI %.2f-%.2f) of the sender CPU, so %.3f of the '
-                               'throughput is left (target >= %.2f)' % (
-                                   verdict(1 - high >= target), proto.upper(), state, 100 * share, 100 * low,
-                                   100 * high, 1 - share, target))
-    if not dp:
-        for proto in ('tcp', 'udp'):
-            for state in ('on', 'entries'):
-                c = data.get('profile', {}).get('by_state', {}).get(state, {}).get(proto)
-                if c and c['samples']:
-                    low, high = wilson_interval(c['rules'] + c['conntrack'], c['samples'])
-                    share = (c['rules'] + c['conntrack']) / float(c['samples'])
-                    out.append('%s: %s %s takes %.2f %% (95 %% CI %.2f-%.2f) of the sender CPU, so %.3f of the '
-                               'throughput is left (target >= %.2f)' % (
-                                   verdict(1 - high >= TARGETS['ratio_default']), proto.upper(), state, 100 * share,
-                                   100 * low, 100 * high, 1 - share, TARGETS['ratio_default']))
+    for proto in ('tcp', 'udp') if dp else ():
+        s = dp['summary'][proto]
+        for state, target in state_targets:
+            low, high = s['paired_ratio_ci95_' + state]
+            out.append('%s: %s %s paired ratio %.3f (95 %% CI %.3f-%.3f, target >= %.2f)' % (
+                verdict(s['paired_ratio_' + state] >= target), proto.upper(), state,
+                s['paired_ratio_' + state], low, high, target))
+    by_state = (data.get('profile') or {}).get('by_state', {})
+    for proto in ('tcp', 'udp'):
+        for state, target in state_targets:
+            c = by_state.get(state, {}).get(proto)
+            if c and c['samples']:
+                # What the throughput can be at most, if all of netfilter's share came off a busy sender CPU.
+                low, high = wilson_interval(c['rules'] + c['conntrack'], c['samples'])
+                share = (c['rules'] + c['conntrack']) / float(c['samples'])
+                out.append('%s: %s %s takes %.2f %% (95 %% CI %.2f-%.2f) of the sender CPU, so %.3f of the '
+                           'throughput is left (target >= %.2f)' % (
+                               verdict(1 - high >= target), proto.upper(), state, 100 * share, 100 * low,
+                               100 * high, 1 - share, target))
     ap = data.get('apply')
     if ap:
         worst = max(ap['module']['entries'][k]['median_wall_s'] for k in ('first', 'replace'))
