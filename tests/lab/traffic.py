@@ -34,6 +34,14 @@
                                         DHCP, DHCPv6, neighbour discovery and MLD messages to the
                                         internet host, from a socket bound to IFACE, each carrying
                                         PREFIX-<kind> (a raw socket's channel out of the tunnel)
+    traffic.py ask SECONDS TEXT DST:PORT...
+                                        a UDP request carrying TEXT-v4 or TEXT-v6 to each DST (a
+                                        client behind a router); waits until each is echoed back,
+                                        SECONDS pass or SIGTERM comes, then prints which were, as JSON
+    traffic.py listen SECONDS TEXT PORT UDP sockets on PORT of both families; prints ready, then waits
+                                        until each family received TEXT, SECONDS pass or SIGTERM
+                                        comes, and prints which did ({"v4": .., "v6": ..}) as JSON
+    traffic.py send TEXT DST:PORT...    one UDP datagram carrying TEXT-v4 or TEXT-v6 to each DST
 """
 
 import json
@@ -397,6 +405,86 @@ def channels(interface, prefix):
         sys.stderr.write('send failed (%s)\n' % failure)
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _until_stopped(seconds, sockets, take):
+    """Give take(socket, data) what sockets receive until it returns True, SECONDS pass or SIGTERM comes."""
+    def stop(signum, frame):
+        raise _Stopped()
+    signal.signal(signal.SIGTERM, stop)
+    deadline = time.time() + float(seconds)
+    try:
+        while sockets and time.time() < deadline:
+            for s in select.select(sockets, [], [], max(0, deadline - time.time()))[0]:
+                try:
+                    data = s.recv(2048)
+                except OSError:  # an ICMP error about the datagram sent
+                    continue
+                if take(s, data):
+                    sockets.remove(s)
+    except _Stopped:
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _tagged(text, family):
+    return ('%s-v%d' % (text, 6 if family == socket.AF_INET6 else 4)).encode()
+
+
+def ask(seconds, text, destinations):
+    """A client's UDP request to each destination: which got their own datagram back."""
+    sockets = {}
+    for destination in destinations:
+        address, port = _endpoint(destination)
+        family = socket.AF_INET6 if ':' in address else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.connect((address, port))
+        try:
+            s.send(_tagged(text, family))
+        except OSError:  # no route: nothing left, nothing comes back
+            pass
+        sockets[s] = destination
+    answered = dict.fromkeys(destinations, False)
+
+    def take(s, data):
+        answered[sockets[s]] = data == _tagged(text, s.family)
+        return answered[sockets[s]]
+    _until_stopped(seconds, list(sockets), take)
+    print(json.dumps(answered, sort_keys=True), flush=True)
+
+
+def listen(seconds, text, port):
+    """A server that nobody asked anything of: does a datagram carrying text reach it, per family?"""
+    sockets = {}
+    for family, address in ((socket.AF_INET, '0.0.0.0'), (socket.AF_INET6, '::')):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((address, int(port)))
+        sockets[s] = 'v6' if family == socket.AF_INET6 else 'v4'
+    received = dict.fromkeys(sockets.values(), False)
+    print('ready', flush=True)
+
+    def take(s, data):
+        received[sockets[s]] = text.encode() in data
+        return received[sockets[s]]
+    _until_stopped(seconds, list(sockets), take)
+    print(json.dumps(received, sort_keys=True), flush=True)
+
+
+def send(text, destinations):
+    for destination in destinations:
+        address, port = _endpoint(destination)
+        family = socket.AF_INET6 if ':' in address else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            s.sendto(_tagged(text, family), (address, port))
+        finally:
+            s.close()
+
+
 if __name__ == '__main__':
     mode = sys.argv[1]
     if mode == 'generate':
@@ -423,3 +511,9 @@ if __name__ == '__main__':
         hold(sys.argv[2], sys.argv[3], sys.argv[4:])
     elif mode == 'channels':
         channels(sys.argv[2], sys.argv[3])
+    elif mode == 'ask':
+        ask(sys.argv[2], sys.argv[3], sys.argv[4:])
+    elif mode == 'listen':
+        listen(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif mode == 'send':
+        send(sys.argv[2], sys.argv[3:])

@@ -274,3 +274,41 @@ def test_persist_without_systemd_fails_before_touching_the_host(host):
     assert result['failed'] and result['setting'] == 'persist' and 'systemd' in result['msg']
     assert host.ruleset() == before
     assert host.module(persist=False, **POLICY)['changed']
+
+
+def test_forwarding_auto_follows_the_kernel_and_turning_it_on_is_drift(host):
+    # A new namespace inherits IPv4 settings from the machine's: set them here.
+    host.sh('sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0')
+    applied = host.module(**POLICY)
+    assert applied['changed'] and not applied['summary']['forwarding'] and not applied['summary']['conntrack']
+    assert 'ct ' not in host.table() and 'policy drop' in host.table()
+
+    # A container engine turns forwarding on: the next audit sees it as drift.
+    host.sh('sysctl -qw net.ipv4.ip_forward=1')
+    before = host.ruleset()
+    audit = host.module('--check', **POLICY)
+    assert audit['changed'] and audit['summary']['firewall_changed'] and audit['summary']['forwarding']
+    assert audit['summary']['conntrack'] and host.ruleset() == before
+    applied = host.module(**POLICY)
+    assert applied['changed'] and applied['summary']['forwarding']
+    assert 'iifname "wg*" ct state established,related accept' in host.table()
+    assert not host.module(**POLICY)['changed'] and not host.module('--check', **POLICY)['changed']
+    # IPv6 forwarding alone is forwarding too.
+    host.sh('sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=1')
+    assert not host.module('--check', **POLICY)['changed']
+
+    # disabled overrides the kernel.
+    disabled = host.module(forwarding='disabled', **POLICY)
+    assert disabled['changed'] and not disabled['summary']['forwarding'] and not disabled['summary']['conntrack']
+    assert 'ct ' not in host.table()
+
+    before = host.ruleset()
+    invalid = host.module(forwarding='maybe', **POLICY)
+    assert invalid.get('failed') and 'forwarding' in invalid['msg']
+    assert host.ruleset() == before
+
+    # The exceptions need conntrack on a host that does not forward too.
+    host.sh('sysctl -qw net.ipv6.conf.all.forwarding=0')
+    excepted = host.module(exceptions=[{'uid': 1001}], **POLICY)
+    assert not excepted['summary']['forwarding'] and excepted['summary']['conntrack']
+    assert 'ct mark' in host.table()
