@@ -31,7 +31,7 @@ description:
     the management networks are exempt from that check.
   - Connection tracking is left off where no rule needs it, since any rule that asks it makes the
     kernel track every packet of the host, the tunnel's included. The tunnel, the endpoints, TCP to the
-    management networks and the ICMP errors about them (path MTU) are matched without it: an ICMP error
+    management networks and the ICMP errors about them (path MTU) are matched without it, an ICMP error
     by the packet it quotes. Only replies to forwarded traffic (O(forwarding)), the bypass
     O(exceptions) and UDP replies to O(management) networks use it; RV(summary.conntrack) says whether
     this host's table does.
@@ -218,8 +218,9 @@ options:
       - Whether the host routes packets for others (a router, containers, VMs). Packets it forwards may
         leave only through a tunnel either way; only a forwarding host lets their replies back, by
         connection state, which turns connection tracking on for every packet of the host.
-      - V(auto) reads the kernel's C(net.ipv4.ip_forward) and C(net.ipv6.conf.all.forwarding) at each
-        apply (and each check-mode audit), so that forwarding turned on later (a container engine
+      - V(auto) reads the kernel's forwarding settings (C(net.ipv4.conf.*.forwarding), which
+        C(net.ipv4.ip_forward) sets, and C(net.ipv6.conf.*.forwarding)) at each apply (and each
+        check-mode audit), so that forwarding turned on later (a container engine
         installed) shows as a change to apply; until then the replies are refused and counted
         (C(refused_forward_v4), C(refused_forward_v6)), and nothing leaks.
       - V(enabled) or V(disabled) sets it whatever the kernel says.
@@ -660,18 +661,25 @@ def refuse_policy_based_ipsec(module, xfrm=XfrmSocket):
             setting='tunnel_interfaces', xfrm_policies=policies)
 
 
-FORWARDING_SYSCTLS = ('/proc/sys/net/ipv4/ip_forward', '/proc/sys/net/ipv6/conf/all/forwarding')
+# IPv4 forwards by the interface a packet comes in on (conf.<if>.forwarding,
+# which ip_forward sets for all), IPv6 likewise; default is what a new one gets.
+FORWARDING_SYSCTLS = ('/proc/sys/net/ipv4/conf', '/proc/sys/net/ipv6/conf')
 
 
 def host_forwards():
-    """Whether the kernel forwards IPv4 or IPv6 now (a kernel without IPv6 has no such file)."""
-    for path in FORWARDING_SYSCTLS:
+    """Whether the kernel forwards IPv4 or IPv6 on any interface now (a kernel without IPv6 has no such files)."""
+    for directory in FORWARDING_SYSCTLS:
         try:
-            with open(path) as f:
-                if f.read().strip() != '0':
-                    return True
+            interfaces = os.listdir(directory)
         except (IOError, OSError):
-            pass
+            continue
+        for interface in interfaces:
+            try:
+                with open(os.path.join(directory, interface, 'forwarding')) as f:
+                    if f.read().strip() != '0':
+                        return True
+            except (IOError, OSError):
+                pass
     return False
 
 

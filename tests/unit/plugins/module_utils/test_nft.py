@@ -52,13 +52,18 @@ def test_without_dns_servers_dns_still_only_goes_through_the_tunnel():
 
 def test_endpoints_are_only_for_the_tunnels_own_packets():
     output = chain(rendered(), 'output')
-    endpoint_rules = [r for r in output if '@endpoints_v4' in r]
-    assert endpoint_rules == ['ip daddr . meta l4proto . th dport @endpoints_v4 meta mark 0x0000ca6c accept',
-                              'ip daddr . meta l4proto . th dport @endpoints_v4 meta skuid 0 accept',
+    endpoint_rules = [r for r in output if '203.0.113.1' in r or '@endpoints_v4' in r]
+    assert endpoint_rules == ['ip daddr 203.0.113.1 udp dport 51820 meta mark 0x0000ca6c accept',
+                              'ip daddr 203.0.113.1 udp dport 51820 meta skuid 0 accept',
                               'ip daddr . meta l4proto . th dport @endpoints_v4 counter name "refused_endpoint" drop']
-    assert not any('@endpoints_v6' in r for r in output), 'no rule for a family without endpoints'
-    open_rules = [r for r in chain(rendered(restrict_endpoints_to_tunnel=False), 'output') if '@endpoints' in r]
-    assert open_rules == ['ip daddr . meta l4proto . th dport @endpoints_v4 accept']
+    assert not any('@endpoints_v6' in r or r.startswith('ip6 daddr') for r in output), 'no rule for a family without endpoints'
+    open_rules = [r for r in chain(rendered(restrict_endpoints_to_tunnel=False), 'output') if '203.0.113.1' in r]
+    assert open_rules == ['ip daddr 203.0.113.1 udp dport 51820 accept']
+    # Beyond a few endpoints of the same owners, one set lookup instead of a rule each.
+    many = [{'address': '203.0.113.%d' % i, 'port': 51820} for i in range(1, 7)]
+    assert [r for r in chain(rendered(endpoints=many), 'output') if 'accept' in r and '@endpoints_v4' in r] == [
+        'ip daddr . meta l4proto . th dport @endpoints_v4 meta mark 0x0000ca6c accept',
+        'ip daddr . meta l4proto . th dport @endpoints_v4 meta skuid 0 accept']
 
 
 def test_each_endpoint_is_for_its_own_users_and_mark():
@@ -66,18 +71,25 @@ def test_each_endpoint_is_for_its_own_users_and_mark():
         {'address': '203.0.113.1', 'port': 1194, 'uid': [65534]},
         {'address': '203.0.113.2', 'port': 443, 'protocols': ['tcp', 'udp'], 'uid': [65534, 0], 'mark': 7},
         {'address': '2001:db8::1', 'ports': [500, 4500]}]), 'output')
-    assert [r for r in output if 'th dport' in r and 'dns' not in r and 'oifname' not in r] == [
-        'ip daddr . meta l4proto . th dport { 203.0.113.1 . udp . 1194 } meta mark 0x0000ca6c accept',
-        'ip daddr . meta l4proto . th dport { 203.0.113.1 . udp . 1194 } meta skuid { 0, 65534 } accept',
-        'ip daddr . meta l4proto . th dport { 203.0.113.2 . tcp . 443, 203.0.113.2 . udp . 443 } '
-        'meta mark 0x00000007 accept',
-        'ip daddr . meta l4proto . th dport { 203.0.113.2 . tcp . 443, 203.0.113.2 . udp . 443 } '
-        'meta skuid { 0, 65534 } accept',
-        'ip6 daddr . meta l4proto . th dport @endpoints_v6 meta mark 0x0000ca6c accept',
-        'ip6 daddr . meta l4proto . th dport @endpoints_v6 meta skuid 0 accept',
+    assert [r for r in output if r.startswith(('ip daddr', 'ip6 daddr')) and 'dport' in r] == [
+        'ip daddr 203.0.113.1 udp dport 1194 meta mark 0x0000ca6c accept',
+        'ip daddr 203.0.113.1 udp dport 1194 meta skuid { 0, 65534 } accept',
+        'ip daddr 203.0.113.2 tcp dport 443 meta mark 0x00000007 accept',
+        'ip daddr 203.0.113.2 udp dport 443 meta mark 0x00000007 accept',
+        'ip daddr 203.0.113.2 tcp dport 443 meta skuid { 0, 65534 } accept',
+        'ip daddr 203.0.113.2 udp dport 443 meta skuid { 0, 65534 } accept',
+        'ip6 daddr 2001:db8::1 udp dport 500 meta mark 0x0000ca6c accept',
+        'ip6 daddr 2001:db8::1 udp dport 4500 meta mark 0x0000ca6c accept',
+        'ip6 daddr 2001:db8::1 udp dport 500 meta skuid 0 accept',
+        'ip6 daddr 2001:db8::1 udp dport 4500 meta skuid 0 accept',
         # Whoever else: refused and counted, over every endpoint of the family.
         'ip daddr . meta l4proto . th dport @endpoints_v4 counter name "refused_endpoint" drop',
         'ip6 daddr . meta l4proto . th dport @endpoints_v6 counter name "refused_endpoint" drop']
+    # Groups of more: a set each (anonymous where the owners differ between groups).
+    many = [{'address': '203.0.113.%d' % i, 'port': 1194, 'uid': [65534]} for i in range(1, 6)]
+    output = chain(rendered(endpoints=many + [{'address': '203.0.113.9', 'port': 443}]), 'output')
+    assert 'ip daddr . meta l4proto . th dport { %s } meta skuid { 0, 65534 } accept' % ', '.join(
+        '203.0.113.%d . udp . 1194' % i for i in range(1, 6)) in output
 
 
 def test_no_blanket_established_accept_on_the_way_out():
@@ -313,10 +325,10 @@ def test_a_forwarding_host_lets_replies_back_by_state_and_no_other_does():
 def test_the_tunnels_packets_are_taken_by_the_first_rule_and_what_carries_them_next():
     text = rendered(tunnel_interfaces=['wg0', 'tun*'], dns_servers=['192.0.2.1'])
     assert chain(text, 'output')[1:6] == [
-        'oifname "wg0" th dport != { 53, 853 } accept',
-        'oifname "tun*" th dport != { 53, 853 } accept',
-        'ip daddr . meta l4proto . th dport @endpoints_v4 meta mark 0x0000ca6c accept',
-        'ip daddr . meta l4proto . th dport @endpoints_v4 meta skuid 0 accept',
+        'oifname "wg0" th dport != 53 th dport != 853 accept',
+        'oifname "tun*" th dport != 53 th dport != 853 accept',
+        'ip daddr 203.0.113.1 udp dport 51820 meta mark 0x0000ca6c accept',
+        'ip daddr 203.0.113.1 udp dport 51820 meta skuid 0 accept',
         'oif "lo" accept']
     # DNS through the tunnel still goes to the DNS rules, and what has no ports to the tunnel's own rule.
     assert chain(text, 'output')[6:9] == ['meta l4proto { tcp, udp } th dport { 53, 853 } jump dns',
@@ -328,8 +340,8 @@ def test_the_tunnels_packets_are_taken_by_the_first_rule_and_what_carries_them_n
 def test_icmp_errors_are_accepted_only_about_the_endpoints_and_the_management_replies():
     text = rendered(endpoints=[{'address': '203.0.113.1', 'port': 51820},
                                {'address': '2001:db8::1', 'ports': [500, 4500], 'protocols': ['udp', 'esp']}],
-                    management=[{'cidr': '198.19.0.0/20', 'port': 22}, {'cidr': '2001:db8:19::/48', 'port': 161,
-                                                                          'protocol': 'udp'}])
+                    management=[{'cidr': '198.19.0.0/20', 'port': 22},
+                                {'cidr': '2001:db8:19::/48', 'port': 161, 'protocol': 'udp'}])
     assert [r for r in chain(text, 'input') if 'jump icmp_error' in r] == [
         'icmp type { destination-unreachable, time-exceeded, parameter-problem } jump icmp_error_v4',
         'icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } jump icmp_error_v6']
@@ -362,7 +374,12 @@ def test_dhcp_and_neighbour_discovery_are_held_to_their_protocols_addresses():
         'icmpv6 type nd-router-solicit ip6 daddr ff02::2 ip6 hoplimit 255 accept',
         'icmpv6 type nd-neighbor-solicit ip6 daddr { fe80::/10, ff02::1:ff00:0/104 } ip6 hoplimit 255 accept',
         'icmpv6 type nd-neighbor-advert ip6 daddr { fe80::/10, ff02::1 } ip6 hoplimit 255 accept',
-        'icmpv6 type mld2-listener-report ip6 daddr ff02::16 ip6 hoplimit 1 accept']
+        'icmpv6 type mld2-listener-report ip6 daddr ff02::16 ip6 hoplimit 1 accept',
+        # The kernel's own solicitations and advertisements to a unicast neighbour, a global one too;
+        # a program's (it has a socket file, so an owner) are refused.
+        'icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } meta skuid 0-4294967295 '
+        'counter name "refused_out_v6" drop',
+        'icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept']
     assert 'icmpv6 type nd-router-advert ip6 saddr fe80::/10 ip6 hoplimit 255 accept' in input_
     assert all('hoplimit 255' in r for r in input_ if r.startswith('icmpv6'))
 

@@ -252,9 +252,6 @@ def test_a_kill_switch_that_does_not_forward_refuses_the_guests_replies_and_leak
 
 
 @needs_kernel
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason='the output chain accepts neighbour advertisements only to fe80::/10 and '
-                   'ff02::1, but RFC 4861 7.2.4 answers a solicitation at its source address, and a guest solicits '
-                   'its gateway from its global address (7.2.2): refused_out_v6 counts the advertisements')
 def test_a_guest_resolves_its_gateway_through_the_kill_switch(tmp_path):
     """Without a static neighbour entry the guest must solicit its gateway, the host; the control
     (no kill switch) resolves it the same way."""
