@@ -33,7 +33,7 @@ description:
     kernel track every packet of the host, the tunnel's included. The tunnel, the endpoints, TCP to the
     management networks and the ICMP errors about them (path MTU) are matched without it, an ICMP error
     by the packet it quotes. Only replies to forwarded traffic (O(forwarding)), the bypass
-    O(exceptions) and UDP replies to O(management) networks use it; RV(summary.conntrack) says whether
+    O(exceptions) and UDP replies to O(management) networks use it; C(conntrack) in RV(summary) says whether
     this host's table does.
   - The whole input is validated before anything on the host is touched. The table is replaced in
     one nftables transaction, checked by the kernel first; if anything fails the previous table
