@@ -194,6 +194,15 @@ def _esp_rules(policy, version, family):
 INLINE_ENDPOINTS = 4
 
 
+def _endpoint_matches(endpoints, family, target, side):
+    """Matches for endpoints as the packets to them (side 'd') or from them ('s') carry them: one per
+    endpoint while they are few, else one lookup in target (a named set, or None for an anonymous one)."""
+    if len(endpoints) <= INLINE_ENDPOINTS:
+        return ['%s %saddr %s %s %sport %d' % (family, side, e.address, e.protocol, side, e.port) for e in endpoints]
+    target = target or '{ %s }' % _elements('%s . %s . %d' % (e.address, e.protocol, e.port) for e in endpoints)
+    return ['%s %saddr . meta l4proto . th %sport %s' % (family, side, side, target)]
+
+
 def _endpoint_rules(policy, version, family):
     """Output rules for the endpoints of one IP version, per group of endpoints with the same owners."""
     groups = {}
@@ -201,14 +210,8 @@ def _endpoint_rules(policy, version, family):
         groups.setdefault(_endpoint_owners(policy, e), []).append(e)
     rules = []
     for owners, endpoints in groups.items():
-        if len(endpoints) <= INLINE_ENDPOINTS:
-            matches = ['%s daddr %s %s dport %d' % (family, e.address, e.protocol, e.port) for e in endpoints]
-        else:
-            # The named set when all endpoints share their owners, as they do unless told otherwise.
-            matches = ['%s daddr . meta l4proto . th dport %s' % (family, '@endpoints_v%d' % version if len(groups) == 1
-                                                                  else '{ %s }' % _elements(
-                                                                      '%s . %s . %d' % (e.address, e.protocol, e.port)
-                                                                      for e in endpoints))]
+        # The named set when all endpoints share their owners, as they do unless told otherwise.
+        matches = _endpoint_matches(endpoints, family, '@endpoints_v%d' % version if len(groups) == 1 else None, 'd')
         # By owner first, so that the tunnel's own packets (its mark) meet their rule first.
         rules += [' '.join(filter(None, [match, owner, 'accept'])) for owner in owners for match in matches]
     return rules + _esp_rules(policy, version, family)
@@ -416,8 +419,8 @@ def render(policy, log='none', forwarding=False):
     # The tunnel first, then what carries it, as in the output chain.
     input_ = _tunnels(policy, 'iifname', 'accept')
     # Whatever the server sends from its port (it may open a handshake at any time).
-    input_ += ['%s saddr . meta l4proto . th sport @endpoints_v%d accept' % (f, v)
-               for v, f in families if _ported_endpoints(policy, v)]
+    input_ += ['%s accept' % match for v, f in families
+               for match in _endpoint_matches(_ported_endpoints(policy, v), f, '@endpoints_v%d' % v, 's')]
     # ESP from the server; the kernel decrypts it and hands the inner packet
     # in again on the XFRM interface, a tunnel.
     input_ += ['%s saddr %s meta l4proto esp accept' % (f, _esp_servers(policy, v))

@@ -64,6 +64,7 @@ def test_endpoints_are_only_for_the_tunnels_own_packets():
     assert [r for r in chain(rendered(endpoints=many), 'output') if 'accept' in r and '@endpoints_v4' in r] == [
         'ip daddr . meta l4proto . th dport @endpoints_v4 meta mark 0x0000ca6c accept',
         'ip daddr . meta l4proto . th dport @endpoints_v4 meta skuid 0 accept']
+    assert 'ip saddr . meta l4proto . th sport @endpoints_v4 accept' in chain(rendered(endpoints=many), 'input')
 
 
 def test_each_endpoint_is_for_its_own_users_and_mark():
@@ -334,7 +335,7 @@ def test_the_tunnels_packets_are_taken_by_the_first_rule_and_what_carries_them_n
     assert chain(text, 'output')[6:9] == ['meta l4proto { tcp, udp } th dport { 53, 853 } jump dns',
                                           'oifname "wg0" accept', 'oifname "tun*" accept']
     assert chain(text, 'input')[1:4] == ['iifname "wg0" accept', 'iifname "tun*" accept',
-                                         'ip saddr . meta l4proto . th sport @endpoints_v4 accept']
+                                         'ip saddr 203.0.113.1 udp sport 51820 accept']
 
 
 def test_icmp_errors_are_accepted_only_about_the_endpoints_and_the_management_replies():
