@@ -344,6 +344,14 @@ EXAMPLES = r'''
       - {address: 203.0.113.1, ports: [500, 4500], protocols: [udp, esp], mark: 42}
     dns_servers: [192.0.2.1]
 
+- name: A container host whose engine may start after the kill switch (replies to its containers let back)
+  vpnguard.killswitch.nft_killswitch:
+    tunnel_interfaces: [wg0]
+    endpoints:
+      - {address: 203.0.113.1, port: 51820, protocol: udp}
+    dns_servers: [192.0.2.1]
+    forwarding: enabled
+
 - name: Remove the kill switch
   vpnguard.killswitch.nft_killswitch:
     state: absent
