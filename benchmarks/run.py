@@ -484,6 +484,12 @@ class ServerLog:
                 out.append(float(m.group(3)))
         return out
 
+    def wait_listening(self, timeout=10.0):
+        """Until the server says it is ready for the next client (or timeout seconds pass)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any('Server listening' in line for line in self.lines()):
+            time.sleep(0.05)
+
     def next_intervals(self, n, client, timeout=10.0):
         got, deadline = [], time.monotonic() + timeout
         while len(got) < n:
@@ -509,6 +515,16 @@ def cpu_seconds(pids):
     return total / float(TICKS)
 
 
+def iperf3_client(lab, proto, seconds, *options):
+    """argv of one iperf3 stream from the host through wg0, on the sender's CPU."""
+    command = pinned(SENDER_CPU) + ['iperf3', '-c', TUNNEL_SERVER, '-p', str(IPERF_PORT), '-t', str(seconds)]
+    command += list(options)
+    if proto == 'udp':
+        # As fast as the sender goes; 1300-byte datagrams fit wg0's MTU (1420) unfragmented.
+        command += ['-u', '-b', '0', '-l', '1300']
+    return ['nsenter', '-t', str(lab.lab.pid(HOST)), '-n', '-m', '-u', '--'] + command
+
+
 def run_slots(lab, switch, proto, slots, server_log_path, datapath_pids):
     """One iperf3 stream through wg0; slots (states) set one after the other while it runs.
 
@@ -516,16 +532,9 @@ def run_slots(lab, switch, proto, slots, server_log_path, datapath_pids):
     began after its switch was done: what was reported before the switch
     ended is dropped, and so is the interval running when it ended.
     """
-    udp = proto == 'udp'
-    seconds = int(len(slots) * (SLOT_INTERVALS + 3) * INTERVAL_S + 5)
-    command = pinned(SENDER_CPU) + ['iperf3', '-c', TUNNEL_SERVER, '-p', str(IPERF_PORT), '-t', str(seconds),
-                                    '-i', '0', '-J']
-    if udp:
-        # As fast as the sender goes; 1300-byte datagrams fit wg0's MTU (1420) unfragmented.
-        command += ['-u', '-b', '0', '-l', '1300']
+    argv = iperf3_client(lab, proto, int(len(slots) * (SLOT_INTERVALS + 3) * INTERVAL_S + 5), '-i', '0', '-J')
     switch(slots[0])
     server = ServerLog(server_log_path)
-    argv = ['nsenter', '-t', str(lab.lab.pid(HOST)), '-n', '-m', '-u', '--'] + command
     results = []
     with tempfile.TemporaryFile() as out:
         client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
@@ -556,10 +565,7 @@ def run_slots(lab, switch, proto, slots, server_log_path, datapath_pids):
                 except subprocess.TimeoutExpired:
                     client.kill()
                     client.wait()
-    # The server is ready for the next client once it says so again.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not any('Server listening' in line for line in server.lines()):
-        time.sleep(0.05)
+    server.wait_listening()
     return results
 
 
@@ -682,6 +688,14 @@ def perf_shares(report_text):
     return counts
 
 
+def netfilter_share(counts):
+    """(share, low, high): netfilter's share of the datapath's samples (nftables and conntrack), with
+    its 95 % interval."""
+    k, n = counts['rules'] + counts['conntrack'], counts['samples']
+    low, high = wilson_interval(k, n)
+    return k / float(n), low, high
+
+
 def wilson_interval(k, n, z=1.96):
     """95 % interval of a proportion k/n (Wilson score): the samples are the repetitions here."""
     if not n:
@@ -693,8 +707,8 @@ def wilson_interval(k, n, z=1.96):
 
 
 def profile(args, out_dir, log_path):
-    """The profile phase: {'states': {state: {proto: counts and Mbit/s}}} of the sender's CPU while one
-    stream runs in each state."""
+    """The profile phase: {'by_state': {state: {proto: counts and Mbit/s}}} of the sender's CPU while one
+    stream runs in each state, with the states' labels ('states') and the seconds profiled."""
     if not shutil.which('perf'):
         log('perf not found: no profile of the sender CPU (Debian: linux-perf)')
         return {'skipped': 'perf not found'}
@@ -718,12 +732,8 @@ def profile_states(bench, states, seconds):
         for proto in ('tcp', 'udp'):
             switch(state)
             # It ends by itself after the profile, so that it reports what the receiver got.
-            command = pinned(SENDER_CPU) + ['iperf3', '-c', TUNNEL_SERVER, '-p', str(IPERF_PORT), '-f', 'm',
-                                            '-t', str(int(seconds + PROFILE_WARMUP_S + 1)), '-i', '0']
-            if proto == 'udp':
-                command += ['-u', '-b', '0', '-l', '1300']
+            argv = iperf3_client(lab, proto, int(seconds + PROFILE_WARMUP_S + 1), '-f', 'm', '-i', '0')
             data = os.path.join(lab.dir, 'perf-%s-%s.data' % (state, proto))
-            argv = ['nsenter', '-t', str(lab.lab.pid(HOST)), '-n', '-m', '-u', '--'] + command
             with tempfile.TemporaryFile() as out:
                 client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
                 try:
@@ -738,9 +748,7 @@ def profile_states(bench, states, seconds):
                         client.wait()
                 out.seek(0)
                 summary = out.read().decode(errors='replace')
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not any('Server listening' in line for line in server.lines()):
-                time.sleep(0.05)
+            server.wait_listening()
             # A stream that never ran would profile an idle CPU and read as a free kill switch.
             received = re.findall(r'([\d.]+) Mbits/sec.*receiver', summary)
             if not received or float(received[-1]) <= 0:
@@ -935,9 +943,8 @@ def markdown(data):
             for proto in ('tcp', 'udp'):
                 c = pr['by_state'][state][proto]
                 n = float(max(c['samples'], 1))
-                low, high = wilson_interval(c['rules'] + c['conntrack'], c['samples'])
                 cells += ['%.2f %%' % (100 * c['rules'] / n), '%.2f %%' % (100 * c['conntrack'] / n),
-                          '%.2f %% (%.2f-%.2f)' % (100 * (c['rules'] + c['conntrack']) / n, 100 * low, 100 * high),
+                          '%.2f %% (%.2f-%.2f)' % tuple(100 * x for x in netfilter_share(c)),
                           '%.1f %%' % (100 * c['idle'] / n)]
             label = pr['states'][state]
             lines.append('| %s | %s |' % (label, ' | '.join(cells)))
@@ -997,8 +1004,7 @@ def targets(data):
             c = by_state.get(state, {}).get(proto)
             if c and c['samples']:
                 # What the throughput can be at most, if all of netfilter's share came off a busy sender CPU.
-                low, high = wilson_interval(c['rules'] + c['conntrack'], c['samples'])
-                share = (c['rules'] + c['conntrack']) / float(c['samples'])
+                share, low, high = netfilter_share(c)
                 out.append('%s: %s %s takes %.2f %% (95 %% CI %.2f-%.2f) of the sender CPU, so %.3f of the '
                            'throughput is left (target >= %.2f)' % (
                                verdict(1 - high >= target), proto.upper(), state, 100 * share, 100 * low,
