@@ -43,6 +43,7 @@ ICMPV6_OUT = (
     'icmpv6 type nd-neighbor-advert ip6 daddr { fe80::/10, ff02::1 } ip6 hoplimit 255 accept',
     'icmpv6 type mld2-listener-report ip6 daddr ff02::16 ip6 hoplimit 1 accept',
 )
+# The neighbour discovery the kernel also sends to a unicast neighbour, a global one too (see render).
 ICMPV6_UNICAST_ND = 'icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert }'
 # Router advertisements only from a router's link-local address (RFC 4861 6.1.2).
 ICMPV6_IN = (
@@ -223,9 +224,9 @@ def _endpoint_rules(policy, version, family):
 # Unreachable"; RFC 4443 3.2: as much of the packet as fits). IPv4 only as the
 # kill switch's own packets leave it, without options (IHL 5).
 _QUOTED = {
-    4: {'version': (64, 8, 0x45), 'protocol': (136, 8), 'source': 160, 'destination': 192,
+    4: {'version': (64, 8, 0x45), 'protocol': (136, 8), 'destination': 192,
         'sport': (224, 16), 'dport': (240, 16), 'bits': 32},
-    6: {'version': (64, 4, 6), 'protocol': (112, 8), 'source': 128, 'destination': 256,
+    6: {'version': (64, 4, 6), 'protocol': (112, 8), 'destination': 256,
         'sport': (384, 16), 'dport': (400, 16), 'bits': 128},
 }
 # The ICMP errors that carry a quoted packet and matter to a flow the host
@@ -288,6 +289,11 @@ def icmp_error_rules(policy, version):
     return list(dict.fromkeys(rules))  # each flow once, in the policy's order
 
 
+def _udp_management(policy, version):
+    """Whether a management network of version is served over UDP, whose replies only conntrack tells."""
+    return any(m.protocol == 'udp' for m in policy.management_of(version))
+
+
 def needs_conntrack(policy, forwarding):
     """Whether the table asks conntrack anything: only the rules that cannot work without state do.
 
@@ -300,8 +306,7 @@ def needs_conntrack(policy, forwarding):
     exceptions (their replies and their source address), and UDP replies to
     the management networks (UDP has no flags to tell a reply by).
     """
-    return bool(forwarding or policy.exceptions
-                or any(m.protocol == 'udp' for v in (4, 6) for m in policy.management_of(v)))
+    return bool(forwarding or policy.exceptions or _udp_management(policy, 4) or _udp_management(policy, 6))
 
 
 def render(policy, log='none', forwarding=False):
@@ -406,7 +411,7 @@ def render(policy, log='none', forwarding=False):
         if policy.management_of(v):
             match = '%s daddr . meta l4proto . th sport @management_v%d' % (f, v)
             output.append('%s tcp flags & (syn | ack) != syn accept' % match)
-            if any(m.protocol == 'udp' for m in policy.management_of(v)):
+            if _udp_management(policy, v):
                 output.append('%s meta l4proto udp ct direction reply accept' % match)
     output += bypass_accepts
     output += [rule for v, f in families
