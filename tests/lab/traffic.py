@@ -233,6 +233,10 @@ def _checksum(data):
     return ~total & 0xffff
 
 
+def _family(address):
+    return socket.AF_INET6 if ':' in address else socket.AF_INET
+
+
 def _endpoint(text):
     address, port = text.rsplit(':', 1)
     return address.strip('[]'), int(port)
@@ -272,7 +276,7 @@ def _put_on_wire(interface, mac, family, packet):
 def inject(interface, mac, source, destination, text):
     """An attacker on the link: a datagram with a forged source."""
     (src, sport), (dst, dport) = _endpoint(source), _endpoint(destination)
-    family = socket.AF_INET6 if ':' in src else socket.AF_INET
+    family = _family(src)
     length = 8 + len(text)
     udp = struct.pack('!HHHH', sport, dport, length, 0) + text.encode()
     udp = udp[:6] + struct.pack('!H', _checksum(_pseudo_header(family, src, dst, 17, length) + udp) or 0xffff) + udp[8:]
@@ -290,7 +294,7 @@ def icmp_errors(interface, mac, specs):
     for router, mtu, proto, quoted in zip(*[iter(specs)] * 4):
         source, destination = quoted.split('>')
         (src, sport), (dst, dport) = _endpoint(source), _endpoint(destination)
-        family = socket.AF_INET6 if ':' in src else socket.AF_INET
+        family = _family(src)
         number = {'udp': 17, 'tcp': 6}[proto]
         # UDP: ports, length, checksum; TCP: ports and the sequence number.
         transport = struct.pack('!HHHH', sport, dport, 1480, 0) if proto == 'udp' else struct.pack('!HHI', sport, dport, 0)
@@ -311,7 +315,7 @@ def hold(seconds, proto, pairs):
     sockets = {}
     for pair in pairs:
         local, peer = (_endpoint(end) for end in pair.split('>'))
-        family = socket.AF_INET6 if ':' in local[0] else socket.AF_INET
+        family = _family(local[0])
         s = socket.socket(family, socket.SOCK_DGRAM if proto == 'udp' else socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(local)
@@ -335,7 +339,7 @@ def injectable(port, seconds, text, pairs):
     sockets = {}
     for pair in pairs:
         local, peer = pair.split('>')
-        s = socket.socket(socket.AF_INET6 if ':' in local else socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(_family(local), socket.SOCK_DGRAM)
         s.bind((local, int(port)))
         s.connect(_endpoint(peer))
         try:
@@ -438,7 +442,7 @@ def ask(seconds, text, destinations):
     sockets = {}
     for destination in destinations:
         address, port = _endpoint(destination)
-        family = socket.AF_INET6 if ':' in address else socket.AF_INET
+        family = _family(address)
         s = socket.socket(family, socket.SOCK_DGRAM)
         s.connect((address, port))
         try:
@@ -477,7 +481,7 @@ def listen(seconds, text, port):
 def send(text, destinations):
     for destination in destinations:
         address, port = _endpoint(destination)
-        family = socket.AF_INET6 if ':' in address else socket.AF_INET
+        family = _family(address)
         s = socket.socket(family, socket.SOCK_DGRAM)
         try:
             s.sendto(_tagged(text, family), (address, port))

@@ -1,6 +1,4 @@
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -11,9 +9,9 @@ from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import (
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import BypassException, parse_policy
 
 from policy_strategies import networks, policies as policy_strategies
+from private_stack import skip_without_kernel
 
-needs_kernel = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('nft') or not shutil.which('unshare'),
-                                  reason='needs root, nft and unshare to ask the kernel')
+needs_kernel = skip_without_kernel()
 
 BASE = {'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}]}
 

@@ -22,20 +22,13 @@ refused_forward counters grew), or both families' datagrams reached the wire.
 """
 
 import json
-import os
-import shutil
-import subprocess
 
-import pytest
-
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import needs_conntrack, render, replace_transaction
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import needs_conntrack, render
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import parse_policy
 
-needs_kernel = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('nft') or not shutil.which('unshare')
-                                  or not shutil.which('nsenter') or not shutil.which('tcpdump'),
-                                  reason='needs root, nft, unshare, nsenter and tcpdump to ask the kernel')
+from private_stack import run_script, skip_without_kernel
 
-TRAFFIC = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'lab', 'traffic.py')
+needs_kernel = skip_without_kernel('nsenter', 'tcpdump')
 POLICY = {'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}]}
 STEPS = ('ask', 'unasked', 'gone')
 INTERNET = {'v4': '198.51.100.10:9999', 'v6': '[2001:db8:2::10]:9999'}
@@ -176,16 +169,7 @@ echo
 def run(tmp_path, ruleset, gateway_neighbour='solicited'):
     """STACKS with ruleset (None: no kill switch) and the guest's gateway_neighbour (solicited or static): {step: (guest's outcome, refused_forward counters)},
     the requests the internet host received, and the markers on the uplink's wire."""
-    path = ''
-    if ruleset is not None:
-        path = str(tmp_path / 'ruleset.nft')
-        with open(path, 'w') as f:
-            f.write(replace_transaction(ruleset))
-    result = subprocess.run(['unshare', '--net', 'sh', '-c', STACKS, 'host', path, os.path.abspath(TRAFFIC),
-                             gateway_neighbour],
-                            cwd=str(tmp_path), capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    lines = run_script(tmp_path, STACKS, ruleset, gateway_neighbour).splitlines()
     steps = {}
     for line in lines[:2] + lines[3:4]:
         name, rest = line.split(' ', 1)

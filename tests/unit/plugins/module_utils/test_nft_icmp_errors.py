@@ -18,21 +18,14 @@ the counters which error it is.
 """
 
 import json
-import os
 import re
-import shutil
-import subprocess
 
-import pytest
-
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import render, replace_transaction
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import render
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import parse_policy
 
-needs_kernel = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('nft') or not shutil.which('unshare')
-                                  or not shutil.which('nsenter'),
-                                  reason='needs root, nft, unshare and nsenter to ask the kernel')
+from private_stack import run_script, skip_without_kernel
 
-TRAFFIC = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'lab', 'traffic.py')
+needs_kernel = skip_without_kernel('nsenter')
 POLICY = {'tunnel_interfaces': ['wg0'],
           'endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'},
                         {'address': '2001:db8:ee::1', 'port': 51820, 'protocol': 'udp'}],
@@ -176,18 +169,10 @@ nft -j list counters table inet witness
 
 def in_private_stacks(tmp_path, ruleset):
     """Run STACK with ruleset (None: no kill switch); the endpoint sockets' MTUs and the witness's counters."""
-    path = ''
-    if ruleset is not None:
-        path = str(tmp_path / 'ruleset.nft')
-        with open(path, 'w') as f:
-            f.write(replace_transaction(ruleset))
     with open(str(tmp_path / 'witness.nft'), 'w') as f:
         f.write(witness())
-    result = subprocess.run(['unshare', '--net', 'sh', '-c', STACK, 'host', path, os.path.abspath(TRAFFIC),
-                             str(tmp_path / 'witness.nft')] + error_arguments(),
-                            cwd=str(tmp_path), capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    mtus, counters = result.stdout.splitlines()[-2:]
+    output = run_script(tmp_path, STACK, ruleset, str(tmp_path / 'witness.nft'), *error_arguments())
+    mtus, counters = output.splitlines()[-2:]
     packets = {}
     for item in json.loads(counters)['nftables']:
         if 'counter' in item:

@@ -10,19 +10,16 @@ socket receives them is the whole question.
 """
 
 import json
-import os
 import shutil
-import subprocess
 
 import pytest
 
-from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import render, replace_transaction
+from ansible_collections.vpnguard.killswitch.plugins.module_utils.nft import render
 from ansible_collections.vpnguard.killswitch.plugins.module_utils.policy import parse_policy
 
-needs_kernel = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which('nft') or not shutil.which('unshare'),
-                                  reason='needs root, nft and unshare to ask the kernel')
+from private_stack import run_script, skip_without_kernel
 
-TRAFFIC = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'lab', 'traffic.py')
+needs_kernel = skip_without_kernel()
 POLICY = {'tunnel_interfaces': ['wg0'], 'endpoints': [{'address': '203.0.113.1', 'port': 51820, 'protocol': 'udp'}],
           'exceptions': [{'uid': 1001}], 'management': [{'cidr': '198.19.0.0/16', 'port': 40125, 'protocol': 'udp'}]}
 
@@ -73,21 +70,8 @@ tail -n1 root.out; tail -n1 bypass.out; tail -n1 service.out; tail -n1 elsewhere
 """
 
 
-def in_private_stack(tmp_path, script, ruleset):
-    """Run script in a network stack of its own, with ruleset (None: no kill switch) loaded; its output."""
-    path = ''
-    if ruleset is not None:
-        path = str(tmp_path / 'ruleset.nft')
-        with open(path, 'w') as f:
-            f.write(replace_transaction(ruleset))
-    result = subprocess.run(['unshare', '--net', 'sh', '-c', script, 'host', path, os.path.abspath(TRAFFIC)],
-                            cwd=str(tmp_path), capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def received(tmp_path, ruleset):
-    lines = in_private_stack(tmp_path, HOST, ruleset).splitlines()
+    lines = run_script(tmp_path, HOST, ruleset).splitlines()
     root, bypass, service, elsewhere = (json.loads(line) for line in lines[-4:])
     return {'tunnel v4': root['192.0.2.11'], 'tunnel v6': root['2001:db8:ff::11'],
             'endpoint reply': root['198.18.1.2'], 'exception reply': bypass['198.18.1.2'],
@@ -160,7 +144,7 @@ python3 -c 'import sys; d = open("wire.pcap", "rb").read(); print(" ".join(k for
 
 
 def carried(tmp_path, ruleset):
-    return in_private_stack(tmp_path, CHANNELS, ruleset).split()
+    return run_script(tmp_path, CHANNELS, ruleset).split()
 
 
 @needs_kernel
