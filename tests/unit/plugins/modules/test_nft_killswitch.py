@@ -296,6 +296,11 @@ def test_forwarding_auto_follows_the_kernel_and_turning_it_on_is_drift(host):
     # IPv6 forwarding alone is forwarding too.
     host.sh('sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=1')
     assert not host.module('--check', **POLICY)['changed']
+    # So is IPv4 forwarding on one interface only (the kernel forwards by the interface a packet comes in on).
+    host.sh('sysctl -qw net.ipv6.conf.all.forwarding=0 && sysctl -qw net.ipv4.conf.lo.forwarding=1')
+    assert host.sh('cat /proc/sys/net/ipv4/ip_forward').strip() == '0'
+    assert not host.module('--check', **POLICY)['changed']
+    host.sh('sysctl -qw net.ipv4.conf.lo.forwarding=0 net.ipv6.conf.all.forwarding=1')
 
     # disabled overrides the kernel.
     disabled = host.module(forwarding='disabled', **POLICY)
