@@ -646,7 +646,7 @@ def datapath(args, out_dir, log_path):
 # Where the sender's CPU goes, by state: perf samples that CPU while one
 # iperf3 stream runs and counts the samples in netfilter's functions. The
 # sender's CPU is the bottleneck (it runs the host's wireguard-go, its kernel
-# and the veth's delivery; perf sees it idle under 2 % of the time), so the
+# and the veth's delivery; perf sees it idle about 1 % of the time, under 4 %), so the
 # share of it that netfilter takes is what the kill switch costs the
 # throughput, measured to a fraction of a percent where the throughput
 # itself varies by 10 % from one slot to the next.
