@@ -357,10 +357,18 @@ CT_ONLY = ('table %s {\n\tchain input {\n\t\ttype filter hook input priority fil
 HOOKS_ONLY = 'table %s {\n%s}\n' % (TABLE, ''.join(
     '\tchain %s {\n\t\ttype filter hook %s priority %s; policy accept;\n\t}\n' % (hook, hook, priority)
     for hook, priority in (('prerouting', 'raw'), ('output', 'filter'), ('input', 'filter'), ('forward', 'filter'))))
+# Diagnostic: the least any nftables kill switch must do, whatever else it does: let the
+# tunnel's packets out and in, and the endpoint's for the tunnel's own socket (its mark),
+# drop the rest. Two base chains, two rules each, written as the kill switch writes them.
+MINIMAL = ('table %s {\n\tchain output {\n\t\ttype filter hook output priority filter; policy drop;\n'
+           '\t\toifname "wg*" accept\n\t\tip daddr %s udp dport %d meta mark 0x%08x accept\n\t}\n'
+           '\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n'
+           '\t\tiifname "wg*" accept\n\t\tip saddr %s udp sport %d accept\n\t}\n}\n'
+           % (TABLE, vpnlab.ENDPOINT, vpnlab.WG_PORT, vpnlab.FWMARK, vpnlab.ENDPOINT, vpnlab.WG_PORT))
 # The default table as it was before issue 14 (conntrack on, the tunnel's packets third).
 BEFORE = os.path.join(HERE, 'before-conntrack-off.nft')
 DATAPATH_STATES = ('off', 'on', 'entries', 'nocounters', 'logall', 'noprerouting', 'noguard', 'forwarding', 'ct',
-                   'hooks', 'before')
+                   'hooks', 'minimal', 'before')
 
 
 def collection_utils():
@@ -399,6 +407,7 @@ def datapath_states(entries):
                        nft.render(model.parse_policy(policy(0)), forwarding=True), True),
         'ct': ('diagnostic: no kill switch, one table with one ct rule (conntrack on)', CT_ONLY, False),
         'hooks': ('diagnostic: the base chains on their hooks, no rule (the floor)', HOOKS_ONLY, False),
+        'minimal': ('diagnostic: the least a kill switch needs (tunnel and endpoint, out and in)', MINIMAL, True),
         'before': ('the kill switch before issue 14 (conntrack on)', open(BEFORE).read(), True),
     }
 
@@ -650,7 +659,7 @@ def datapath(args, out_dir, log_path):
 # share of it that netfilter takes is what the kill switch costs the
 # throughput, measured to a fraction of a percent where the throughput
 # itself varies by 10 % from one slot to the next.
-PROFILE_STATES = ('off', 'on', 'entries', 'before', 'forwarding', 'ct', 'hooks', 'noprerouting')
+PROFILE_STATES = ('off', 'on', 'entries', 'before', 'forwarding', 'ct', 'hooks', 'minimal', 'noprerouting')
 PROFILE_STATES_SMALL = ('off', 'on', 'before', 'forwarding', 'hooks')
 PROFILE_WARMUP_S = 1.5
 # Functions by what they do: nftables (the hooks, the chains, their expressions and sets)
@@ -1009,6 +1018,13 @@ def targets(data):
                            'throughput is left (target >= %.2f)' % (
                                verdict(1 - high >= target), proto.upper(), state, 100 * share, 100 * low,
                                100 * high, 1 - share, target))
+        c = by_state.get('minimal', {}).get(proto)
+        if c and c['samples']:
+            # Not a target: what bounds every target above on this datapath.
+            share, low, high = netfilter_share(c)
+            out.append('bound: %s the least a kill switch needs takes %.2f %% (95 %% CI %.2f-%.2f) of the sender '
+                       'CPU: no nftables kill switch leaves more than %.3f of the throughput here' % (
+                           proto.upper(), 100 * share, 100 * low, 100 * high, 1 - low))
     ap = data.get('apply')
     if ap:
         worst = max(ap['module']['entries'][k]['median_wall_s'] for k in ('first', 'replace'))
