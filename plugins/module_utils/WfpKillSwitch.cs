@@ -410,33 +410,51 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             IntPtr enumHandle;
             Native.Check(Native.FwpmNetEventCreateEnumHandle0(handle, ref template, out enumHandle), "FwpmNetEventCreateEnumHandle0");
             List<Hashtable> events = new List<Hashtable>();
+            // Each event is read into a Hashtable before its page is freed.
+            ReadPages(enumHandle, Native.FwpmNetEventEnum2, "FwpmNetEventEnum2", 1024, false, Native.FwpmNetEventDestroyEnumHandle0,
+                delegate(IntPtr entry)
+                {
+                    Hashtable e = NetEventReader.Read(entry);
+                    if (e != null) events.Add(e);
+                });
+            return events;
+        }
+
+        /// <summary>An FwpmXxxEnum call (fwpmu.h): up to requested entries of an enumeration, as an array of pointers.</summary>
+        private delegate uint EnumPage(IntPtr engine, IntPtr enumHandle, uint requested, out IntPtr entries, out uint returned);
+
+        /// <summary>
+        /// Reads an enumeration WFP opened (FwpmXxxCreateEnumHandle) page by page, as the FwpmXxxEnum calls work: an
+        /// array of pointers to at most pageSize entries, the last page shorter than a page; each array is freed with
+        /// FwpmFreeMemory0. keepPages keeps the arrays until FreeAll (for copies that point into them, as FWPM_FILTER0's
+        /// names and conditions do) instead of freeing each once read. The handle is destroyed whatever happens.
+        /// </summary>
+        private void ReadPages(IntPtr enumHandle, EnumPage enumPage, string what, uint pageSize, bool keepPages,
+                               Func<IntPtr, IntPtr, uint> destroyEnumHandle, Action<IntPtr> readEntry)
+        {
             try
             {
                 while (true)
                 {
                     IntPtr entries;
                     uint returned;
-                    Native.Check(Native.FwpmNetEventEnum2(handle, enumHandle, 1024, out entries, out returned), "FwpmNetEventEnum2");
+                    Native.Check(enumPage(handle, enumHandle, pageSize, out entries, out returned), what);
+                    if (keepPages) enumerated.Add(entries);
                     try
                     {
-                        for (int i = 0; i < returned; i++)
-                        {
-                            Hashtable e = NetEventReader.Read(Marshal.ReadIntPtr(entries, i * IntPtr.Size));
-                            if (e != null) events.Add(e);
-                        }
+                        for (int i = 0; i < returned; i++) readEntry(Marshal.ReadIntPtr(entries, i * IntPtr.Size));
                     }
                     finally
                     {
-                        Native.FwpmFreeMemory0(ref entries);
+                        if (!keepPages) Native.FwpmFreeMemory0(ref entries);
                     }
-                    if (returned < 1024) break;
+                    if (returned < pageSize) break;
                 }
             }
             finally
             {
-                Native.FwpmNetEventDestroyEnumHandle0(handle, enumHandle);
+                destroyEnumHandle(handle, enumHandle);
             }
-            return events;
         }
 
         /// <summary>
@@ -626,27 +644,9 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             IntPtr enumHandle;
             Native.Check(Native.FwpmFilterCreateEnumHandle0(handle, ref template, out enumHandle), "FwpmFilterCreateEnumHandle0");
             List<FwpmFilter> filters = new List<FwpmFilter>();
-            try
-            {
-                while (true)
-                {
-                    IntPtr entries;
-                    uint returned;
-                    Native.Check(Native.FwpmFilterEnum0(handle, enumHandle, 256, out entries, out returned), "FwpmFilterEnum0");
-                    // The copies point into this memory (names, conditions): it is freed once the run is read.
-                    enumerated.Add(entries);
-                    for (int i = 0; i < returned; i++)
-                    {
-                        IntPtr entry = Marshal.ReadIntPtr(entries, i * IntPtr.Size);
-                        filters.Add((FwpmFilter)Marshal.PtrToStructure(entry, typeof(FwpmFilter)));
-                    }
-                    if (returned < 256) break;
-                }
-            }
-            finally
-            {
-                Native.FwpmFilterDestroyEnumHandle0(handle, enumHandle);
-            }
+            // The copies point into the pages (names, conditions): they are freed once the run is read (FreeAll).
+            ReadPages(enumHandle, Native.FwpmFilterEnum0, "FwpmFilterEnum0", 256, true, Native.FwpmFilterDestroyEnumHandle0,
+                delegate(IntPtr entry) { filters.Add((FwpmFilter)Marshal.PtrToStructure(entry, typeof(FwpmFilter))); });
             return filters;
         }
 
