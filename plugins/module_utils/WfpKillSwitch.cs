@@ -1437,6 +1437,32 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         }
 
         /// <summary>The subcategories whose saved setting cannot be read (see Saved): left as they are, with a warning.</summary>
+        /// <summary>
+        /// The calls to AuditSetSystemPolicy (each GUID -> flags) that take every subcategory of plan from its current
+        /// flags to its planned ones. Whether a set replaces a subcategory's flags or adds to them is not said for
+        /// AuditSetSystemPolicy; for the LSA call before it, new options are added to the existing ones unless
+        /// combined with POLICY_AUDIT_EVENT_NONE (learn.microsoft.com/windows/win32/api/ntsecapi/ns-ntsecapi-policy_audit_events_info).
+        /// So a subcategory that loses one flag and keeps another (Success and Failure back to Success) is first set
+        /// to NONE, then to its flags: one documented value per call, right under either reading.
+        /// </summary>
+        public static List<Hashtable> SetSteps(IDictionary current, IDictionary plan)
+        {
+            Hashtable clear = new Hashtable(), set = new Hashtable();
+            foreach (string guid in Subcategories)
+            {
+                if (!plan.Contains(guid)) continue;
+                uint wanted = (uint)Values.U64(plan[guid]);
+                uint now = current != null && current.Contains(guid) ? (uint)Values.U64(current[guid]) : EventNone;
+                bool[] has = Bools(now), keeps = Bools(wanted);
+                if (wanted != EventNone && ((has[0] && !keeps[0]) || (has[1] && !keeps[1]))) clear[guid] = EventNone;
+                set[guid] = wanted;
+            }
+            List<Hashtable> steps = new List<Hashtable>();
+            if (clear.Count > 0) steps.Add(clear);
+            if (set.Count > 0) steps.Add(set);
+            return steps;
+        }
+
         public static string[] Unreadable(IDictionary saved)
         {
             List<string> unreadable = new List<string>();
@@ -1540,18 +1566,21 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         /// <summary>Sets each subcategory of plan (GUID -> flags) in one call; nothing else is touched.</summary>
         public static void Set(IDictionary plan)
         {
-            List<AuditPolicyInformation> entries = new List<AuditPolicyInformation>();
-            foreach (string guid in AuditPolicy.Subcategories)
+            if (plan.Count == 0) return;
+            foreach (Hashtable step in AuditPolicy.SetSteps(Query(), plan))
             {
-                if (!plan.Contains(guid)) continue;
-                AuditPolicyInformation entry = new AuditPolicyInformation();
-                entry.AuditSubCategoryGuid = new Guid(guid);
-                entry.AuditingInformation = (uint)Values.U64(plan[guid]);
-                entries.Add(entry);
+                List<AuditPolicyInformation> entries = new List<AuditPolicyInformation>();
+                foreach (string guid in AuditPolicy.Subcategories)
+                {
+                    if (!step.Contains(guid)) continue;
+                    AuditPolicyInformation entry = new AuditPolicyInformation();
+                    entry.AuditSubCategoryGuid = new Guid(guid);
+                    entry.AuditingInformation = (uint)Values.U64(step[guid]);
+                    entries.Add(entry);
+                }
+                if (!AuditSetSystemPolicy(entries.ToArray(), (uint)entries.Count))
+                    throw AuditPolicy.Failure("AuditSetSystemPolicy", Marshal.GetLastWin32Error());
             }
-            if (entries.Count == 0) return;
-            if (!AuditSetSystemPolicy(entries.ToArray(), (uint)entries.Count))
-                throw AuditPolicy.Failure("AuditSetSystemPolicy", Marshal.GetLastWin32Error());
         }
     }
 

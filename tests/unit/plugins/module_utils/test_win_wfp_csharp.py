@@ -219,6 +219,14 @@ def test_logging_back_to_none_puts_back_what_the_host_had_and_only_that(evidence
     assert evidence['audit_unreadable_saved'] == '0,0'
 
 
+def test_a_subcategory_losing_one_flag_and_keeping_the_other_is_cleared_first(evidence):
+    # Whether AuditSetSystemPolicy replaces or adds to a subcategory's flags is not documented; the LSA call
+    # before it added unless combined with NONE. Clearing first is right under either reading.
+    assert evidence['audit_set_steps_back_to_none'] == '%s:4 (no auditing) then %s;%s' % (
+        CONNECTION, '%s:4 (no auditing)' % DROP, '%s:1 (success)' % CONNECTION)
+    assert evidence['audit_set_steps_all'] == evidence['audit_plan_all'], 'only adding: one call'
+
+
 def test_a_setting_saved_by_an_earlier_release_is_still_put_back(evidence):
     # Earlier releases saved auditpol's English Inclusion Setting.
     assert [evidence['audit_saved_legacy_' + t] for t in ('No_Auditing', 'Success', 'Failure', 'Success_and_Failure',

@@ -208,6 +208,9 @@ public static class EvidenceProbe
         Console.WriteLine("audit_plan_back_to_none=" + Steps(AuditPolicy.Plan("none", applied, audit)));
         Console.WriteLine("audit_plan_refused_again=" + Steps(AuditPolicy.Plan("refused", applied, audit)));
         Console.WriteLine("audit_restore=" + Steps(AuditPolicy.Restore(audit)));
+        // Each call to AuditSetSystemPolicy: Success and Failure back to Success is cleared first, then set.
+        Console.WriteLine("audit_set_steps_back_to_none=" + SetSteps(applied, AuditPolicy.Plan("none", applied, audit)));
+        Console.WriteLine("audit_set_steps_all=" + SetSteps(audit, AuditPolicy.Plan("all", audit, null)));
 
         // Saved by this version: flags, boxed however the state file's JSON gives them back.
         Hashtable savedAsJson = Map(AuditPolicy.PacketDrop, 0L, AuditPolicy.Connection, "1");
@@ -280,6 +283,13 @@ public static class EvidenceProbe
     }
 
     // The AuditSetSystemPolicy entries a plan asks for, in order: GUID:flags (described).
+    static string SetSteps(Hashtable current, Hashtable plan)
+    {
+        List<string> calls = new List<string>();
+        foreach (Hashtable step in AuditPolicy.SetSteps(current, plan)) calls.Add(Steps(step));
+        return string.Join(" then ", calls.ToArray());
+    }
+
     static string Steps(Hashtable plan)
     {
         List<string> steps = new List<string>();
