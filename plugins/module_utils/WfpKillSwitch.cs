@@ -410,33 +410,51 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             IntPtr enumHandle;
             Native.Check(Native.FwpmNetEventCreateEnumHandle0(handle, ref template, out enumHandle), "FwpmNetEventCreateEnumHandle0");
             List<Hashtable> events = new List<Hashtable>();
+            // Each event is read into a Hashtable before its page is freed.
+            ReadPages(enumHandle, Native.FwpmNetEventEnum2, "FwpmNetEventEnum2", 1024, false, Native.FwpmNetEventDestroyEnumHandle0,
+                delegate(IntPtr entry)
+                {
+                    Hashtable e = NetEventReader.Read(entry);
+                    if (e != null) events.Add(e);
+                });
+            return events;
+        }
+
+        /// <summary>An FwpmXxxEnum call (fwpmu.h): up to requested entries of an enumeration, as an array of pointers.</summary>
+        private delegate uint EnumPage(IntPtr engine, IntPtr enumHandle, uint requested, out IntPtr entries, out uint returned);
+
+        /// <summary>
+        /// Reads an enumeration WFP opened (FwpmXxxCreateEnumHandle) page by page, as the FwpmXxxEnum calls work: an
+        /// array of pointers to at most pageSize entries, the last page shorter than a page; each array is freed with
+        /// FwpmFreeMemory0. keepPages keeps the arrays until FreeAll (for copies that point into them, as FWPM_FILTER0's
+        /// names and conditions do) instead of freeing each once read. The handle is destroyed whatever happens.
+        /// </summary>
+        private void ReadPages(IntPtr enumHandle, EnumPage enumPage, string what, uint pageSize, bool keepPages,
+                               Func<IntPtr, IntPtr, uint> destroyEnumHandle, Action<IntPtr> readEntry)
+        {
             try
             {
                 while (true)
                 {
                     IntPtr entries;
                     uint returned;
-                    Native.Check(Native.FwpmNetEventEnum2(handle, enumHandle, 1024, out entries, out returned), "FwpmNetEventEnum2");
+                    Native.Check(enumPage(handle, enumHandle, pageSize, out entries, out returned), what);
+                    if (keepPages) enumerated.Add(entries);
                     try
                     {
-                        for (int i = 0; i < returned; i++)
-                        {
-                            Hashtable e = NetEventReader.Read(Marshal.ReadIntPtr(entries, i * IntPtr.Size));
-                            if (e != null) events.Add(e);
-                        }
+                        for (int i = 0; i < returned; i++) readEntry(Marshal.ReadIntPtr(entries, i * IntPtr.Size));
                     }
                     finally
                     {
-                        Native.FwpmFreeMemory0(ref entries);
+                        if (!keepPages) Native.FwpmFreeMemory0(ref entries);
                     }
-                    if (returned < 1024) break;
+                    if (returned < pageSize) break;
                 }
             }
             finally
             {
-                Native.FwpmNetEventDestroyEnumHandle0(handle, enumHandle);
+                destroyEnumHandle(handle, enumHandle);
             }
-            return events;
         }
 
         /// <summary>
@@ -626,27 +644,9 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             IntPtr enumHandle;
             Native.Check(Native.FwpmFilterCreateEnumHandle0(handle, ref template, out enumHandle), "FwpmFilterCreateEnumHandle0");
             List<FwpmFilter> filters = new List<FwpmFilter>();
-            try
-            {
-                while (true)
-                {
-                    IntPtr entries;
-                    uint returned;
-                    Native.Check(Native.FwpmFilterEnum0(handle, enumHandle, 256, out entries, out returned), "FwpmFilterEnum0");
-                    // The copies point into this memory (names, conditions): it is freed once the run is read.
-                    enumerated.Add(entries);
-                    for (int i = 0; i < returned; i++)
-                    {
-                        IntPtr entry = Marshal.ReadIntPtr(entries, i * IntPtr.Size);
-                        filters.Add((FwpmFilter)Marshal.PtrToStructure(entry, typeof(FwpmFilter)));
-                    }
-                    if (returned < 256) break;
-                }
-            }
-            finally
-            {
-                Native.FwpmFilterDestroyEnumHandle0(handle, enumHandle);
-            }
+            // The copies point into the pages (names, conditions): they are freed once the run is read (FreeAll).
+            ReadPages(enumHandle, Native.FwpmFilterEnum0, "FwpmFilterEnum0", 256, true, Native.FwpmFilterDestroyEnumHandle0,
+                delegate(IntPtr entry) { filters.Add((FwpmFilter)Marshal.PtrToStructure(entry, typeof(FwpmFilter))); });
             return filters;
         }
 
@@ -1346,59 +1346,129 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
     /// layer, process and addresses. 5157 (connection blocked) and 5152 (packet dropped) for what was refused,
     /// 5156 (connection permitted) for the exceptions. The module only adds the settings a level needs to what
     /// the host had, records what it had, and puts that back on state=absent.
+    /// The policy is read and set as flags through the audit API (SystemAuditPolicy), never as auditpol's report,
+    /// whose column names and values are in the host's display language. Flags (AUDIT_POLICY_INFORMATION's
+    /// AuditingInformation, learn.microsoft.com/windows/win32/api/ntsecapi/ns-ntsecapi-audit_policy_information):
+    /// POLICY_AUDIT_EVENT_SUCCESS 0x1, POLICY_AUDIT_EVENT_FAILURE 0x2, POLICY_AUDIT_EVENT_NONE 0x4 (do not audit), and
+    /// POLICY_AUDIT_EVENT_UNCHANGED 0 (to AuditSetSystemPolicy: leave the subcategory as it is).
     /// </summary>
     public static class AuditPolicy
     {
         public const string PacketDrop = "{0CCE9225-69AE-11D9-BED3-505054503030}";
         public const string Connection = "{0CCE9226-69AE-11D9-BED3-505054503030}";
+        public const uint EventUnchanged = 0x0, EventSuccess = 0x1, EventFailure = 0x2, EventNone = 0x4;
 
-        /// <summary>auditpol /get /subcategory:GUID /r (CSV: Machine Name, Policy Target, Subcategory, Subcategory GUID, Inclusion Setting, ...).</summary>
-        public static Hashtable Parse(string csv)
+        public static readonly string[] Subcategories = { PacketDrop, Connection };
+
+        /// <summary>Flags -> {success, failure}; NONE (and the 0 a query may give for no auditing) is neither.</summary>
+        public static bool[] Bools(uint flags)
         {
-            Hashtable settings = new Hashtable(StringComparer.OrdinalIgnoreCase);
-            string[] lines = csv.Replace("\r", "").Split('\n');
-            int guidColumn = -1, settingColumn = -1;
-            foreach (string raw in lines)
-            {
-                string line = raw.Trim();
-                if (line.Length == 0) continue;
-                string[] cells = line.Split(',');
-                if (guidColumn < 0)
-                {
-                    guidColumn = Array.IndexOf(cells, "Subcategory GUID");
-                    settingColumn = Array.IndexOf(cells, "Inclusion Setting");
-                    continue;
-                }
-                if (guidColumn < cells.Length && settingColumn < cells.Length && settingColumn >= 0)
-                    settings[cells[guidColumn].ToUpperInvariant()] = cells[settingColumn];
-            }
-            return settings;
+            return new[] { (flags & EventSuccess) != 0, (flags & EventFailure) != 0 };
         }
 
-        /// <summary>"Success and Failure" -> {success, failure}.</summary>
-        public static bool[] Flags(string setting)
+        /// <summary>{success, failure} -> the flags to set: NONE for neither, since 0 would leave the subcategory unchanged.</summary>
+        public static uint Flags(bool[] auditing)
         {
-            string s = (setting ?? "").ToLowerInvariant();
-            return new[] { s.Contains("success"), s.Contains("failure") };
+            uint flags = (auditing[0] ? EventSuccess : 0) | (auditing[1] ? EventFailure : 0);
+            return flags == 0 ? EventNone : flags;
+        }
+
+        // What earlier releases saved: the Inclusion Setting of `auditpol /get /r`, read by its English
+        // column name, so only ever these English values (an English display language).
+        private static readonly Dictionary<string, bool[]> LegacyText = new Dictionary<string, bool[]>(StringComparer.OrdinalIgnoreCase)
+        {
+            { "No Auditing", new[] { false, false } },
+            { "Success", new[] { true, false } },
+            { "Failure", new[] { false, true } },
+            { "Success and Failure", new[] { true, true } },
+        };
+
+        /// <summary>
+        /// A saved setting as {success, failure}: the flags this version saves, or the English text earlier releases
+        /// saved. Null when it cannot be known (anything else, e.g. a localized text): a caller must then leave
+        /// that subcategory as it is rather than guess "no auditing".
+        /// </summary>
+        public static bool[] Saved(object value)
+        {
+            string text = Values.Str(value);
+            if (text == null) return null;
+            text = text.Trim();
+            uint flags;
+            if (uint.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out flags)) return Bools(flags);
+            bool[] legacy;
+            return LegacyText.TryGetValue(text, out legacy) ? (bool[])legacy.Clone() : null;
+        }
+
+        private static bool[] SavedOf(IDictionary saved, string guid)
+        {
+            return saved != null && saved.Contains(guid) ? Saved(saved[guid]) : null;
         }
 
         /// <summary>
         /// What log (none, exceptions, refused, all) needs of each subcategory, on top of what the host had before the
-        /// module first changed it (saved: GUID -> setting; null or missing: what it has now): GUID -> [success,
-        /// failure] for each subcategory whose setting must change. Going back to none puts the saved setting back.
+        /// module first changed it (saved: GUID -> setting; null, missing or unreadable: what it has now), with
+        /// current the flags the host has now (GUID -> flags): GUID -> the flags to set, for each subcategory whose
+        /// setting must change. Going back to none puts the saved setting back.
         /// </summary>
         public static Hashtable Plan(string log, IDictionary current, IDictionary saved)
         {
             bool refused = log == "refused" || log == "all", exceptions = log == "exceptions" || log == "all";
             Hashtable plan = new Hashtable();
-            foreach (string guid in new[] { PacketDrop, Connection })
+            foreach (string guid in Subcategories)
             {
-                bool[] now = Flags(current.Contains(guid) ? Values.Str(current[guid]) : null);
-                bool[] before = saved != null && saved.Contains(guid) ? Flags(Values.Str(saved[guid])) : now;
+                bool[] now = Bools(current.Contains(guid) ? (uint)Values.U64(current[guid]) : EventNone);
+                bool[] before = SavedOf(saved, guid) ?? now;
                 bool success = before[0] || (exceptions && guid == Connection), failure = before[1] || refused;
-                if (success != now[0] || failure != now[1]) plan[guid] = new[] { success, failure };
+                if (success != now[0] || failure != now[1]) plan[guid] = Flags(new[] { success, failure });
             }
             return plan;
+        }
+
+        /// <summary>What state=absent sets back: GUID -> flags, for each subcategory whose saved setting can be read.</summary>
+        public static Hashtable Restore(IDictionary saved)
+        {
+            Hashtable restore = new Hashtable();
+            foreach (string guid in Subcategories)
+            {
+                bool[] before = SavedOf(saved, guid);
+                if (before != null) restore[guid] = Flags(before);
+            }
+            return restore;
+        }
+
+        /// <summary>The subcategories whose saved setting cannot be read (see Saved): left as they are, with a warning.</summary>
+        /// <summary>
+        /// The calls to AuditSetSystemPolicy (each GUID -> flags) that take every subcategory of plan from its current
+        /// flags to its planned ones. Whether a set replaces a subcategory's flags or adds to them is not said for
+        /// AuditSetSystemPolicy; for the LSA call before it, new options are added to the existing ones unless
+        /// combined with POLICY_AUDIT_EVENT_NONE (learn.microsoft.com/windows/win32/api/ntsecapi/ns-ntsecapi-policy_audit_events_info).
+        /// So a subcategory that loses one flag and keeps another (Success and Failure back to Success) is first set
+        /// to NONE, then to its flags: one documented value per call, right under either reading.
+        /// </summary>
+        public static List<Hashtable> SetSteps(IDictionary current, IDictionary plan)
+        {
+            Hashtable clear = new Hashtable(), set = new Hashtable();
+            foreach (string guid in Subcategories)
+            {
+                if (!plan.Contains(guid)) continue;
+                uint wanted = (uint)Values.U64(plan[guid]);
+                uint now = current != null && current.Contains(guid) ? (uint)Values.U64(current[guid]) : EventNone;
+                bool[] has = Bools(now), keeps = Bools(wanted);
+                if (wanted != EventNone && ((has[0] && !keeps[0]) || (has[1] && !keeps[1]))) clear[guid] = EventNone;
+                set[guid] = wanted;
+            }
+            List<Hashtable> steps = new List<Hashtable>();
+            if (clear.Count > 0) steps.Add(clear);
+            if (set.Count > 0) steps.Add(set);
+            return steps;
+        }
+
+        public static string[] Unreadable(IDictionary saved)
+        {
+            List<string> unreadable = new List<string>();
+            foreach (string guid in Subcategories)
+                if (SavedOf(saved, guid) == null) unreadable.Add(guid);
+            return unreadable.ToArray();
         }
 
         public static string NameOf(string guid)
@@ -1406,10 +1476,111 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             return guid == PacketDrop ? "Filtering Platform Packet Drop" : "Filtering Platform Connection";
         }
 
-        /// <summary>The auditpol arguments that set a subcategory to [success, failure].</summary>
-        public static string Arguments(string guid, bool[] flags)
+        /// <summary>Flags in words, for messages (the module's own words, never read back).</summary>
+        public static string Describe(uint flags)
         {
-            return "/set /subcategory:" + guid + " /success:" + (flags[0] ? "enable" : "disable") + " /failure:" + (flags[1] ? "enable" : "disable");
+            bool[] b = Bools(flags);
+            return b[0] && b[1] ? "success and failure" : b[0] ? "success" : b[1] ? "failure" : "no auditing";
+        }
+
+        /// <summary>
+        /// The error of a failed audit API call. Both calls need SeSecurityPrivilege (or AUDIT_QUERY_SYSTEM_POLICY /
+        /// AUDIT_SET_SYSTEM_POLICY access on the Audit security object) and fail with ERROR_ACCESS_DENIED without it
+        /// (learn.microsoft.com/windows/win32/api/ntsecapi/nf-ntsecapi-auditquerysystempolicy, .../nf-ntsecapi-auditsetsystempolicy);
+        /// ERROR_PRIVILEGE_NOT_HELD is named the same way.
+        /// </summary>
+        public static Win32Exception Failure(string call, int error)
+        {
+            string why = error == 5 || error == 1314
+                ? "; the Security audit policy can only be read and set with SeSecurityPrivilege, which an administrator's token holds (connect as an administrator)"
+                : "";
+            return new Win32Exception(error, string.Format(CultureInfo.InvariantCulture, "{0} failed: Win32 error {1}{2}", call, error, why));
+        }
+    }
+
+    /// <summary>AUDIT_POLICY_INFORMATION (ntsecapi.h): 16 + 4 + 16 bytes, GUIDs 4-aligned, so no padding (36 bytes).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct AuditPolicyInformation
+    {
+        public Guid AuditSubCategoryGuid;
+        public uint AuditingInformation;
+        public Guid AuditCategoryGuid;
+    }
+
+    /// <summary>
+    /// The system audit policy of our subcategories, through advapi32's audit API (the only part that touches the
+    /// host). The caller enables SeSecurityPrivilege first (Ansible.Privilege.PrivilegeEnabler in the module).
+    /// </summary>
+    public static class SystemAuditPolicy
+    {
+        [DllImport("advapi32.dll", SetLastError = true)]
+        [return: MarshalAs(UnmanagedType.U1)]
+        private static extern bool AuditQuerySystemPolicy([In] Guid[] subCategoryGuids, uint policyCount, out IntPtr auditPolicy);
+
+        [DllImport("advapi32.dll", SetLastError = true)]
+        [return: MarshalAs(UnmanagedType.U1)]
+        private static extern bool AuditSetSystemPolicy([In] AuditPolicyInformation[] auditPolicy, uint policyCount);
+
+        [DllImport("advapi32.dll")]
+        private static extern void AuditFree(IntPtr buffer);
+
+        /// <summary>GUID -> flags of each of AuditPolicy.Subcategories, as the host has them now.</summary>
+        public static Hashtable Query()
+        {
+            Guid[] asked = new Guid[AuditPolicy.Subcategories.Length];
+            for (int i = 0; i < asked.Length; i++) asked[i] = new Guid(AuditPolicy.Subcategories[i]);
+            IntPtr buffer;
+            if (!AuditQuerySystemPolicy(asked, (uint)asked.Length, out buffer))
+                throw AuditPolicy.Failure("AuditQuerySystemPolicy", Marshal.GetLastWin32Error());
+            try
+            {
+                return Read(buffer, AuditPolicy.Subcategories);
+            }
+            finally
+            {
+                AuditFree(buffer);  // the buffer is the caller's to free with AuditFree (AuditQuerySystemPolicy docs)
+            }
+        }
+
+        /// <summary>
+        /// The buffer AuditQuerySystemPolicy returns: one AUDIT_POLICY_INFORMATION per GUID asked, in the order asked,
+        /// laid out one after the other (as ntsecapi.h's PAUDIT_POLICY_INFORMATION is indexed). Each entry must name
+        /// the subcategory asked for; any other layout is refused rather than read as a setting.
+        /// </summary>
+        public static Hashtable Read(IntPtr buffer, string[] asked)
+        {
+            Hashtable flags = new Hashtable(StringComparer.OrdinalIgnoreCase);
+            int size = Marshal.SizeOf(typeof(AuditPolicyInformation));
+            for (int i = 0; i < asked.Length; i++)
+            {
+                AuditPolicyInformation entry = (AuditPolicyInformation)Marshal.PtrToStructure(
+                    new IntPtr(buffer.ToInt64() + (long)i * size), typeof(AuditPolicyInformation));
+                if (entry.AuditSubCategoryGuid != new Guid(asked[i]))
+                    throw new InvalidOperationException(string.Format(CultureInfo.InvariantCulture,
+                        "AuditQuerySystemPolicy answered for {0:B} where {1} was asked: the audit policy is not read", entry.AuditSubCategoryGuid, asked[i]));
+                flags[asked[i]] = entry.AuditingInformation;
+            }
+            return flags;
+        }
+
+        /// <summary>Sets each subcategory of plan (GUID -> flags) in one call; nothing else is touched.</summary>
+        public static void Set(IDictionary plan)
+        {
+            if (plan.Count == 0) return;
+            foreach (Hashtable step in AuditPolicy.SetSteps(Query(), plan))
+            {
+                List<AuditPolicyInformation> entries = new List<AuditPolicyInformation>();
+                foreach (string guid in AuditPolicy.Subcategories)
+                {
+                    if (!step.Contains(guid)) continue;
+                    AuditPolicyInformation entry = new AuditPolicyInformation();
+                    entry.AuditSubCategoryGuid = new Guid(guid);
+                    entry.AuditingInformation = (uint)Values.U64(step[guid]);
+                    entries.Add(entry);
+                }
+                if (!AuditSetSystemPolicy(entries.ToArray(), (uint)entries.Count))
+                    throw AuditPolicy.Failure("AuditSetSystemPolicy", Marshal.GetLastWin32Error());
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 #AnsibleRequires -CSharpUtil Ansible.Basic
+#AnsibleRequires -CSharpUtil Ansible.Privilege
 #AnsibleRequires -CSharpUtil ..module_utils.WfpKillSwitch
 
 # The policy is validated and rendered on the controller by the action plugin of
@@ -60,6 +61,7 @@ $RollbackTask = "$Name-rollback"
 $RebindTask = "$Name-rebind"
 $LedgerPath = Join-Path -Path $StateDir -ChildPath 'counters.json'
 $Audit = "$Wfp.AuditPolicy" -as [type]
+$SystemAudit = "$Wfp.SystemAuditPolicy" -as [type]
 $Options = "$Wfp.EngineOptions" -as [type]
 $ProbeVerdict = "$Wfp.ProbeVerdict" -as [type]
 # Chrome and Edge take DnsOverHttpsMode, Firefox its DNSOverHTTPS policy (enterprise policies in HKLM).
@@ -283,9 +285,24 @@ Function Remove-LegacyPolicy {
     }
 }
 
+Function Enable-AuditPrivilege {
+    # The audit API reads and sets the Security audit policy only with SeSecurityPrivilege
+    # (learn.microsoft.com/windows/win32/api/ntsecapi/nf-ntsecapi-auditquerysystempolicy, .../nf-ntsecapi-auditsetsystempolicy),
+    # which an administrator's token holds, disabled. Enabled before anything changes, strictly: a token without it
+    # fails here, with the host as it was. The caller disposes of the enabler, which disables it again.
+    try {
+        New-Object -TypeName Ansible.Privilege.PrivilegeEnabler -ArgumentList $true, 'SeSecurityPrivilege'
+    }
+    catch {
+        $module.FailJson("the kill switch reads and sets the Security audit policy (log, and what state=absent puts back), " +
+            "which needs SeSecurityPrivilege; this connection's token does not hold it (connect as an administrator); " +
+            "nothing was changed: $($_.Exception.Message)", $_)
+    }
+}
+
 Function Get-AuditSetting {
-    # The two Filtering Platform subcategories, by GUID, from auditpol's CSV report.
-    $Audit::Parse((& auditpol.exe /get "/subcategory:$($Audit::PacketDrop),$($Audit::Connection)" /r) -join "`n")
+    # The two Filtering Platform subcategories, by GUID, as flags from the audit API: no text, so no display language.
+    $SystemAudit::Query()
 }
 
 Function Get-EvidenceSetting {
@@ -314,13 +331,7 @@ Function Set-EvidenceSetting {
     }
     $engine.SetOption(0, $wanted.options.collect)
     $engine.SetOption(1, $wanted.options.keywords)
-    foreach ($guid in $wanted.plan.Keys) { Invoke-Auditpol -Guid $guid -Flags $wanted.plan[$guid] }
-}
-
-Function Invoke-Auditpol {
-    param([string]$Guid, [bool[]]$Flags)
-    $out = & auditpol.exe ($Audit::Arguments($Guid, $Flags) -split ' ')
-    if ($LASTEXITCODE -ne 0) { throw "auditpol $($Audit::Arguments($Guid, $Flags)) failed: $out" }
+    $SystemAudit::Set($wanted.plan)
 }
 
 Function Restore-EvidenceSetting {
@@ -329,7 +340,12 @@ Function Restore-EvidenceSetting {
     if (-not $saved) { return }
     $engine.SetOption(0, [uint32]$saved.collect)
     $engine.SetOption(1, [uint32]$saved.keywords)
-    foreach ($guid in @($saved.audit.Keys)) { Invoke-Auditpol -Guid $guid -Flags $Audit::Flags($saved.audit[$guid]) }
+    # Saved as flags, or as the English text earlier releases saved; a setting that cannot be read is left alone.
+    foreach ($guid in $Audit::Unreadable($saved.audit)) {
+        $module.Warn("the $($Audit::NameOf($guid)) audit setting from before the kill switch was not recorded in a form " +
+            'this version can read; it is left as it is')
+    }
+    $SystemAudit::Set($Audit::Restore($saved.audit))
 }
 
 Function Update-Counter {
@@ -420,6 +436,7 @@ Function Register-HostTask {
 
 $state = Read-State
 $engine = New-Object -TypeName "$Wfp.Engine" -ArgumentList $ProviderKey, $SublayerKey
+$auditPrivilege = $null
 try {
     if ($module.Params.confirm) {
         # The controller reached the host over a fresh connection: the change stays.
@@ -440,6 +457,7 @@ try {
         $programs = [ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSwitch.Engine]::AppIds(@(Get-Program -Rendered $rendered))
         $bootKeys = @($rendered.boottime | ForEach-Object { $_.key })
         if ($module.Params._phase -eq 'read') {
+            $auditPrivilege = Enable-AuditPrivilege
             $found = $engine.Read($bindings, $programs, $bootKeys)
             $module.Result.found = $found
             $legacy = Get-LegacyPolicy
@@ -455,6 +473,7 @@ try {
             foreach ($item in (Get-Evidence -Rendered $rendered).GetEnumerator()) { $module.Result[$item.Key] = $item.Value }
         }
         elseif (-not $module.CheckMode) {
+            $auditPrivilege = Enable-AuditPrivilege
             if ($module.Params.confirm_timeout -gt 0 -and $state.applied) {
                 # What the rollback puts back if the controller does not confirm in time.
                 Set-Content -LiteralPath (Join-Path $StateDir 'previous.json') -Encoding UTF8 `
@@ -484,6 +503,7 @@ try {
         $module.Result.changed = $found.provider -or $null -ne $found.sublayer -or $found.filters.Count -or $found.boottime.Count -or
         $nrpt.Count -or $tasks.Count -or $vmRule.Count -or $legacy.saved -or $legacy.rules.Count -or (Test-Path -LiteralPath $StatePath)
         if ($module.Result.changed -and -not $module.CheckMode) {
+            if ($state.evidence_settings) { $auditPrivilege = Enable-AuditPrivilege }
             foreach ($task in $tasks) { Unregister-ScheduledTask -TaskName $task.TaskName -Confirm:$false }
             Remove-LegacyPolicy
             $engine.RemoveAll($bootKeys)
@@ -507,6 +527,7 @@ try {
     }
 }
 finally {
+    if ($null -ne $auditPrivilege) { $auditPrivilege.Dispose() }
     $engine.Dispose()
 }
 $module.ExitJson()

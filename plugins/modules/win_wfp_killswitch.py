@@ -202,6 +202,9 @@ options:
         connections, the exceptions' among all others). V(all) both; V(none) neither.
       - The module only adds to the audit policy the host had. What it had before the first change is recorded in
         O(state_dir) and put back by V(none) and by O(state=absent).
+      - The policy is read and set through the audit API (C(AuditQuerySystemPolicy), C(AuditSetSystemPolicy)), in
+        whatever display language the host has. A setting recorded by an earlier release in a language other than
+        English cannot be read back; it is left as it is, with a warning, rather than put back as no auditing.
       - The Security log has no per-rule rate limit; it is bounded by its own size and retention, which the
         module leaves to the admin.
     type: str
@@ -264,6 +267,8 @@ notes:
     modules NetAdapter, DnsClient and ScheduledTasks.
   - Runs through its action plugin; calling the PowerShell module without it fails.
   - Programs in O(exceptions) and O(endpoint_programs) must exist on the host (WFP matches the file's app id).
+  - Reading and setting the Security audit policy needs C(SeSecurityPrivilege), which an administrator's token holds;
+    the module enables it for the run and, without it, fails before it changes anything.
   - The admin's firewall policy still applies on top, so a block rule of theirs blocks tunnel traffic too, and inbound
     management connections need an allow of theirs as well as O(management).
 seealso:

@@ -293,11 +293,31 @@ def test_without_the_probe_an_apply_is_not_followed_by_an_evidence_call():
     assert [c['_phase'] for c in host.calls] == ['read', 'apply']
 
 
-def test_the_module_audits_only_the_two_filtering_platform_subcategories():
+def test_the_module_audits_only_the_two_filtering_platform_subcategories_through_the_audit_api():
     with open(os.path.join(REPO, 'plugins', 'modules', 'win_wfp_killswitch.ps1'), 'rb') as f:
         source = f.read()
-    assert 'auditpol.exe' in commands(source)
+    # auditpol's report is in the host's display language; the audit API reads and sets flags.
+    assert not [c for c in commands(source) if 'auditpol' in c.lower()]
     text = source.decode()
-    assert text.count('& auditpol.exe') == 2, 'one /get of our two subcategories, one /set built by AuditPolicy.Arguments'
-    assert '& auditpol.exe /get "/subcategory:$($Audit::PacketDrop),$($Audit::Connection)" /r' in text
-    assert "& auditpol.exe ($Audit::Arguments($Guid, $Flags) -split ' ')" in text
+    assert 'auditpol.exe' not in text.lower()
+    assert '    $SystemAudit::Query()\n' in text, 'Get-AuditSetting: AuditQuerySystemPolicy for our two subcategories'
+    assert text.count('$SystemAudit::Set(') == 2, 'the plan of log, and what state=absent puts back'
+    assert '$SystemAudit::Set($Audit::Restore($saved.audit))' in text
+
+
+def test_sesecurityprivilege_is_enabled_before_anything_changes_and_disabled_after():
+    with open(os.path.join(REPO, 'plugins', 'modules', 'win_wfp_killswitch.ps1')) as f:
+        text = f.read()
+    assert '#AnsibleRequires -CSharpUtil Ansible.Privilege\n' in text
+    # Strict: a token without the privilege fails here (Ansible.Privilege.PrivilegeEnabler), not half-way.
+    assert "New-Object -TypeName Ansible.Privilege.PrivilegeEnabler -ArgumentList $true, 'SeSecurityPrivilege'" in text
+    main = text[text.index('$state = Read-State\n'):]
+    read = main[main.index("if ($module.Params._phase -eq 'read') {"):]
+    assert read.index('Enable-AuditPrivilege') < read.index('Get-EvidenceSetting')
+    apply = main[main.index('elseif (-not $module.CheckMode) {'):]
+    first_change = min(apply.index(step) for step in ('Set-Content', 'Remove-LegacyPolicy', 'Save-State', '$engine.Apply'))
+    assert apply.index('$auditPrivilege = Enable-AuditPrivilege') < first_change
+    absent = main[main.index('if ($module.Result.changed -and -not $module.CheckMode) {'):]
+    assert absent.index('if ($state.evidence_settings) { $auditPrivilege = Enable-AuditPrivilege }') < min(
+        absent.index(step) for step in ('Unregister-ScheduledTask', 'Remove-LegacyPolicy', '$engine.RemoveAll'))
+    assert 'finally {\n    if ($null -ne $auditPrivilege) { $auditPrivilege.Dispose() }' in main

@@ -174,24 +174,83 @@ def test_tunnel_state_and_default_routes_outside_the_tunnel_from_recorded_get_ne
         '::/0 via 2001:db8:1:1::1 dev Ethernet metric 256']
 
 
+DROP, CONNECTION = '{0CCE9225-69AE-11D9-BED3-505054503030}', '{0CCE9226-69AE-11D9-BED3-505054503030}'
+
+
+def test_the_audit_policy_is_read_as_flags_at_audit_policy_informations_documented_offsets(evidence):
+    # AUDIT_POLICY_INFORMATION: GUID, ULONG AuditingInformation, GUID (ntsecapi.h).
+    assert evidence['audit_layout'] == '36,16,20'
+    assert evidence['audit_read'] == '0|1', 'Packet Drop not audited, Connection POLICY_AUDIT_EVENT_SUCCESS'
+    assert evidence['audit_read_other_layout'].startswith('refused|'), \
+        'an answer that does not name the subcategory asked for is not read as a setting'
+
+
+def test_reading_the_audit_policy_depends_on_no_text_in_the_hosts_display_language():
+    with open(UTIL) as f:
+        source = f.read()
+    reading = source[source.index('public static class SystemAuditPolicy'):source.index('public static class Host')]
+    # auditpol's report names its columns and values in the display language; the audit API answers in flags.
+    for text in ('auditpol', 'Process', 'Inclusion Setting', 'Subcategory GUID', 'Split(', 'Parse(', '"Success'):
+        assert text not in reading, text
+    assert 'AuditQuerySystemPolicy' in reading and 'AuditSetSystemPolicy' in reading and 'AuditFree(buffer)' in reading
+
+
+def test_flags_are_the_documented_policy_audit_event_values(evidence):
+    # POLICY_AUDIT_EVENT_NONE (4) for neither: 0 is POLICY_AUDIT_EVENT_UNCHANGED, which would set nothing back.
+    assert evidence['audit_flags'] == '4,1,2,3'
+    assert evidence['audit_bools'] == 'False,False|False,False|True,True', 'a query may give 0 or NONE for no auditing'
+
+
 def test_logging_adds_only_the_audit_settings_a_level_needs_to_what_the_host_has(evidence):
-    drop, connection = '{0CCE9225-69AE-11D9-BED3-505054503030}', '{0CCE9226-69AE-11D9-BED3-505054503030}'
-    assert evidence['auditpol'] == 'No Auditing|Success'
-    assert evidence['auditpol_crlf'] == evidence['auditpol']
     assert evidence['audit_plan_none'] == '', 'none changes nothing the host had'
     assert evidence['audit_plan_exceptions'] == '', 'Success on connections (5156) is already there'
     assert evidence['audit_plan_refused'].split(';') == [
-        '/set /subcategory:%s /success:disable /failure:enable' % drop,
-        '/set /subcategory:%s /success:enable /failure:enable' % connection]
+        '%s:2 (failure)' % DROP, '%s:3 (success and failure)' % CONNECTION]
     assert evidence['audit_plan_all'] == evidence['audit_plan_refused']
 
 
 def test_logging_back_to_none_puts_back_what_the_host_had_and_only_that(evidence):
-    drop, connection = '{0CCE9225-69AE-11D9-BED3-505054503030}', '{0CCE9226-69AE-11D9-BED3-505054503030}'
     assert evidence['audit_plan_back_to_none'].split(';') == [
-        '/set /subcategory:%s /success:disable /failure:disable' % drop,
-        '/set /subcategory:%s /success:enable /failure:disable' % connection], 'Success on connections was the admin\'s'
+        '%s:4 (no auditing)' % DROP, '%s:1 (success)' % CONNECTION], 'Success on connections was the admin\'s'
     assert evidence['audit_plan_refused_again'] == '', 'in sync: nothing to do'
+    assert evidence['audit_restore'] == evidence['audit_plan_back_to_none'], 'state=absent puts back the same'
+    assert evidence['audit_plan_back_to_none_from_json'] == evidence['audit_plan_back_to_none'], \
+        'flags read back from the state file, whatever number type its JSON gives'
+    assert evidence['audit_unreadable_saved'] == '0,0'
+
+
+def test_a_subcategory_losing_one_flag_and_keeping_the_other_is_cleared_first(evidence):
+    # Whether AuditSetSystemPolicy replaces or adds to a subcategory's flags is not documented; the LSA call
+    # before it added unless combined with NONE. Clearing first is right under either reading.
+    assert evidence['audit_set_steps_back_to_none'] == '%s:4 (no auditing) then %s;%s' % (
+        CONNECTION, '%s:4 (no auditing)' % DROP, '%s:1 (success)' % CONNECTION)
+    assert evidence['audit_set_steps_all'] == evidence['audit_plan_all'], 'only adding: one call'
+
+
+def test_a_setting_saved_by_an_earlier_release_is_still_put_back(evidence):
+    # Earlier releases saved auditpol's English Inclusion Setting.
+    assert [evidence['audit_saved_legacy_' + t] for t in ('No_Auditing', 'Success', 'Failure', 'Success_and_Failure',
+                                                          'success_and_failure')] == [
+        'False,False', 'True,False', 'False,True', 'True,True', 'True,True']
+    assert evidence['audit_plan_back_to_none_legacy'] == evidence['audit_plan_back_to_none']
+    assert evidence['audit_restore_legacy'] == evidence['audit_restore']
+
+
+def test_a_localized_setting_saved_by_an_earlier_release_is_left_as_it_is_not_wiped(evidence):
+    # The earlier reading took any text without "success" or "failure" in it for no auditing, so an admin's
+    # "Erfolg und Fehler" (success and failure) would have been put back as no auditing.
+    assert evidence['audit_saved_localized'] == 'unknown|unknown'
+    assert evidence['audit_plan_back_to_none_localized'] == '', 'nothing is taken away that may have been the admin\'s'
+    assert evidence['audit_restore_localized'] == '', 'state=absent sets nothing it cannot know'
+    assert evidence['audit_unreadable_localized'] == '%s;%s' % (DROP, CONNECTION), 'the module warns of each'
+    assert evidence['audit_restore_nothing_saved'] == '|%s;%s' % (DROP, CONNECTION), \
+        'nothing saved (the column names were localized too): nothing set, a warning each'
+
+
+def test_a_token_without_sesecurityprivilege_gets_an_error_that_says_so(evidence):
+    for key in ('audit_denied', 'audit_not_held'):
+        assert 'SeSecurityPrivilege' in evidence[key] and 'administrator' in evidence[key], key
+    assert evidence['audit_invalid'] == 'AuditSetSystemPolicy failed: Win32 error 87'
 
 
 def test_the_bfe_collects_net_events_and_allow_events_only_while_exceptions_need_them(evidence):

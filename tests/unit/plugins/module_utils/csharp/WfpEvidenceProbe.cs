@@ -181,17 +181,65 @@ public static class EvidenceProbe
         List<string> routes = ProbeVerdict.RoutesOutsideTunnel(Csv(Path.Combine(recorded, "get-netroute.csv")), new[] { "wg*" });
         Console.WriteLine("routes_outside_tunnel=" + string.Join(";", routes.ToArray()));
 
-        Hashtable audit = AuditPolicy.Parse(File.ReadAllText(Path.Combine(recorded, "auditpol-filtering-platform.csv")));
-        Console.WriteLine("auditpol=" + audit[AuditPolicy.PacketDrop] + "|" + audit[AuditPolicy.Connection]);
-        // auditpol writes CRLF line ends on Windows; the file here has LF (the repository's rule).
-        Hashtable crlf = AuditPolicy.Parse(File.ReadAllText(Path.Combine(recorded, "auditpol-filtering-platform.csv")).Replace("\n", "\r\n"));
-        Console.WriteLine("auditpol_crlf=" + crlf[AuditPolicy.PacketDrop] + "|" + crlf[AuditPolicy.Connection]);
+        // The audit policy, as AuditQuerySystemPolicy returns it: AUDIT_POLICY_INFORMATION entries one after the
+        // other, laid out here at the documented offsets (subcategory GUID 0, AuditingInformation 16, category GUID
+        // 20; 36 bytes), not through the struct the reader uses. Packet Drop reads 0 (no auditing, as a query may
+        // give it), Connection POLICY_AUDIT_EVENT_SUCCESS: the admin's.
+        Console.WriteLine("audit_layout=" + Marshal.SizeOf(typeof(AuditPolicyInformation)) + "," +
+            Marshal.OffsetOf(typeof(AuditPolicyInformation), "AuditingInformation") + "," +
+            Marshal.OffsetOf(typeof(AuditPolicyInformation), "AuditCategoryGuid"));
+        IntPtr answer = AuditAnswer(new[] { AuditPolicy.PacketDrop, AuditPolicy.Connection }, new uint[] { 0, 1 });
+        Hashtable audit = SystemAuditPolicy.Read(answer, AuditPolicy.Subcategories);
+        Console.WriteLine("audit_read=" + audit[AuditPolicy.PacketDrop] + "|" + audit[AuditPolicy.Connection]);
+        try
+        {
+            SystemAuditPolicy.Read(AuditAnswer(new[] { AuditPolicy.Connection, AuditPolicy.PacketDrop }, new uint[] { 1, 0 }),
+                AuditPolicy.Subcategories);
+            Console.WriteLine("audit_read_other_layout=read");
+        }
+        catch (InvalidOperationException e)
+        {
+            Console.WriteLine("audit_read_other_layout=refused|" + e.Message);
+        }
         foreach (string level in new[] { "none", "exceptions", "refused", "all" })
             Console.WriteLine("audit_plan_" + level + "=" + Steps(AuditPolicy.Plan(level, audit, null)));
         // After refused was applied, back to none: the settings saved before the first change come back.
-        Hashtable applied = Map(AuditPolicy.PacketDrop, "Failure", AuditPolicy.Connection, "Success and Failure");
+        Hashtable applied = Map(AuditPolicy.PacketDrop, AuditPolicy.EventFailure, AuditPolicy.Connection, 3u);
         Console.WriteLine("audit_plan_back_to_none=" + Steps(AuditPolicy.Plan("none", applied, audit)));
         Console.WriteLine("audit_plan_refused_again=" + Steps(AuditPolicy.Plan("refused", applied, audit)));
+        Console.WriteLine("audit_restore=" + Steps(AuditPolicy.Restore(audit)));
+        // Each call to AuditSetSystemPolicy: Success and Failure back to Success is cleared first, then set.
+        Console.WriteLine("audit_set_steps_back_to_none=" + SetSteps(applied, AuditPolicy.Plan("none", applied, audit)));
+        Console.WriteLine("audit_set_steps_all=" + SetSteps(audit, AuditPolicy.Plan("all", audit, null)));
+
+        // Saved by this version: flags, boxed however the state file's JSON gives them back.
+        Hashtable savedAsJson = Map(AuditPolicy.PacketDrop, 0L, AuditPolicy.Connection, "1");
+        Console.WriteLine("audit_plan_back_to_none_from_json=" + Steps(AuditPolicy.Plan("none", applied, savedAsJson)));
+        // Saved by an earlier release: auditpol's English Inclusion Setting.
+        foreach (string text in new[] { "No Auditing", "Success", "Failure", "Success and Failure", "success and failure " })
+            Console.WriteLine("audit_saved_legacy_" + text.Trim().Replace(' ', '_') + "=" + Shown(AuditPolicy.Saved(text)));
+        Hashtable legacy = Map(AuditPolicy.PacketDrop, "No Auditing", AuditPolicy.Connection, "Success");
+        Console.WriteLine("audit_plan_back_to_none_legacy=" + Steps(AuditPolicy.Plan("none", applied, legacy)));
+        Console.WriteLine("audit_restore_legacy=" + Steps(AuditPolicy.Restore(legacy)));
+        // What an earlier release could have saved on a host whose display language is not English: the localized
+        // Inclusion Setting (German and French words for illustration, not a capture), or nothing at all where the
+        // column names were localized too. Neither says what the admin had.
+        Hashtable localized = Map(AuditPolicy.PacketDrop, "Erfolg und Fehler", AuditPolicy.Connection, "Succès et échec");
+        Console.WriteLine("audit_saved_localized=" + Shown(AuditPolicy.Saved("Erfolg und Fehler")) + "|" + Shown(AuditPolicy.Saved("Pas d'audit")));
+        Console.WriteLine("audit_plan_back_to_none_localized=" + Steps(AuditPolicy.Plan("none", applied, localized)));
+        Console.WriteLine("audit_restore_localized=" + Steps(AuditPolicy.Restore(localized)));
+        Console.WriteLine("audit_unreadable_localized=" + string.Join(";", AuditPolicy.Unreadable(localized)));
+        Console.WriteLine("audit_restore_nothing_saved=" + Steps(AuditPolicy.Restore(new Hashtable())) + "|" +
+            string.Join(";", AuditPolicy.Unreadable(new Hashtable())));
+        Console.WriteLine("audit_unreadable_saved=" + AuditPolicy.Unreadable(audit).Length + "," + AuditPolicy.Unreadable(legacy).Length);
+
+        Console.WriteLine("audit_flags=" + AuditPolicy.Flags(new[] { false, false }) + "," + AuditPolicy.Flags(new[] { true, false }) + "," +
+            AuditPolicy.Flags(new[] { false, true }) + "," + AuditPolicy.Flags(new[] { true, true }));
+        Console.WriteLine("audit_bools=" + Shown(AuditPolicy.Bools(0)) + "|" + Shown(AuditPolicy.Bools(AuditPolicy.EventNone)) + "|" +
+            Shown(AuditPolicy.Bools(3)));
+        Console.WriteLine("audit_denied=" + AuditPolicy.Failure("AuditSetSystemPolicy", 5).Message);
+        Console.WriteLine("audit_not_held=" + AuditPolicy.Failure("AuditQuerySystemPolicy", 1314).Message);
+        Console.WriteLine("audit_invalid=" + AuditPolicy.Failure("AuditSetSystemPolicy", 87).Message);
 
         Hashtable t = EngineOptions.Targets(1, 0, null, true);
         Console.WriteLine("options_exceptions=" + t["collect"] + "," + t["keywords"] + "|" + string.Join(";", (string[])t["drift"]));
@@ -215,11 +263,38 @@ public static class EvidenceProbe
         Console.WriteLine("finish=" + string.Join(";", finished.ToArray()));
     }
 
+    // An AuditQuerySystemPolicy answer: one AUDIT_POLICY_INFORMATION per subcategory, at the documented offsets.
+    static IntPtr AuditAnswer(string[] subcategories, uint[] flags)
+    {
+        IntPtr buffer = Marshal.AllocHGlobal(36 * subcategories.Length);
+        for (int i = 0; i < subcategories.Length; i++)
+        {
+            Marshal.Copy(new Guid(subcategories[i]).ToByteArray(), 0, new IntPtr(buffer.ToInt64() + 36 * i), 16);
+            Marshal.WriteInt32(buffer, 36 * i + 16, (int)flags[i]);
+            // The category GUID (Object Access) is not read.
+            Marshal.Copy(new Guid("6997984a-797a-11d9-bed3-505054503030").ToByteArray(), 0, new IntPtr(buffer.ToInt64() + 36 * i + 20), 16);
+        }
+        return buffer;
+    }
+
+    static string Shown(bool[] auditing)
+    {
+        return auditing == null ? "unknown" : auditing[0] + "," + auditing[1];
+    }
+
+    // The AuditSetSystemPolicy entries a plan asks for, in order: GUID:flags (described).
+    static string SetSteps(Hashtable current, Hashtable plan)
+    {
+        List<string> calls = new List<string>();
+        foreach (Hashtable step in AuditPolicy.SetSteps(current, plan)) calls.Add(Steps(step));
+        return string.Join(" then ", calls.ToArray());
+    }
+
     static string Steps(Hashtable plan)
     {
         List<string> steps = new List<string>();
-        foreach (string guid in new[] { AuditPolicy.PacketDrop, AuditPolicy.Connection })
-            if (plan.ContainsKey(guid)) steps.Add(AuditPolicy.Arguments(guid, (bool[])plan[guid]));
+        foreach (string guid in AuditPolicy.Subcategories)
+            if (plan.ContainsKey(guid)) steps.Add(guid + ":" + plan[guid] + " (" + AuditPolicy.Describe((uint)plan[guid]) + ")");
         return string.Join(";", steps.ToArray());
     }
 }
