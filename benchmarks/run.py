@@ -21,10 +21,12 @@ datapath  TCP and UDP throughput through the WireGuard tunnel (iperf3 server in
           bootstrap 95 % interval.
 profile   Where the sender's CPU goes in each state (PROFILE_STATES): one iperf3
           stream (TCP, then UDP) per state, perf record on the sender's CPU for
-          6 s (3 with --small) in its middle; the share of the datapath
-          processes' samples in nftables' and in conntrack's functions, with a
-          Wilson 95 % interval, and the idle share (the CPU was the bottleneck
-          when it is near 0). Needs perf (Debian: linux-perf); skipped without.
+          6 s (3 with --small) in its middle, PROFILE_ROUNDS rounds (1 with
+          --small) with the states taking turns; the share of the datapath
+          processes' samples in nftables' and in conntrack's functions, pooled,
+          with a Wilson 95 % interval widened by the rounds' overdispersion, and
+          the idle share (the CPU was the bottleneck when it is near 0). Needs
+          perf (Debian: linux-perf); skipped without.
 apply     The module's payload as Ansible ships it (AnsiballZ, kept on the host
           with ANSIBLE_KEEP_REMOTE_FILES=1 after one run of benchmarks/module.yml)
           run by itself with the host's /usr/bin/python3 inside the host's
@@ -662,6 +664,9 @@ def datapath(args, out_dir, log_path):
 PROFILE_STATES = ('off', 'on', 'entries', 'before', 'forwarding', 'ct', 'hooks', 'minimal', 'noprerouting')
 PROFILE_STATES_SMALL = ('off', 'on', 'before', 'forwarding', 'hooks')
 PROFILE_WARMUP_S = 1.5
+# Rounds of the whole profile (every state once per round), so that the interval also holds
+# what changes from one run to the next, not only the sampling within one (netfilter_share).
+PROFILE_ROUNDS = 4
 # Functions by what they do: nftables (the hooks, the chains, their expressions and sets)
 # and connection tracking (with its defragmentation). Generic helpers they call (hashing,
 # memcpy) are not counted, so both shares are lower bounds.
@@ -698,11 +703,28 @@ def perf_shares(report_text):
 
 
 def netfilter_share(counts):
-    """(share, low, high): netfilter's share of the datapath's samples (nftables and conntrack), with
-    its 95 % interval."""
+    """(share, low, high): netfilter's share of the datapath's samples (nftables and conntrack), pooled over
+    the rounds, with its 95 % interval: Wilson's, widened by how much more the rounds differ from one
+    another than sampling alone would make them (overdispersion: a stream's own speed and the machine's
+    other guests move the share from one run to the next, which the samples of one run do not see)."""
     k, n = counts['rules'] + counts['conntrack'], counts['samples']
+    p = k / float(n)
     low, high = wilson_interval(k, n)
-    return k / float(n), low, high
+    factor = dispersion_factor([(r['rules'] + r['conntrack'], r['samples']) for r in counts.get('rounds', ())], p)
+    centre = (low + high) / 2.0
+    half = (high - low) / 2.0 * factor
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def dispersion_factor(rounds, p):
+    """How many times wider than binomial the interval of a proportion p pooled over rounds [(k, n)] must
+    be: the square root of Pearson's chi-square over its degrees of freedom, never below 1; 1 with fewer
+    than two rounds (nothing to tell it by)."""
+    rounds = [(k, n) for k, n in rounds if n]
+    if len(rounds) < 2 or p <= 0.0 or p >= 1.0:
+        return 1.0
+    chi2 = sum((k - n * p) ** 2 / (n * p * (1 - p)) for k, n in rounds)
+    return max(1.0, (chi2 / (len(rounds) - 1)) ** 0.5)
 
 
 def wilson_interval(k, n, z=1.96):
@@ -724,57 +746,74 @@ def profile(args, out_dir, log_path):
     names = PROFILE_STATES_SMALL if args.small else PROFILE_STATES
     states = datapath_states(args.entries)
     seconds = 3 if args.small else 6
-    results = {'states': dict((s, states[s][0]) for s in names), 'seconds': seconds, 'by_state': {},
-               'load': [load_snapshot()]}
+    rounds = 1 if args.small else PROFILE_ROUNDS
+    results = {'states': dict((s, states[s][0]) for s in names), 'seconds': seconds, 'rounds': rounds,
+               'by_state': {}, 'load': [load_snapshot()]}
     with TunnelBench(args, log_path, states) as bench:
-        results['by_state'] = profile_states(bench, names, seconds)
+        results['by_state'] = profile_states(bench, names, seconds, rounds)
         bench.switch('off')
     results['load'].append(load_snapshot())
     return results
 
 
-def profile_states(bench, states, seconds):
-    lab, switch = bench.lab, bench.switch
-    results = {}
+def profile_states(bench, states, seconds, rounds):
+    """{state: {proto: counts pooled over the rounds, each round's ('rounds') and the median Mbit/s}};
+    the states take turns within each round, so that a drift of the machine touches them all alike."""
     server = ServerLog(bench.server_log)
-    for state in states:
-        for proto in ('tcp', 'udp'):
-            switch(state)
-            # It ends by itself after the profile, so that it reports what the receiver got.
-            argv = iperf3_client(lab, proto, int(seconds + PROFILE_WARMUP_S + 1), '-f', 'm', '-i', '0')
-            data = os.path.join(lab.dir, 'perf-%s-%s.data' % (state, proto))
-            with tempfile.TemporaryFile() as out:
-                client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-                try:
-                    time.sleep(PROFILE_WARMUP_S)
-                    subprocess.run(['perf', 'record', '-q', '-a', '-C', str(SENDER_CPU), '-o', data, '--',
-                                    'sleep', str(seconds)], check=True, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=seconds + 30)
-                    client.wait(timeout=seconds + 20)
-                finally:
-                    if client.poll() is None:
-                        client.kill()
-                        client.wait()
-                out.seek(0)
-                summary = out.read().decode(errors='replace')
-            server.wait_listening()
-            # A stream that never ran would profile an idle CPU and read as a free kill switch.
-            received = re.findall(r'([\d.]+) Mbits/sec.*receiver', summary)
-            if not received or float(received[-1]) <= 0:
-                raise RuntimeError('profile %s %s: iperf3 moved nothing: %s' % (state, proto, summary[-500:]))
-            text = subprocess.run(['perf', 'report', '-i', data, '-n', '--no-children', '--sort', 'comm,dso,sym',
-                                   '-g', 'none', '-q', '--percent-limit', '0'], capture_output=True, text=True,
-                                  check=True, timeout=120).stdout
-            os.unlink(data)
-            counts = results.setdefault(state, {})[proto] = perf_shares(text)
-            counts['mbps'] = float(received[-1])
-            log('profile %s %s: %.0f Mbit/s, %d samples (%d of others left out), idle %.1f %%, nftables %.2f %%, '
-                'conntrack %.2f %%' % (
-                state, proto, counts['mbps'], counts['samples'], counts['others'],
-                100.0 * counts['idle'] / max(counts['samples'], 1),
-                100.0 * counts['rules'] / max(counts['samples'], 1),
-                100.0 * counts['conntrack'] / max(counts['samples'], 1)))
+    by_round = {}
+    for round_ in range(rounds):
+        for state in states:
+            for proto in ('tcp', 'udp'):
+                counts = profile_stream(bench, server, state, proto, seconds)
+                by_round.setdefault(state, {}).setdefault(proto, []).append(counts)
+                log('profile round %d %s %s: %.0f Mbit/s, %d samples (%d of others left out), idle %.1f %%, '
+                    'nftables %.2f %%, conntrack %.2f %%' % (
+                        round_ + 1, state, proto, counts['mbps'], counts['samples'], counts['others'],
+                        100.0 * counts['idle'] / max(counts['samples'], 1),
+                        100.0 * counts['rules'] / max(counts['samples'], 1),
+                        100.0 * counts['conntrack'] / max(counts['samples'], 1)))
+    results = {}
+    for state, protos in by_round.items():
+        for proto, runs in protos.items():
+            pooled = dict((key, sum(r[key] for r in runs)) for key in ('samples', 'rules', 'conntrack', 'idle', 'others'))
+            pooled.update(mbps=median([r['mbps'] for r in runs]), rounds=runs)
+            results.setdefault(state, {})[proto] = pooled
     return results
+
+
+def profile_stream(bench, server, state, proto, seconds):
+    """perf's counts (perf_shares) on the sender CPU during one iperf3 stream in state, and its Mbit/s."""
+    lab = bench.lab
+    bench.switch(state)
+    # It ends by itself after the profile, so that it reports what the receiver got.
+    argv = iperf3_client(lab, proto, int(seconds + PROFILE_WARMUP_S + 1), '-f', 'm', '-i', '0')
+    data = os.path.join(lab.dir, 'perf-%s-%s.data' % (state, proto))
+    with tempfile.TemporaryFile() as out:
+        client = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(PROFILE_WARMUP_S)
+            subprocess.run(['perf', 'record', '-q', '-a', '-C', str(SENDER_CPU), '-o', data, '--',
+                            'sleep', str(seconds)], check=True, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=seconds + 30)
+            client.wait(timeout=seconds + 20)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        out.seek(0)
+        summary = out.read().decode(errors='replace')
+    server.wait_listening()
+    # A stream that never ran would profile an idle CPU and read as a free kill switch.
+    received = re.findall(r'([\d.]+) Mbits/sec.*receiver', summary)
+    if not received or float(received[-1]) <= 0:
+        raise RuntimeError('profile %s %s: iperf3 moved nothing: %s' % (state, proto, summary[-500:]))
+    text = subprocess.run(['perf', 'report', '-i', data, '-n', '--no-children', '--sort', 'comm,dso,sym',
+                           '-g', 'none', '-q', '--percent-limit', '0'], capture_output=True, text=True,
+                          check=True, timeout=120).stdout
+    os.unlink(data)
+    counts = perf_shares(text)
+    counts['mbps'] = float(received[-1])
+    return counts
 
 
 def bootstrap_interval(values, level=0.95, draws=2000):
@@ -940,9 +979,11 @@ def markdown(data):
             for proto in ('tcp', 'udp')) + '.', '']
     pr = data.get('profile')
     if pr and pr.get('by_state'):
-        lines += ['Where the sender\'s CPU goes (perf, %d s per state and protocol, one stream each): the share of the '
-                  'datapath\'s samples in nftables and in connection tracking, with the 95 %% interval of the total; '
-                  'the idle share says whether that CPU was the bottleneck:' % pr['seconds'], '',
+        lines += ['Where the sender\'s CPU goes (perf, %d s per state and protocol, one stream each, %d round(s) with '
+                  'the states taking turns): the share of the datapath\'s samples in nftables and in connection '
+                  'tracking, pooled, with the 95 %% interval of the total (Wilson\'s, widened by how much the rounds '
+                  'differ beyond sampling); the idle share says whether that CPU was the bottleneck:' % (
+                      pr['seconds'], pr.get('rounds', 1)), '',
                   '| State | TCP nftables | TCP conntrack | TCP netfilter | TCP idle | UDP nftables | UDP conntrack '
                   '| UDP netfilter | UDP idle |', '| --- |' + ' ---: |' * 8]
         for state in DATAPATH_STATES:
