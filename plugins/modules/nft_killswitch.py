@@ -478,6 +478,9 @@ summary:
     - What the kill switch enforces and what this run changed. With O(state=present), C(forwarding) says
       whether the table lets replies to forwarded traffic back (see O(forwarding)) and C(conntrack)
       whether any of its rules uses connection tracking (forwarding, O(exceptions), UDP O(management)).
+      C(forwarding_changed) is true when, with O(forwarding=auto), the table in place is this policy's laid
+      while the host did the opposite: it started (or stopped) forwarding since, and the table follows at
+      the next apply.
   returned: always
   type: dict
   sample:
@@ -493,6 +496,7 @@ summary:
     management: 0
     exceptions: 0
     forwarding: false
+    forwarding_changed: false
     conntrack: false
 '''
 
@@ -718,6 +722,12 @@ def present(module, policy, nft, guard, state_path, nft_command):
     table_in_sync = (live_table is not None and saved.get('digest') == digest(ruleset)
                      and saved.get('listing') == without_counter_values(live_table))
     rules_in_sync = live_rules == wanted_rules
+    # The table in place is this policy's as laid for the other forwarding setting: with auto,
+    # the host started (or stopped) forwarding since, which an audit names rather than a bare
+    # "table differs" that sends an admin looking for a policy change nobody made.
+    forwarding_changed = (params['forwarding'] == 'auto' and not table_in_sync and live_table is not None
+                          and saved.get('digest') == digest(render(policy, params['log'], not forwarding))
+                          and saved.get('listing') == without_counter_values(live_table))
 
     if not table_in_sync:
         nft.check(transaction)  # the kernel validates it, even in check mode
@@ -769,7 +779,8 @@ def present(module, policy, nft, guard, state_path, nft_command):
             tunnel_interfaces=list(policy.tunnel_interfaces), endpoints=len(policy.endpoints),
             dns_servers=len(policy.dns_servers), allow_lan=policy.allow_lan,
             management=len(policy.management), exceptions=len(policy.exceptions),
-            forwarding=forwarding, conntrack=needs_conntrack(policy, forwarding)),
+            forwarding=forwarding, forwarding_changed=forwarding_changed,
+            conntrack=needs_conntrack(policy, forwarding)),
     )
 
 

@@ -288,9 +288,11 @@ def test_forwarding_auto_follows_the_kernel_and_turning_it_on_is_drift(host):
     before = host.ruleset()
     audit = host.module('--check', **POLICY)
     assert audit['changed'] and audit['summary']['firewall_changed'] and audit['summary']['forwarding']
+    assert audit['summary']['forwarding_changed'], 'told apart from a policy change'
     assert audit['summary']['conntrack'] and host.ruleset() == before
     applied = host.module(**POLICY)
-    assert applied['changed'] and applied['summary']['forwarding']
+    assert applied['changed'] and applied['summary']['forwarding'] and applied['summary']['forwarding_changed']
+    assert not host.module('--check', **POLICY)['summary']['forwarding_changed']
     assert 'iifname "wg*" ct state established,related accept' in host.table()
     assert not host.module(**POLICY)['changed'] and not host.module('--check', **POLICY)['changed']
     # IPv6 forwarding alone is forwarding too.
@@ -302,9 +304,15 @@ def test_forwarding_auto_follows_the_kernel_and_turning_it_on_is_drift(host):
     assert not host.module('--check', **POLICY)['changed']
     host.sh('sysctl -qw net.ipv4.conf.lo.forwarding=0 net.ipv6.conf.all.forwarding=1')
 
-    # disabled overrides the kernel.
+    # disabled overrides the kernel (a policy change, not the host's).
     disabled = host.module(forwarding='disabled', **POLICY)
     assert disabled['changed'] and not disabled['summary']['forwarding'] and not disabled['summary']['conntrack']
+    assert not disabled['summary']['forwarding_changed']
+    # Another policy change while the host forwards is not the host's either.
+    host.module(**POLICY)
+    other = host.module('--check', allow_lan=True, **POLICY)
+    assert other['summary']['firewall_changed'] and not other['summary']['forwarding_changed']
+    host.module(forwarding='disabled', **POLICY)
     assert 'ct ' not in host.table()
 
     before = host.ruleset()
