@@ -479,7 +479,7 @@ summary:
       whether the table lets replies to forwarded traffic back (see O(forwarding)) and C(conntrack)
       whether any of its rules uses connection tracking (forwarding, O(exceptions), UDP O(management)).
       C(forwarding_changed) is true when, with O(forwarding=auto), the table in place is this policy's laid
-      while the host did the opposite: it started (or stopped) forwarding since, and the table follows at
+      while the host did the opposite (it started or stopped forwarding since); the table follows at
       the next apply.
   returned: always
   type: dict
