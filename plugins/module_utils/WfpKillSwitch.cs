@@ -1543,21 +1543,42 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         }
 
         /// <summary>
-        /// The buffer AuditQuerySystemPolicy returns: one AUDIT_POLICY_INFORMATION per GUID asked, in the order asked,
-        /// laid out one after the other (as ntsecapi.h's PAUDIT_POLICY_INFORMATION is indexed). Each entry must name
-        /// the subcategory asked for; any other layout is refused rather than read as a setting.
+        /// The buffer AuditQuerySystemPolicy returns, one AUDIT_POLICY_INFORMATION per GUID asked, in the order asked.
+        /// Its documentation calls it "a single buffer that contains both an array of pointers to
+        /// AUDIT_POLICY_INFORMATION structures and the structures themselves", while callers index the pointer it
+        /// gives as the structures one after the other (ntsecapi.h's PAUDIT_POLICY_INFORMATION). Untested on a host
+        /// here, so both are read: the structures in a row first, then an array of pointers, followed only where each
+        /// points inside the buffer's own span. Whichever names the subcategories asked, in order, is the answer; a
+        /// buffer neither reading explains is refused rather than read as a setting.
         /// </summary>
         public static Hashtable Read(IntPtr buffer, string[] asked)
         {
-            Hashtable flags = new Hashtable(StringComparer.OrdinalIgnoreCase);
             int size = Marshal.SizeOf(typeof(AuditPolicyInformation));
+            long start = buffer.ToInt64(), pointers = (long)asked.Length * IntPtr.Size;
+            Hashtable flags = ReadEntries(asked, delegate(int i) { return new IntPtr(start + (long)i * size); });
+            if (flags != null) return flags;
+            flags = ReadEntries(asked, delegate(int i)
+            {
+                long entry = Marshal.ReadIntPtr(buffer, i * IntPtr.Size).ToInt64();
+                bool inside = entry >= start + pointers && entry + size <= start + pointers + (long)asked.Length * size;
+                return inside ? new IntPtr(entry) : IntPtr.Zero;
+            });
+            if (flags != null) return flags;
+            throw new InvalidOperationException(string.Format(CultureInfo.InvariantCulture,
+                "AuditQuerySystemPolicy answered with entries that do not name {0} in the order asked: the audit policy is not read",
+                string.Join(", ", asked)));
+        }
+
+        /// <summary>GUID -> flags of the entries at each address where (null when one is missing or names another subcategory).</summary>
+        private static Hashtable ReadEntries(string[] asked, Func<int, IntPtr> where)
+        {
+            Hashtable flags = new Hashtable(StringComparer.OrdinalIgnoreCase);
             for (int i = 0; i < asked.Length; i++)
             {
-                AuditPolicyInformation entry = (AuditPolicyInformation)Marshal.PtrToStructure(
-                    new IntPtr(buffer.ToInt64() + (long)i * size), typeof(AuditPolicyInformation));
-                if (entry.AuditSubCategoryGuid != new Guid(asked[i]))
-                    throw new InvalidOperationException(string.Format(CultureInfo.InvariantCulture,
-                        "AuditQuerySystemPolicy answered for {0:B} where {1} was asked: the audit policy is not read", entry.AuditSubCategoryGuid, asked[i]));
+                IntPtr address = where(i);
+                if (address == IntPtr.Zero) return null;
+                AuditPolicyInformation entry = (AuditPolicyInformation)Marshal.PtrToStructure(address, typeof(AuditPolicyInformation));
+                if (entry.AuditSubCategoryGuid != new Guid(asked[i])) return null;
                 flags[asked[i]] = entry.AuditingInformation;
             }
             return flags;

@@ -181,6 +181,8 @@ def test_the_audit_policy_is_read_as_flags_at_audit_policy_informations_document
     # AUDIT_POLICY_INFORMATION: GUID, ULONG AuditingInformation, GUID (ntsecapi.h).
     assert evidence['audit_layout'] == '36,16,20'
     assert evidence['audit_read'] == '0|1', 'Packet Drop not audited, Connection POLICY_AUDIT_EVENT_SUCCESS'
+    # The documentation's own words: an array of pointers to the structures, then the structures, in one buffer.
+    assert evidence['audit_read_through_pointers'] == '2|3'
     assert evidence['audit_read_other_layout'].startswith('refused|'), \
         'an answer that does not name the subcategory asked for is not read as a setting'
 

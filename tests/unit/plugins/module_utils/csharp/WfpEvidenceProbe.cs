@@ -191,6 +191,9 @@ public static class EvidenceProbe
         IntPtr answer = AuditAnswer(new[] { AuditPolicy.PacketDrop, AuditPolicy.Connection }, new uint[] { 0, 1 });
         Hashtable audit = SystemAuditPolicy.Read(answer, AuditPolicy.Subcategories);
         Console.WriteLine("audit_read=" + audit[AuditPolicy.PacketDrop] + "|" + audit[AuditPolicy.Connection]);
+        Hashtable throughPointers = SystemAuditPolicy.Read(AuditAnswerThroughPointers(
+            new[] { AuditPolicy.PacketDrop, AuditPolicy.Connection }, new uint[] { 2, 3 }), AuditPolicy.Subcategories);
+        Console.WriteLine("audit_read_through_pointers=" + throughPointers[AuditPolicy.PacketDrop] + "|" + throughPointers[AuditPolicy.Connection]);
         try
         {
             SystemAuditPolicy.Read(AuditAnswer(new[] { AuditPolicy.Connection, AuditPolicy.PacketDrop }, new uint[] { 1, 0 }),
@@ -274,6 +277,20 @@ public static class EvidenceProbe
             // The category GUID (Object Access) is not read.
             Marshal.Copy(new Guid("6997984a-797a-11d9-bed3-505054503030").ToByteArray(), 0, new IntPtr(buffer.ToInt64() + 36 * i + 20), 16);
         }
+        return buffer;
+    }
+
+    // The same entries as the documentation words it: an array of pointers to the structures, then the structures.
+    static IntPtr AuditAnswerThroughPointers(string[] subcategories, uint[] flags)
+    {
+        int pointers = IntPtr.Size * subcategories.Length, size = 36 * subcategories.Length;
+        IntPtr entries = AuditAnswer(subcategories, flags);
+        IntPtr buffer = Marshal.AllocHGlobal(pointers + size);
+        byte[] copy = new byte[size];
+        Marshal.Copy(entries, copy, 0, size);
+        Marshal.Copy(copy, 0, new IntPtr(buffer.ToInt64() + pointers), size);
+        for (int i = 0; i < subcategories.Length; i++)
+            Marshal.WriteIntPtr(buffer, i * IntPtr.Size, new IntPtr(buffer.ToInt64() + pointers + 36 * i));
         return buffer;
     }
 
