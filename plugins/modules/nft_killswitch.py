@@ -724,8 +724,11 @@ def present(module, policy, nft, guard, state_path, nft_command):
     rules_in_sync = live_rules == wanted_rules
     # The table in place is this policy's as laid for the other forwarding setting: with auto,
     # the host started (or stopped) forwarding since, which an audit names rather than a bare
-    # "table differs" that sends an admin looking for a policy change nobody made.
+    # "table differs" that sends an admin looking for a policy change nobody made. The other
+    # table is rendered only when the saved setting says forwarding flipped (or a state file of
+    # an earlier release does not say), so that a policy change (the usual replace) pays nothing.
     forwarding_changed = (params['forwarding'] == 'auto' and not table_in_sync and live_table is not None
+                          and saved.get('forwarding', not forwarding) != forwarding
                           and saved.get('digest') == digest(render(policy, params['log'], not forwarding))
                           and saved.get('listing') == without_counter_values(live_table))
 
@@ -744,7 +747,8 @@ def present(module, policy, nft, guard, state_path, nft_command):
             # The new table counts on from where the old one was.
             nft.apply(replace_transaction(with_counter_values(ruleset, nft.counters())))
             after_table = nft.list_table()
-            file_snapshot.save(state_path, {'digest': digest(ruleset), 'listing': without_counter_values(after_table)},
+            file_snapshot.save(state_path, {'digest': digest(ruleset), 'listing': without_counter_values(after_table),
+                                            'forwarding': forwarding},
                                module)
         if not rules_in_sync:
             removed = guard.replace(wanted_rules)

@@ -293,6 +293,13 @@ def test_forwarding_auto_follows_the_kernel_and_turning_it_on_is_drift(host):
     applied = host.module(**POLICY)
     assert applied['changed'] and applied['summary']['forwarding'] and applied['summary']['forwarding_changed']
     assert not host.module('--check', **POLICY)['summary']['forwarding_changed']
+    # A state file of an earlier release does not record the setting: the table itself still tells.
+    state = '/var/lib/vpnguard-killswitch/nft_killswitch.json'
+    host.sh("python3 -c \"import json; p='%s'; d=json.load(open(p)); del d['forwarding']; json.dump(d, open(p, 'w'))\""
+            % state)
+    host.sh('sysctl -qw net.ipv4.ip_forward=0')
+    assert host.module('--check', **POLICY)['summary']['forwarding_changed']
+    host.sh('sysctl -qw net.ipv4.ip_forward=1')
     assert 'iifname "wg*" ct state established,related accept' in host.table()
     assert not host.module(**POLICY)['changed'] and not host.module('--check', **POLICY)['changed']
     # IPv6 forwarding alone is forwarding too.
