@@ -1436,7 +1436,6 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             return restore;
         }
 
-        /// <summary>The subcategories whose saved setting cannot be read (see Saved): left as they are, with a warning.</summary>
         /// <summary>
         /// The calls to AuditSetSystemPolicy (each GUID -> flags) that take every subcategory of plan from its current
         /// flags to its planned ones. Whether a set replaces a subcategory's flags or adds to them is not said for
@@ -1463,6 +1462,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             return steps;
         }
 
+        /// <summary>The subcategories whose saved setting cannot be read (see Saved): left as they are, with a warning.</summary>
         public static string[] Unreadable(IDictionary saved)
         {
             List<string> unreadable = new List<string>();
@@ -1474,13 +1474,6 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
         public static string NameOf(string guid)
         {
             return guid == PacketDrop ? "Filtering Platform Packet Drop" : "Filtering Platform Connection";
-        }
-
-        /// <summary>Flags in words, for messages (the module's own words, never read back).</summary>
-        public static string Describe(uint flags)
-        {
-            bool[] b = Bools(flags);
-            return b[0] && b[1] ? "success and failure" : b[0] ? "success" : b[1] ? "failure" : "no auditing";
         }
 
         /// <summary>
@@ -1584,7 +1577,7 @@ namespace ansible_collections.vpnguard.killswitch.plugins.module_utils.WfpKillSw
             return flags;
         }
 
-        /// <summary>Sets each subcategory of plan (GUID -> flags) in one call; nothing else is touched.</summary>
+        /// <summary>Sets each subcategory of plan (GUID -> flags), in the calls SetSteps gives; nothing else is touched.</summary>
         public static void Set(IDictionary plan)
         {
             if (plan.Count == 0) return;

@@ -311,7 +311,14 @@ public static class EvidenceProbe
     {
         List<string> steps = new List<string>();
         foreach (string guid in AuditPolicy.Subcategories)
-            if (plan.ContainsKey(guid)) steps.Add(guid + ":" + plan[guid] + " (" + AuditPolicy.Describe((uint)plan[guid]) + ")");
+            if (plan.ContainsKey(guid)) steps.Add(guid + ":" + plan[guid] + " (" + Described((uint)plan[guid]) + ")");
         return string.Join(";", steps.ToArray());
+    }
+
+    // Flags in words, as the assertions read them.
+    static string Described(uint flags)
+    {
+        bool[] b = AuditPolicy.Bools(flags);
+        return b[0] && b[1] ? "success and failure" : b[0] ? "success" : b[1] ? "failure" : "no auditing";
     }
 }
