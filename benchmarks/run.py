@@ -680,13 +680,15 @@ NETFILTER_SYMBOLS = {
 # The datapath's own processes on the sender CPU (softirq work runs in whichever is current):
 # other programs' samples (other guests' tests) are left out of the shares.
 DATAPATH_COMMS = ('wireguard-go', 'iperf3', 'ksoftirqd/%d' % SENDER_CPU, 'swapper')
+# What perf_shares counts: the datapath's samples, each kind of NETFILTER_SYMBOLS, and the others' samples.
+PERF_COUNTS = ('samples',) + tuple(NETFILTER_SYMBOLS) + ('others',)
 PERF_LINE = re.compile(r'^\s*[\d.]+%\s+(\d+)\s+(\S+)\s+\S+\s+\[[k.]\]\s+(\S+)')
 
 
 def perf_shares(report_text):
     """{'samples': n, 'rules': n, 'conntrack': n, 'idle': n, 'others': n} of the datapath's processes,
     from `perf report -n --sort comm,dso,sym` text."""
-    counts = dict(samples=0, rules=0, conntrack=0, idle=0, others=0)
+    counts = dict.fromkeys(PERF_COUNTS, 0)
     for line in report_text.splitlines():
         m = PERF_LINE.match(line)
         if not m:
@@ -775,7 +777,7 @@ def profile_states(bench, states, seconds, rounds):
     results = {}
     for state, protos in by_round.items():
         for proto, runs in protos.items():
-            pooled = dict((key, sum(r[key] for r in runs)) for key in ('samples', 'rules', 'conntrack', 'idle', 'others'))
+            pooled = dict((key, sum(r[key] for r in runs)) for key in PERF_COUNTS)
             pooled.update(mbps=median([r['mbps'] for r in runs]), rounds=runs)
             results.setdefault(state, {})[proto] = pooled
     return results
